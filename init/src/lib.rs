@@ -1,0 +1,1 @@
+//! cellos-init: PID 1 of a cellos node.
