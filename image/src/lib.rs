@@ -1,1 +1,255 @@
-//! cellos-image.
+//! cellos-image: builds what a node boots from `os/manifest.toml`.
+//!
+//! Inputs: the manifest (kernel package, module sets, services), our
+//! binaries from the workspace, extra host files, and the per-farm boot
+//! parameters. Outputs in one directory: `vmlinuz`, `initramfs.cpio.zst` and
+//! `boot.ipxe`, ready to serve over TFTP/HTTP or boot directly in QEMU.
+//!
+//! The kernel and modules are Debian's `linux-image-amd64`, fetched with
+//! apt into a cache and reused. Builds are reproducible (two builds from the
+//! same inputs give the same bytes) and need no root, no loop devices and no
+//! mounts: the initramfs is written as a cpio stream from Rust. The build
+//! never touches the host outside its cache and output directories.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod boot;
+mod elf;
+mod error;
+mod initramfs;
+mod kernel;
+mod manifest;
+mod modules;
+mod sys;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+pub use boot::{ipxe_script, kernel_cmdline, BootParams};
+pub use error::{Error, Result};
+
+/// File names in the output directory (boot.ipxe refers to them by name).
+pub const VMLINUZ: &str = "vmlinuz";
+pub const INITRAMFS: &str = "initramfs.cpio.zst";
+pub const BOOT_IPXE: &str = "boot.ipxe";
+
+/// Directories every image has, whatever init mounts on them.
+const DIRS: [&str; 7] = [
+    "/dev",
+    "/proc",
+    "/sys",
+    "/run",
+    "/tmp",
+    "/etc/cellos",
+    "/mnt",
+];
+
+/// A host file and where it goes in the image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Install {
+    pub host: PathBuf,
+    pub image: String,
+}
+
+impl Install {
+    pub fn new(host: impl Into<PathBuf>, image: impl Into<String>) -> Install {
+        Install {
+            host: host.into(),
+            image: image.into(),
+        }
+    }
+}
+
+/// Everything one build needs.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// Path of `os/manifest.toml`.
+    pub manifest: PathBuf,
+    /// Output directory (created if missing).
+    pub out: PathBuf,
+    /// Download/unpack cache; `None` means [`default_cache_dir`].
+    pub cache: Option<PathBuf>,
+    /// Our ELF binaries (e.g. init -> `/init`, cellosd -> `/usr/bin/cellosd`);
+    /// their shared libraries come along.
+    pub binaries: Vec<Install>,
+    /// Other files copied as they are (shared libraries of ELF files too),
+    /// e.g. `/bin/busybox`.
+    pub files: Vec<Install>,
+    pub boot: BootParams,
+    /// mtime of every archive entry; `None` means `SOURCE_DATE_EPOCH` or 0.
+    pub mtime: Option<u32>,
+    /// zstd level of the initramfs (1..=22).
+    pub zstd_level: i32,
+}
+
+impl BuildOptions {
+    /// Options with defaults: no binaries or extra files, default cache,
+    /// fixed mtime from the environment, zstd level 19.
+    pub fn new(manifest: impl Into<PathBuf>, out: impl Into<PathBuf>, boot: BootParams) -> Self {
+        BuildOptions {
+            manifest: manifest.into(),
+            out: out.into(),
+            cache: None,
+            binaries: Vec::new(),
+            files: Vec::new(),
+            boot,
+            mtime: None,
+            zstd_level: 19,
+        }
+    }
+}
+
+/// What a build wrote.
+#[derive(Debug, Clone)]
+pub struct Artifacts {
+    pub vmlinuz: PathBuf,
+    pub initramfs: PathBuf,
+    pub boot_ipxe: PathBuf,
+    /// The concrete Debian package and version, e.g. `linux-image-6.1.0-56-amd64=6.1.192-2`.
+    pub kernel_package: String,
+    /// `uname -r` of the kernel, e.g. `6.1.0-56-amd64`.
+    pub kernel_release: String,
+    pub cmdline: String,
+    pub vmlinuz_size: u64,
+    pub initramfs_size: u64,
+    /// Size of the cpio archive before compression.
+    pub initramfs_uncompressed_size: u64,
+    /// Number of kernel modules in the image.
+    pub module_count: usize,
+}
+
+/// `$XDG_CACHE_HOME/cellos`, else `~/.cache/cellos`.
+pub fn default_cache_dir() -> Result<PathBuf> {
+    let non_empty = |k| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    non_empty("XDG_CACHE_HOME")
+        .or_else(|| non_empty("HOME").map(|h| h.join(".cache")))
+        .map(|c| c.join("cellos"))
+        .ok_or(Error::NoCacheDir)
+}
+
+/// The mtime given, else `SOURCE_DATE_EPOCH`, else 0.
+fn archive_mtime(given: Option<u32>) -> u32 {
+    given
+        .or_else(|| std::env::var("SOURCE_DATE_EPOCH").ok()?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Builds `vmlinuz`, `initramfs.cpio.zst` and `boot.ipxe` into `opts.out`.
+/// `progress` gets one line per long step.
+pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Artifacts> {
+    let (manifest, manifest_text) = manifest::Manifest::load(&opts.manifest)?;
+    let cmdline = kernel_cmdline(&manifest.kernel.cmdline, &opts.boot)?;
+    let cache = match &opts.cache {
+        Some(c) => c.clone(),
+        None => default_cache_dir()?,
+    };
+    fs::create_dir_all(&cache).map_err(error::io("cannot create cache", &cache))?;
+    fs::create_dir_all(&opts.out).map_err(error::io("cannot create output", &opts.out))?;
+
+    progress(&format!("resolving {}", manifest.kernel.package));
+    let package = kernel::resolve(&manifest.kernel.package)?;
+    progress(&format!(
+        "kernel package {}={}",
+        package.name, package.version
+    ));
+    let kernel = kernel::fetch(&package, &cache, progress)?;
+    if !kernel.config()?.lines().any(|l| l == "CONFIG_RD_ZSTD=y") {
+        return Err(Error::KernelTree {
+            path: kernel.root.clone(),
+            reason: "kernel is built without CONFIG_RD_ZSTD, cannot unpack a zstd initramfs".into(),
+        });
+    }
+
+    let index = modules::ModuleIndex::read(&kernel.modules_dir())?;
+    let selection = index.select(&manifest, &kernel.release)?;
+    progress(&format!(
+        "depmod {} ({} modules selected)",
+        kernel.release,
+        selection.paths.len()
+    ));
+    let staging = tempfile::Builder::new()
+        .prefix(".staging-")
+        .tempdir_in(&cache)
+        .map_err(error::io("cannot create a staging directory in", &cache))?;
+    let staged = modules::stage(
+        &kernel.modules_dir(),
+        &selection,
+        staging.path(),
+        &kernel.release,
+    )?;
+
+    let mut tree = initramfs::Tree::default();
+    for dir in DIRS {
+        tree.dir(dir)?;
+    }
+    tree.copy_dir(&format!("/lib/modules/{}", kernel.release), &staged)?;
+    tree.data("/etc/cellos/manifest.toml", manifest_text, false)?;
+    let load: String = manifest
+        .load
+        .always
+        .iter()
+        .map(|m| format!("{m}\n"))
+        .collect();
+    tree.data("/etc/cellos/modules.load", load, false)?;
+    tree.symlink("/sbin/modprobe", "/init")?;
+    for bin in &opts.binaries {
+        if !elf::is_elf(&bin.host)? {
+            return Err(Error::Elf {
+                path: bin.host.clone(),
+                reason: format!("not an ELF file (wanted at {} in the image)", bin.image),
+            });
+        }
+    }
+    let installs: Vec<&Install> = opts.binaries.iter().chain(&opts.files).collect();
+    for install in &installs {
+        tree.file(&install.image, &install.host)?;
+    }
+    let hosts: Vec<&Path> = installs.iter().map(|i| i.host.as_path()).collect();
+    let search: Vec<&Path> = elf::LIBRARY_DIRS.iter().map(Path::new).collect();
+    for lib in elf::closure(&hosts, &search)? {
+        tree.file(&lib.to_string_lossy(), &lib)?;
+    }
+
+    let vmlinuz = opts.out.join(VMLINUZ);
+    fs::copy(kernel.vmlinuz(), &vmlinuz).map_err(error::io("cannot copy kernel to", &vmlinuz))?;
+    let initramfs = opts.out.join(INITRAMFS);
+    progress(&format!(
+        "writing {} ({} entries, zstd -{})",
+        initramfs.display(),
+        tree.len(),
+        opts.zstd_level
+    ));
+    let (raw, compressed) = initramfs::write_zstd(
+        &tree,
+        &initramfs,
+        archive_mtime(opts.mtime),
+        opts.zstd_level,
+    )?;
+    progress(&format!(
+        "initramfs {} MB -> {} MB compressed",
+        raw >> 20,
+        compressed >> 20
+    ));
+    let boot_ipxe = opts.out.join(BOOT_IPXE);
+    let script = ipxe_script(VMLINUZ, INITRAMFS, &cmdline, &kernel.release);
+    fs::write(&boot_ipxe, script).map_err(error::io("cannot write", &boot_ipxe))?;
+
+    let vmlinuz_size = fs::metadata(&vmlinuz)
+        .map_err(error::io("cannot stat", &vmlinuz))?
+        .len();
+    Ok(Artifacts {
+        vmlinuz,
+        initramfs,
+        boot_ipxe,
+        kernel_package: format!("{}={}", package.name, package.version),
+        kernel_release: kernel.release,
+        cmdline,
+        vmlinuz_size,
+        initramfs_size: compressed,
+        initramfs_uncompressed_size: raw,
+        module_count: selection.paths.len(),
+    })
+}

@@ -1,0 +1,37 @@
+//! Golden files for generated text. Regenerate with `UPDATE_GOLDEN=1 cargo test`.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+
+use cellos_image::{ipxe_script, kernel_cmdline, BootParams, BOOT_IPXE, INITRAMFS, VMLINUZ};
+
+fn check_golden(name: &str, actual: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; run with UPDATE_GOLDEN=1", path.display()));
+    assert_eq!(
+        actual,
+        expected,
+        "{} differs; run with UPDATE_GOLDEN=1",
+        path.display()
+    );
+}
+
+#[test]
+fn boot_ipxe_matches_golden() {
+    let params = BootParams {
+        farm: 1,
+        ledger: "http://10.0.2.2:8080".into(),
+        enroll: Some("ENROLLTOKEN".into()),
+        extra: "cellos.mode=test".into(),
+    };
+    let cmdline = kernel_cmdline("console=ttyS0,115200 panic=1 quiet loglevel=4", &params).unwrap();
+    let script = ipxe_script(VMLINUZ, INITRAMFS, &cmdline, "6.1.0-56-amd64");
+    check_golden(BOOT_IPXE, &script);
+}
