@@ -1,0 +1,252 @@
+//! The async HTTP client of the ledger, used by the node agent and the CLI.
+//!
+//! Every call maps the server's `{"error": ...}` body into [`ClientError::Api`] so
+//! the caller can show the ledger's own words; transport failures stay distinct
+//! ([`ClientError::Unreachable`]) so a node can retry those and not the others.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::block::{Block, Genesis};
+use crate::chain::Receipt;
+use crate::tx::SignedTx;
+use crate::types::*;
+
+pub use crate::wire::{Digest, EventPage, EventRecord, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("ledger at {url} is unreachable: {source}")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("ledger answered {status}: {message}")]
+    Api { status: u16, message: String },
+    #[error("ledger answer to {url} does not decode: {reason}")]
+    Decode { url: String, reason: String },
+    #[error("bad ledger URL {0:?}: expected http://host:port")]
+    BadUrl(String),
+}
+
+impl ClientError {
+    /// True for failures worth retrying as they are (network, overload).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Unreachable { .. } => true,
+            ClientError::Api { status, .. } => *status == 503,
+            _ => false,
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorBody {
+    error: String,
+}
+
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+/// Filters for [`Client::nodes`].
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct NodeFilter {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub farm: Option<FarmId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<NodeStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pubkey: Option<PublicKey>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after: Option<NodeId>,
+}
+
+/// Filters for [`Client::contracts`].
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ContractFilter {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<PublicKey>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after: Option<ContractId>,
+}
+
+impl Client {
+    pub fn new(url: &str) -> Result<Self, ClientError> {
+        let base = url.trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(ClientError::BadUrl(url.to_string()));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(90))
+            .build()
+            .map_err(|source| ClientError::Unreachable {
+                url: base.clone(),
+                source,
+            })?;
+        Ok(Client { base, http })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    async fn finish<T: DeserializeOwned>(
+        &self,
+        url: &str,
+        r: Result<reqwest::Response, reqwest::Error>,
+    ) -> Result<T, ClientError> {
+        let bytes = self.finish_bytes(url, r).await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+            url: url.to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    async fn finish_bytes(
+        &self,
+        url: &str,
+        r: Result<reqwest::Response, reqwest::Error>,
+    ) -> Result<Vec<u8>, ClientError> {
+        let unreachable = |source| ClientError::Unreachable {
+            url: url.to_string(),
+            source,
+        };
+        let resp = r.map_err(unreachable)?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(unreachable)?;
+        if !status.is_success() {
+            let message = serde_json::from_slice::<ErrorBody>(&bytes)
+                .map(|b| b.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+            return Err(ClientError::Api {
+                status: status.as_u16(),
+                message,
+            });
+        }
+        Ok(bytes.to_vec())
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let r = self.http.get(&url).send().await;
+        self.finish(&url, r).await
+    }
+
+    async fn get_query<T: DeserializeOwned, Q: Serialize>(
+        &self,
+        path: &str,
+        q: &Q,
+    ) -> Result<T, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let r = self.http.get(&url).query(q).send().await;
+        self.finish(&url, r).await
+    }
+
+    /// Submits a transaction; returns once it is in a durable block.
+    pub async fn submit(&self, tx: &SignedTx) -> Result<Receipt, ClientError> {
+        let url = format!("{}/v1/tx", self.base);
+        let r = self.http.post(&url).json(tx).send().await;
+        self.finish(&url, r).await
+    }
+
+    pub async fn status(&self) -> Result<Status, ClientError> {
+        self.get("/v1/status").await
+    }
+    pub async fn genesis(&self) -> Result<Genesis, ClientError> {
+        self.get("/v1/genesis").await
+    }
+    pub async fn digest(&self) -> Result<Digest, ClientError> {
+        self.get("/v1/state/digest").await
+    }
+    pub async fn account(&self, k: &PublicKey) -> Result<Account, ClientError> {
+        self.get(&format!("/v1/accounts/{k}")).await
+    }
+    pub async fn farms(&self) -> Result<Vec<Farm>, ClientError> {
+        self.get("/v1/farms").await
+    }
+    pub async fn farm(&self, id: FarmId) -> Result<Farm, ClientError> {
+        self.get(&format!("/v1/farms/{id}")).await
+    }
+    pub async fn nodes(&self, f: &NodeFilter) -> Result<Vec<Node>, ClientError> {
+        self.get_query("/v1/nodes", f).await
+    }
+    pub async fn node(&self, id: NodeId) -> Result<Node, ClientError> {
+        self.get(&format!("/v1/nodes/{id}")).await
+    }
+    pub async fn node_by_key(&self, k: &PublicKey) -> Result<Option<Node>, ClientError> {
+        let f = NodeFilter {
+            pubkey: Some(*k),
+            ..Default::default()
+        };
+        Ok(self.nodes(&f).await?.into_iter().next())
+    }
+    pub async fn contracts(&self, f: &ContractFilter) -> Result<Vec<Contract>, ClientError> {
+        self.get_query("/v1/contracts", f).await
+    }
+    pub async fn contract(&self, id: ContractId) -> Result<Contract, ClientError> {
+        self.get(&format!("/v1/contracts/{id}")).await
+    }
+    pub async fn blocks(&self, from: u64, limit: usize) -> Result<Vec<Block>, ClientError> {
+        self.get_query("/v1/blocks", &[("from", from), ("limit", limit as u64)])
+            .await
+    }
+
+    /// Events from block `from` on, for one node if given; waits up to `wait` for a
+    /// new block when there is none yet.
+    pub async fn events(
+        &self,
+        from: u64,
+        node: Option<NodeId>,
+        wait: Duration,
+    ) -> Result<EventPage, ClientError> {
+        let mut q = vec![
+            ("from", from.to_string()),
+            ("wait", wait.as_secs().to_string()),
+        ];
+        if let Some(n) = node {
+            q.push(("node", n.to_string()));
+        }
+        self.get_query("/v1/events", &q).await
+    }
+
+    /// Stores a blob in the mailbox; returns its hash.
+    pub async fn put_blob(&self, data: Vec<u8>) -> Result<Hash, ClientError> {
+        let h = Hash::of(&data);
+        let url = format!("{}/v1/blobs/{h}", self.base);
+        let r = self.http.put(&url).body(data).send().await;
+        self.finish_bytes(&url, r).await?;
+        Ok(h)
+    }
+
+    /// Fetches a blob and checks it hashes to `h`.
+    pub async fn get_blob(&self, h: &Hash) -> Result<Vec<u8>, ClientError> {
+        let url = format!("{}/v1/blobs/{h}", self.base);
+        let r = self.http.get(&url).send().await;
+        let data = self.finish_bytes(&url, r).await?;
+        if Hash::of(&data) != *h {
+            return Err(ClientError::Decode {
+                url,
+                reason: "blob does not match its hash".into(),
+            });
+        }
+        Ok(data)
+    }
+}

@@ -1,0 +1,616 @@
+//! The ledger's HTTP server (`cellos ledger serve`).
+//!
+//! Handlers parse and signature-check transactions on the tokio workers (in
+//! parallel), then hand them to one committer thread that owns the write side of the
+//! chain. The committer takes everything queued, applies it and writes one block with
+//! one fsync (group commit), and only then answers each sender. Queries read the
+//! committed state under a read lock; blocks, events and blobs come from the store.
+//!
+//! Every malformed request gets a 4xx with a JSON `{"error": ...}` that says what is
+//! wrong; nothing a client sends can panic the server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State as AxState};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{oneshot, watch};
+
+use crate::block::{Block, BlockEvents, Genesis};
+use crate::chain::{Chain, ChainError, Receipt};
+use crate::keys;
+use crate::store::{RedbStore, Store};
+use crate::tx::{SignedTx, VerifiedTx};
+use crate::types::*;
+use crate::wire::{Digest, EventPage, EventRecord, Status};
+
+/// Largest batch one block takes.
+const MAX_BATCH: usize = 8192;
+/// Transactions waiting for the committer before senders get 503.
+const QUEUE: usize = 65536;
+const MAX_TX_BYTES: usize = 64 * 1024;
+const MAX_PAGE: usize = 1000;
+const MAX_WAIT_SECS: u64 = 60;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Key(#[from] keys::KeyError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("serving HTTP: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub data: PathBuf,
+    pub listen: SocketAddr,
+    pub params: ChainParams,
+    /// Largest blob the mailbox takes, in bytes.
+    pub blob_limit: usize,
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+struct Pending {
+    tx: VerifiedTx,
+    reply: oneshot::Sender<Result<Receipt, ApiError>>,
+}
+
+struct Shared {
+    chain: RwLock<Chain>,
+    store: Arc<dyn Store>,
+    queue: std_mpsc::SyncSender<Pending>,
+    height: watch::Receiver<u64>,
+    blob_limit: usize,
+}
+
+impl Shared {
+    fn chain(&self) -> RwLockReadGuard<'_, Chain> {
+        // A poisoned lock means the committer panicked mid-apply; the state may be
+        // half-applied, so stop serving rather than answer from it.
+        match self.chain.read() {
+            Ok(g) => g,
+            Err(_) => std::process::abort(),
+        }
+    }
+}
+
+/// A ledger opened on its data directory, ready to serve.
+pub struct Server {
+    shared: Arc<Shared>,
+    listener: tokio::net::TcpListener,
+}
+
+impl Server {
+    /// Opens (or creates) the chain under `cfg.data` and binds the listener. The
+    /// ledger's key is `ledger.key` in the data directory, created on first start.
+    pub async fn bind(cfg: Config) -> Result<Server, ServerError> {
+        std::fs::create_dir_all(&cfg.data).map_err(|source| ServerError::DataDir {
+            path: cfg.data.clone(),
+            source,
+        })?;
+        let (key, _) = keys::load_or_create(&cfg.data.join("ledger.key"))?;
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&cfg.data.join("ledger.redb"))?);
+        let chain = Chain::open(store.clone(), key, cfg.params.clone(), unix_now())?;
+        let (htx, hrx) = watch::channel(chain.state().height);
+        let (qtx, qrx) = std_mpsc::sync_channel(QUEUE);
+        let shared = Arc::new(Shared {
+            chain: RwLock::new(chain),
+            store,
+            queue: qtx,
+            height: hrx,
+            blob_limit: cfg.blob_limit,
+        });
+        let s2 = shared.clone();
+        std::thread::Builder::new()
+            .name("ledger-commit".into())
+            .spawn(move || committer(s2, qrx, htx))
+            .map_err(|source| ServerError::DataDir {
+                path: cfg.data.clone(),
+                source,
+            })?;
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| ServerError::Listen {
+                addr: cfg.listen,
+                source,
+            })?;
+        Ok(Server { shared, listener })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn chain_id(&self) -> String {
+        self.shared.chain().state().params.chain_id.clone()
+    }
+
+    /// Serves until `shutdown` resolves.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let app = router(self.shared);
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(ServerError::Serve)
+    }
+}
+
+fn committer(shared: Arc<Shared>, rx: std_mpsc::Receiver<Pending>, height: watch::Sender<u64>) {
+    loop {
+        let first = match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(p) => Some(p),
+            Err(std_mpsc::RecvTimeoutError::Timeout) => None,
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+        };
+        let mut batch: Vec<Pending> = first.into_iter().collect();
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let (txs, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.tx, p.reply)).unzip();
+        let mut chain = match shared.chain.write() {
+            Ok(g) => g,
+            Err(_) => std::process::abort(),
+        };
+        match chain.commit(txs, unix_now()) {
+            Ok(results) => {
+                let h = chain.state().height;
+                drop(chain);
+                height.send_replace(h);
+                for (reply, r) in replies.into_iter().zip(results) {
+                    let _ = reply.send(r.map_err(|e| {
+                        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+                    }));
+                }
+            }
+            Err(e) => {
+                drop(chain);
+                tracing::error!("commit failed, nothing in this batch was acknowledged: {e}");
+                for reply in replies {
+                    let _ = reply.send(Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("the ledger could not store the block: {e}"),
+                    )));
+                }
+            }
+        }
+    }
+}
+
+// ---- errors ---------------------------------------------------------------------
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+    fn bad(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+    fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+    fn internal(e: impl std::fmt::Display) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(ErrorBody {
+                error: self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+fn parse<T: std::str::FromStr>(what: &str, s: &str) -> Result<T, ApiError>
+where
+    T::Err: std::fmt::Display,
+{
+    s.parse()
+        .map_err(|e| ApiError::bad(format!("bad {what} {s:?}: {e}")))
+}
+
+/// Query strings with unknown keys are rejected like unknown JSON fields.
+fn query<T: serde::de::DeserializeOwned>(
+    q: Result<Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, ApiError> {
+    q.map(|Query(v)| v)
+        .map_err(|e| ApiError::bad(e.body_text()))
+}
+
+// ---- routes -----------------------------------------------------------------------
+
+fn router(shared: Arc<Shared>) -> Router {
+    let blob_limit = shared.blob_limit;
+    Router::new()
+        .route(
+            "/v1/tx",
+            post(submit).layer(DefaultBodyLimit::max(MAX_TX_BYTES)),
+        )
+        .route("/v1/status", get(status))
+        .route("/v1/genesis", get(genesis))
+        .route("/v1/state/digest", get(digest))
+        .route("/v1/accounts/{key}", get(account))
+        .route("/v1/farms", get(farms))
+        .route("/v1/farms/{id}", get(farm))
+        .route("/v1/nodes", get(nodes))
+        .route("/v1/nodes/{id}", get(node))
+        .route("/v1/contracts", get(contracts))
+        .route("/v1/contracts/{id}", get(contract))
+        .route("/v1/blocks", get(blocks))
+        .route("/v1/blocks/{height}", get(block))
+        .route("/v1/events", get(events))
+        .route(
+            "/v1/blobs/{hash}",
+            get(get_blob)
+                .put(put_blob)
+                .layer(DefaultBodyLimit::max(blob_limit)),
+        )
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .with_state(shared)
+}
+
+/// The body, or a JSON error saying why it could not be read (too large, cut off).
+fn body(b: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+    b.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                e.status(),
+                format!("body is larger than the limit of {limit} bytes"),
+            )
+        } else {
+            ApiError::new(e.status(), e.body_text())
+        }
+    })
+}
+
+async fn submit(
+    AxState(s): AxState<Arc<Shared>>,
+    body_bytes: Result<Bytes, BytesRejection>,
+) -> ApiResult<Receipt> {
+    let body = body(body_bytes, MAX_TX_BYTES)?;
+    let stx: SignedTx = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad(format!("malformed transaction: {e}")))?;
+    let vtx = stx
+        .into_verified()
+        .map_err(|e| ApiError::bad(e.to_string()))?;
+    let (reply, rx) = oneshot::channel();
+    s.queue
+        .try_send(Pending { tx: vtx, reply })
+        .map_err(|e| match e {
+            std_mpsc::TrySendError::Full(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the ledger is busy; retry")
+            }
+            std_mpsc::TrySendError::Disconnected(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the ledger is shutting down",
+            ),
+        })?;
+    let receipt = rx.await.map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the ledger is shutting down",
+        )
+    })??;
+    Ok(Json(receipt))
+}
+
+async fn status(AxState(s): AxState<Arc<Shared>>) -> ApiResult<Status> {
+    let c = s.chain();
+    let st = c.state();
+    Ok(Json(Status {
+        chain_id: st.params.chain_id.clone(),
+        dev_mode: st.params.dev_mode,
+        ledger_key: c.genesis().ledger_key,
+        genesis_hash: c.genesis().hash(),
+        height: st.height,
+        head: c.head(),
+        time: st.time.max(unix_now()),
+    }))
+}
+
+async fn genesis(AxState(s): AxState<Arc<Shared>>) -> ApiResult<Genesis> {
+    Ok(Json(s.chain().genesis().clone()))
+}
+
+async fn digest(AxState(s): AxState<Arc<Shared>>) -> ApiResult<Digest> {
+    let c = s.chain();
+    Ok(Json(Digest {
+        height: c.state().height,
+        digest: c.state().digest(),
+    }))
+}
+
+async fn account(AxState(s): AxState<Arc<Shared>>, Path(key): Path<String>) -> ApiResult<Account> {
+    let k: PublicKey = parse("account key", &key)?;
+    s.chain()
+        .state()
+        .account(&k)
+        .cloned()
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("account {k} does not exist")))
+}
+
+async fn farms(AxState(s): AxState<Arc<Shared>>) -> ApiResult<Vec<Farm>> {
+    Ok(Json(s.chain().state().farms().cloned().collect()))
+}
+
+async fn farm(AxState(s): AxState<Arc<Shared>>, Path(id): Path<String>) -> ApiResult<Farm> {
+    let id: FarmId = parse("farm id", &id)?;
+    s.chain()
+        .state()
+        .farm(id)
+        .cloned()
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("farm {id} does not exist")))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeQuery {
+    farm: Option<FarmId>,
+    status: Option<NodeStatus>,
+    pubkey: Option<PublicKey>,
+    /// Return nodes with ids above this (paging).
+    after: Option<NodeId>,
+    limit: Option<usize>,
+}
+
+async fn nodes(
+    AxState(s): AxState<Arc<Shared>>,
+    q: Result<Query<NodeQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Vec<Node>> {
+    let q = query(q)?;
+    let c = s.chain();
+    if let Some(k) = q.pubkey {
+        return Ok(Json(
+            c.state().node_by_key(&k).cloned().into_iter().collect(),
+        ));
+    }
+    let limit = q.limit.unwrap_or(MAX_PAGE).min(MAX_PAGE);
+    let after = q.after.unwrap_or(0);
+    Ok(Json(
+        c.state()
+            .nodes()
+            .filter(|n| n.id > after)
+            .filter(|n| q.farm.is_none_or(|f| n.farm == f))
+            .filter(|n| q.status.is_none_or(|st| n.status == st))
+            .take(limit)
+            .cloned()
+            .collect(),
+    ))
+}
+
+async fn node(AxState(s): AxState<Arc<Shared>>, Path(id): Path<String>) -> ApiResult<Node> {
+    let id: NodeId = parse("node id", &id)?;
+    s.chain()
+        .state()
+        .node(id)
+        .cloned()
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("node {id} does not exist")))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContractQuery {
+    owner: Option<PublicKey>,
+    node: Option<NodeId>,
+    /// Only contracts that are not closed.
+    open: Option<bool>,
+    after: Option<ContractId>,
+    limit: Option<usize>,
+}
+
+async fn contracts(
+    AxState(s): AxState<Arc<Shared>>,
+    q: Result<Query<ContractQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Vec<Contract>> {
+    let q = query(q)?;
+    let c = s.chain();
+    let limit = q.limit.unwrap_or(MAX_PAGE).min(MAX_PAGE);
+    let after = q.after.unwrap_or(0);
+    let keep = |k: &&Contract| {
+        k.id > after
+            && q.owner.is_none_or(|o| k.owner == o)
+            && q.node.is_none_or(|n| k.node == n)
+            && (q.open != Some(true) || k.is_open())
+    };
+    let list: Vec<Contract> = match (q.node, q.open) {
+        (Some(n), Some(true)) => c
+            .state()
+            .open_contracts_on(n)
+            .filter(keep)
+            .take(limit)
+            .cloned()
+            .collect(),
+        _ => c
+            .state()
+            .contracts()
+            .filter(keep)
+            .take(limit)
+            .cloned()
+            .collect(),
+    };
+    Ok(Json(list))
+}
+
+async fn contract(AxState(s): AxState<Arc<Shared>>, Path(id): Path<String>) -> ApiResult<Contract> {
+    let id: ContractId = parse("contract id", &id)?;
+    s.chain()
+        .state()
+        .contract(id)
+        .cloned()
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("contract {id} does not exist")))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BlockQuery {
+    from: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn blocks(
+    AxState(s): AxState<Arc<Shared>>,
+    q: Result<Query<BlockQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Vec<Block>> {
+    let q = query(q)?;
+    let limit = q.limit.unwrap_or(100).min(MAX_PAGE);
+    let store = s.store.clone();
+    let from = q.from.unwrap_or(1).max(1);
+    tokio::task::spawn_blocking(move || store.blocks(from, limit))
+        .await
+        .map_err(ApiError::internal)?
+        .map(Json)
+        .map_err(ApiError::internal)
+}
+
+async fn block(AxState(s): AxState<Arc<Shared>>, Path(h): Path<String>) -> ApiResult<Block> {
+    let h: u64 = parse("block height", &h)?;
+    let store = s.store.clone();
+    let found = tokio::task::spawn_blocking(move || store.blocks(h, 1))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    found
+        .into_iter()
+        .find(|b| b.header.height == h)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("block {h} does not exist")))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventQuery {
+    /// First block height to return events of.
+    from: Option<u64>,
+    node: Option<NodeId>,
+    contract: Option<ContractId>,
+    /// Seconds to wait for a block at `from` when there is none yet (long-poll).
+    wait: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn events(
+    AxState(s): AxState<Arc<Shared>>,
+    q: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<EventPage> {
+    let q = query(q)?;
+    let from = q.from.unwrap_or(1).max(1);
+    let limit = q.limit.unwrap_or(100).clamp(1, MAX_PAGE);
+    let wait = Duration::from_secs(q.wait.unwrap_or(0).min(MAX_WAIT_SECS));
+    let mut h = s.height.clone();
+    // Long-poll: wait until a block at `from` exists, or the wait is over.
+    let _ = tokio::time::timeout(wait, h.wait_for(|&height| height >= from)).await;
+    let store = s.store.clone();
+    let records: Vec<BlockEvents> = tokio::task::spawn_blocking(move || store.events(from, limit))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    let next = records.last().map_or(from, |r| r.height + 1);
+    let events = records
+        .into_iter()
+        .flat_map(|r| {
+            r.events.into_iter().map(move |event| EventRecord {
+                height: r.height,
+                time: r.time,
+                event,
+            })
+        })
+        .filter(|r| q.node.is_none_or(|n| r.event.node() == Some(n)))
+        .filter(|r| q.contract.is_none_or(|c| r.event.contract() == Some(c)))
+        .collect();
+    Ok(Json(EventPage { events, next }))
+}
+
+async fn put_blob(
+    AxState(s): AxState<Arc<Shared>>,
+    Path(hash): Path<String>,
+    body_bytes: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    let want: Hash = parse("blob hash", &hash)?;
+    let body = body(body_bytes, s.blob_limit)?;
+    let got = Hash::of(&body);
+    if got != want {
+        return Err(ApiError::bad(format!(
+            "blob content hashes to {got}, not to {want} named in the URL"
+        )));
+    }
+    let store = s.store.clone();
+    tokio::task::spawn_blocking(move || store.put_blob(&want, &body))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    Ok(StatusCode::CREATED)
+}
+
+async fn get_blob(
+    AxState(s): AxState<Arc<Shared>>,
+    Path(hash): Path<String>,
+) -> Result<Response, ApiError> {
+    let h: Hash = parse("blob hash", &hash)?;
+    let store = s.store.clone();
+    let data = tokio::task::spawn_blocking(move || store.get_blob(&h))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found(format!("blob {h} does not exist")))?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
+}
