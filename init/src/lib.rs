@@ -17,5 +17,8 @@ pub mod dhcp;
 pub mod glob;
 pub mod kmod;
 pub mod manifest;
+pub mod net;
 pub mod netlink;
+pub mod power;
 pub mod supervisor;
+pub mod sys;

@@ -1,1 +1,353 @@
-fn main() {}
+//! The `init` binary: PID 1 of a cellos node, and `/sbin/modprobe` when called by that name.
+//!
+//! Thin by design: it wires the library's pieces in boot order and runs the signal loop. It
+//! never exits as PID 1 and never panics on purpose; should a bug panic anyway, the panic is
+//! caught and init falls back to a loop that still reaps and still honours shutdown signals.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cellos_init::backoff::BackoffPolicy;
+use cellos_init::console::{line, say};
+use cellos_init::kmod::{self, KmodError, Modprobe, ModuleIndex};
+use cellos_init::manifest::{self, ServiceSpec, MANIFEST_PATH};
+use cellos_init::power::{self, Action};
+use cellos_init::supervisor::Supervisor;
+use cellos_init::{cmdline, net, sys};
+
+/// Modules the image builder asks for, one name per line.
+const MODULES_LOAD: &str = "/etc/cellos/modules.load";
+/// Always tried: the ACPI power button reaches us only through these.
+const ALWAYS_LOAD: &[&str] = &["button", "evdev"];
+/// How long services wait for the network before starting anyway.
+const NET_WAIT: Duration = Duration::from_secs(30);
+/// Grace between SIGTERM and SIGKILL for each service at shutdown.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Exported to services: CLOCK_BOOTTIME ms when init started.
+const INIT_START_ENV: &str = "CELLOS_INIT_START";
+
+fn main() {
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    let name = Path::new(&argv0)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned());
+    if name.as_deref() == Some("modprobe") {
+        std::process::exit(modprobe_main(std::env::args().skip(1).collect()));
+    }
+    sys::block_signals();
+    if std::panic::catch_unwind(init_main).is_err() {
+        say("internal error (see the panic above); supervision stopped, still reaping and honouring shutdown signals");
+    }
+    last_resort_loop();
+}
+
+fn modules_dir() -> PathBuf {
+    Path::new("/lib/modules").join(sys::kernel_release())
+}
+
+/// `/sbin/modprobe [-q] [-b] [--] name [params...]`, as the kernel calls it. Exit 0 when the
+/// module is (now) loaded, 1 otherwise.
+fn modprobe_main(args: Vec<String>) -> i32 {
+    let mut quiet = false;
+    let mut words = Vec::new();
+    let mut options_done = false;
+    for a in args {
+        match a.as_str() {
+            "--" if !options_done => options_done = true,
+            "-q" | "--quiet" if !options_done => quiet = true,
+            "-r" | "--remove" if !options_done => {
+                eprintln_safe("modprobe: removing modules is not supported");
+                return 1;
+            }
+            s if s.starts_with('-') && !options_done => {}
+            _ => words.push(a),
+        }
+    }
+    let Some((target, params)) = words.split_first() else {
+        eprintln_safe("usage: modprobe [-q] [--] <module-or-alias> [params]");
+        return 1;
+    };
+    let index = match ModuleIndex::load(&modules_dir()) {
+        Ok(i) => i,
+        Err(e) => {
+            if !quiet {
+                eprintln_safe(&format!("modprobe: {e}"));
+            }
+            return 1;
+        }
+    };
+    let mut mp = Modprobe::new(index, sys::KernelInserter);
+    match mp.load(target, &params.join(" ")) {
+        Ok(report) if report.failed.is_empty() => 0,
+        Ok(report) => {
+            for e in report.failed {
+                eprintln_safe(&format!("modprobe: {e}"));
+            }
+            1
+        }
+        Err(e) => {
+            if !quiet {
+                eprintln_safe(&format!("modprobe: {e}"));
+            }
+            1
+        }
+    }
+}
+
+fn eprintln_safe(msg: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{msg}");
+}
+
+fn init_main() {
+    let start_ms = sys::boottime_ms();
+    let t0 = Instant::now();
+    let mount_errors = sys::mount_early();
+    sys::ensure_console();
+    say("started");
+    for e in mount_errors {
+        say(&e);
+    }
+    if sys::pid() == 1 {
+        if let Err(e) = sys::disable_cad() {
+            say(&format!("cannot route ctrl-alt-del to init: {e}"));
+        }
+    } else if let Err(e) = sys::set_child_subreaper() {
+        say(&format!(
+            "not PID 1 and cannot become a child subreaper: {e}"
+        ));
+    }
+
+    let text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let (cfg, errors) = cmdline::parse(&text);
+    for e in &errors {
+        say(&e.to_string());
+    }
+    say(&format!(
+        "farm={} ledger={} mode={} debug={} enroll={}",
+        cfg.farm.map_or("unset".into(), |f| f.to_string()),
+        cfg.ledger.as_deref().unwrap_or("unset"),
+        cfg.mode,
+        cfg.debug,
+        if cfg.enroll.is_some() { "set" } else { "unset" },
+    ));
+
+    load_modules(cfg.debug);
+    let watched =
+        power::watch_power_button(Path::new("/dev/input"), || sys::signal_self(libc::SIGTERM));
+    if watched == 0 {
+        say("no input devices: the power button will not be seen");
+    }
+
+    let ifaces = net::list_ifaces(Path::new("/sys/class/net"));
+    let hostname = ifaces
+        .first()
+        .map_or_else(|| "cellos".to_string(), |i| net::hostname_for(i.mac));
+    if let Err(e) = sys::set_hostname(&hostname) {
+        say(&format!("cannot set hostname {hostname}: {e}"));
+    }
+
+    let (tx, rx) = mpsc::channel();
+    let net_cfg = cfg.net.clone();
+    let net_started = Instant::now();
+    let spawned = std::thread::Builder::new()
+        .name("net".into())
+        .spawn(move || {
+            net::run(net_cfg, hostname, move |up| {
+                let _ = tx.send(up);
+            })
+        });
+    if let Err(e) = spawned {
+        say(&format!("cannot start the network thread: {e}"));
+    }
+
+    let services = read_manifest();
+    // Wait for the network (services need the ledger), but not forever, and stay responsive
+    // to shutdown requests meanwhile.
+    let deadline = Instant::now() + NET_WAIT;
+    loop {
+        if let Ok(up) = rx.try_recv() {
+            let gw = up
+                .gateway
+                .map_or("no gateway".into(), |g| format!("via {g}"));
+            say(&format!(
+                "network up on {} {}/{} {gw} in {} ms",
+                up.iface,
+                up.addr,
+                up.prefix,
+                net_started.elapsed().as_millis()
+            ));
+            break;
+        }
+        if Instant::now() >= deadline {
+            say(&format!(
+                "network not up after {}s, starting services anyway (DHCP keeps trying)",
+                NET_WAIT.as_secs()
+            ));
+            break;
+        }
+        if let Some(action) =
+            sys::wait_signal(Duration::from_millis(100)).and_then(power::action_for_signal)
+        {
+            let mut sup = Supervisor::new(
+                Vec::new(),
+                Vec::new(),
+                BackoffPolicy::default(),
+                Arc::new(line),
+            );
+            shutdown(&mut sup, action);
+        }
+    }
+
+    let mut env = cfg.to_env();
+    env.push((INIT_START_ENV.into(), start_ms.to_string()));
+    if std::env::var_os("PATH").is_none() {
+        env.push((
+            "PATH".into(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        ));
+    }
+    let count = services.len();
+    let mut sup = Supervisor::new(services, env, BackoffPolicy::default(), Arc::new(line));
+    sup.start_all();
+    say(&format!(
+        "{count} services started, boot took {} ms",
+        t0.elapsed().as_millis()
+    ));
+
+    loop {
+        let timeout = sup.next_deadline().map_or(Duration::from_secs(60), |d| {
+            d.saturating_duration_since(Instant::now())
+        });
+        match sys::wait_signal(timeout.max(Duration::from_millis(1))) {
+            Some(sig) => match power::action_for_signal(sig) {
+                Some(action) => shutdown(&mut sup, action),
+                None => sup.poll(),
+            },
+            None => sup.poll(),
+        }
+    }
+}
+
+fn load_modules(debug: bool) {
+    let started = Instant::now();
+    let dir = modules_dir();
+    let index = match ModuleIndex::load(&dir) {
+        Ok(i) => i,
+        Err(e) => {
+            say(&format!("no kernel modules will be loaded: {e}"));
+            return;
+        }
+    };
+    let mut mp = Modprobe::new(index, sys::KernelInserter);
+    let mut report = kmod::coldplug(&mut mp, Path::new("/sys/devices"), 8);
+    let mut wanted: Vec<String> = ALWAYS_LOAD.iter().map(|s| s.to_string()).collect();
+    match std::fs::read_to_string(MODULES_LOAD) {
+        Ok(text) => wanted.extend(kmod::parse_module_list(&text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => say(&format!("cannot read {MODULES_LOAD}: {e}")),
+    }
+    for name in wanted {
+        match mp.load(&name, "") {
+            Ok(r) => {
+                report.loaded.extend(r.loaded);
+                report.failed.extend(r.failed);
+            }
+            Err(e @ KmodError::NotFound { .. }) => say(&format!("module {name}: {e}")),
+            Err(e) => say(&e.to_string()),
+        }
+    }
+    // The explicit modules can bring buses of their own.
+    let more = kmod::coldplug(&mut mp, Path::new("/sys/devices"), 4);
+    report.loaded.extend(more.loaded);
+    report.failed.extend(more.failed);
+    for e in &report.failed {
+        say(&e.to_string());
+    }
+    say(&format!(
+        "loaded {} kernel modules in {} ms",
+        report.loaded.len(),
+        started.elapsed().as_millis()
+    ));
+    if debug {
+        say(&format!("modules: {}", report.loaded.join(" ")));
+    }
+}
+
+fn read_manifest() -> Vec<ServiceSpec> {
+    let text = match std::fs::read_to_string(MANIFEST_PATH) {
+        Ok(t) => t,
+        Err(e) => {
+            say(&format!(
+                "cannot read {MANIFEST_PATH}: {e}; no services to start"
+            ));
+            return Vec::new();
+        }
+    };
+    match manifest::parse(&text) {
+        Ok((services, warnings)) => {
+            for w in warnings {
+                say(&w);
+            }
+            services
+        }
+        Err(e) => {
+            say(&format!("{MANIFEST_PATH}: {e}; no services to start"));
+            Vec::new()
+        }
+    }
+}
+
+/// Stop everything and power off or reboot. Never returns.
+fn shutdown(sup: &mut Supervisor, action: Action) -> ! {
+    let what = match action {
+        Action::PowerOff => "power off",
+        Action::Reboot => "reboot",
+    };
+    say(&format!("shutdown requested ({what}): stopping services"));
+    sup.stop_all(STOP_GRACE);
+    if sys::pid() == 1 {
+        // Everything left (workloads, orphans): TERM, a moment, then KILL.
+        sys::kill_all(libc::SIGTERM);
+        let until = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < until {
+            sup.poll();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        sys::kill_all(libc::SIGKILL);
+        std::thread::sleep(Duration::from_millis(100));
+        sup.poll();
+    }
+    sys::sync();
+    for t in sys::unmount_all() {
+        say(&format!("cannot unmount {t}"));
+    }
+    sys::sync();
+    loop {
+        say(match action {
+            Action::PowerOff => "powering off",
+            Action::Reboot => "rebooting",
+        });
+        let e = sys::power(action == Action::Reboot);
+        say(&format!("reboot(2) failed: {e}; retrying in 5s"));
+        std::thread::sleep(Duration::from_secs(5));
+    }
+}
+
+/// After an internal error: keep reaping and still power off or reboot on request.
+fn last_resort_loop() -> ! {
+    let mut sup = Supervisor::new(
+        Vec::new(),
+        Vec::new(),
+        BackoffPolicy::default(),
+        Arc::new(line),
+    );
+    loop {
+        match sys::wait_signal(Duration::from_secs(60)).and_then(power::action_for_signal) {
+            Some(action) => shutdown(&mut sup, action),
+            None => sup.poll(),
+        }
+    }
+}

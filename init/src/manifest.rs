@@ -53,7 +53,7 @@ fn order(services: Vec<ServiceSpec>) -> (Vec<ServiceSpec>, Vec<String>) {
     let mut warnings = Vec::new();
     let mut valid: Vec<ServiceSpec> = Vec::new();
     for s in services {
-        if s.name.is_empty() || s.exec.first().map_or(true, |p| p.is_empty()) {
+        if s.name.is_empty() || !matches!(s.exec.first(), Some(p) if !p.is_empty()) {
             warnings.push(format!(
                 "service {:?} has no name or an empty exec, skipped",
                 s.name
