@@ -43,6 +43,12 @@ fn main() {
     last_resort_loop();
 }
 
+/// Now plus `d`, saturating instead of panicking on overflow.
+fn later(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d).unwrap_or(now)
+}
+
 fn modules_dir() -> PathBuf {
     Path::new("/lib/modules").join(sys::kernel_release())
 }
@@ -166,7 +172,7 @@ fn init_main() {
     let services = read_manifest();
     // Wait for the network (services need the ledger), but not forever, and stay responsive
     // to shutdown requests meanwhile.
-    let deadline = Instant::now() + NET_WAIT;
+    let deadline = later(NET_WAIT);
     loop {
         if let Ok(up) = rx.try_recv() {
             let gw = up
@@ -311,7 +317,7 @@ fn shutdown(sup: &mut Supervisor, action: Action) -> ! {
     if sys::pid() == 1 {
         // Everything left (workloads, orphans): TERM, a moment, then KILL.
         sys::kill_all(libc::SIGTERM);
-        let until = Instant::now() + Duration::from_secs(3);
+        let until = later(Duration::from_secs(3));
         while Instant::now() < until {
             sup.poll();
             std::thread::sleep(Duration::from_millis(50));
