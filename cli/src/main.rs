@@ -1,1 +1,272 @@
-fn main() {}
+//! `cellos`: the command for farmers, users and developers.
+//!
+//! A thin binary: it parses arguments, builds the pieces from the libraries
+//! (ledger server and client, image builder, QEMU runner) and prints results for
+//! people, or as JSON with `--json`. Errors are printed with their whole chain of
+//! causes.
+
+mod bench;
+mod cmd;
+mod output;
+mod units;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Default ledger address, for `serve` and for every client command.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8645";
+
+#[derive(Parser)]
+#[command(
+    name = "cellos",
+    version,
+    about = "cellos: a stateless node OS and its ledger",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+pub struct Global {
+    /// Ledger URL for client commands.
+    #[arg(
+        long,
+        global = true,
+        env = "CELLOS_LEDGER",
+        default_value = "http://127.0.0.1:8645"
+    )]
+    pub url: String,
+    /// Key file (ed25519 seed as hex, mode 0600). Default: ~/.config/cellos/key.
+    #[arg(long, global = true, env = "CELLOS_KEY")]
+    pub key: Option<PathBuf>,
+    /// Print JSON instead of text meant for people.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Run or verify a ledger.
+    #[command(subcommand)]
+    Ledger(LedgerCmd),
+    /// Create or show the key in --key.
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Accounts on the ledger.
+    #[command(subcommand)]
+    Account(AccountCmd),
+    /// Farms: create, approve nodes, enrollment tokens, public IPs.
+    #[command(subcommand)]
+    Farm(FarmCmd),
+    /// Nodes registered on the ledger.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Contracts: capacity reserved on a node for a deployment.
+    #[command(subcommand)]
+    Contract(ContractCmd),
+    /// Benchmarks that print numbers.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Subcommand)]
+pub enum LedgerCmd {
+    /// Serve a ledger over HTTP, storing its chain in --data.
+    Serve {
+        /// Data directory (the chain in ledger.redb, the ledger's key in ledger.key).
+        #[arg(long, default_value = "./ledger-data")]
+        data: PathBuf,
+        #[arg(long, default_value = DEFAULT_LISTEN)]
+        listen: SocketAddr,
+        /// Development mode: enables the faucet.
+        #[arg(long)]
+        dev: bool,
+        /// Chain id, fixed when the chain is created.
+        #[arg(long, default_value = "cellos-local")]
+        chain_id: String,
+        /// Largest blob the mailbox accepts (e.g. 4M).
+        #[arg(long, default_value = "4M", value_parser = units::parse_size)]
+        blob_limit: u64,
+        /// Seconds a suspended contract waits for a top-up before it closes
+        /// (fixed when the chain is created).
+        #[arg(long, default_value_t = 7 * 24 * 3600)]
+        grace: u64,
+    },
+    /// Replay the whole chain: every hash, every signature, every state transition.
+    ///
+    /// With --data, the chain stored there (the server must be stopped); without,
+    /// the chain served at --url, whose state digest must match the replay.
+    Verify {
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum KeyCmd {
+    /// Create a new key file (refuses to overwrite one).
+    New,
+    /// Show the public key and the encryption key of the key file.
+    Show,
+}
+
+#[derive(Subcommand)]
+pub enum AccountCmd {
+    /// Create the account of --key on the ledger.
+    Create,
+    /// Show an account (default: the one of --key).
+    Show { pubkey: Option<String> },
+    /// Mint funds to the account of --key (dev-mode ledgers only).
+    Fund { amount: u64 },
+}
+
+#[derive(Subcommand)]
+pub enum FarmCmd {
+    /// Create a farm owned by --key.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Price per compute unit (1 core, 4 GiB) per hour.
+        #[arg(long, default_value_t = 10)]
+        cu: u64,
+        /// Price per storage unit (100 GiB SSD or 1 TiB HDD) per hour.
+        #[arg(long, default_value_t = 5)]
+        su: u64,
+        /// Price per GiB of traffic.
+        #[arg(long, default_value_t = 1)]
+        nu: u64,
+        /// Price per public IP per hour.
+        #[arg(long, default_value_t = 2)]
+        ipu: u64,
+        /// Key file whose enrollment tokens admit nodes at once (created if missing).
+        #[arg(long)]
+        enrollment_key: Option<PathBuf>,
+    },
+    /// Show a farm.
+    Show { id: u32 },
+    /// List farms.
+    List,
+    /// Approve a node that registered on one of your farms.
+    ApproveNode { node: u32 },
+    /// Print an enrollment token for images (`cellos.enroll=` on the cmdline).
+    EnrollToken {
+        #[arg(long)]
+        farm: u32,
+        /// The farm's enrollment key file.
+        #[arg(long)]
+        enrollment_key: PathBuf,
+        /// How long the token is valid.
+        #[arg(long, default_value_t = 365)]
+        valid_days: u64,
+    },
+    /// Add a public IP (with prefix) to a farm.
+    AddIp {
+        #[arg(long)]
+        farm: u32,
+        #[arg(long)]
+        ip: String,
+        #[arg(long)]
+        gateway: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum NodeCmd {
+    /// List nodes.
+    List {
+        #[arg(long)]
+        farm: Option<u32>,
+        /// up, standby or decommissioned.
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Show a node.
+    Show { id: u32 },
+}
+
+#[derive(Subcommand)]
+pub enum ContractCmd {
+    /// Reserve capacity on a node for a deployment hash.
+    Create {
+        #[arg(long)]
+        node: u32,
+        /// Deployment hash (64 hex digits).
+        #[arg(long)]
+        hash: String,
+        #[arg(long, default_value_t = 0)]
+        cru: u64,
+        /// Memory, e.g. 2G.
+        #[arg(long, default_value = "0", value_parser = units::parse_size)]
+        mru: u64,
+        /// SSD storage, e.g. 50G.
+        #[arg(long, default_value = "0", value_parser = units::parse_size)]
+        sru: u64,
+        /// HDD storage, e.g. 1T.
+        #[arg(long, default_value = "0", value_parser = units::parse_size)]
+        hru: u64,
+        /// Public IPs to lease from the farm.
+        #[arg(long, default_value_t = 0)]
+        ips: u32,
+        /// Escrow deposit.
+        #[arg(long)]
+        deposit: u64,
+    },
+    /// Show a contract.
+    Show { id: u64 },
+    /// List contracts (default: those owned by --key).
+    List {
+        #[arg(long)]
+        node: Option<u32>,
+    },
+    /// Cancel a contract (owner or node).
+    Cancel { id: u64 },
+    /// Add funds to a contract's escrow.
+    TopUp { id: u64, amount: u64 },
+}
+
+#[derive(Subcommand)]
+pub enum BenchCmd {
+    /// Signed transactions per second through a real ledger over HTTP, with fsync.
+    Ledger {
+        /// Nodes registered (and reporting uptime) in the throughput runs.
+        #[arg(long, default_value_t = 20_000)]
+        txs: usize,
+        /// Nodes registered in the timed bulk registration.
+        #[arg(long, default_value_t = 100_000)]
+        nodes: usize,
+        /// Concurrent HTTP clients.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(cmd::run(cli)) {
+        eprintln!("error: {e}");
+        for cause in e.chain().skip(1) {
+            eprintln!("  caused by: {cause}");
+        }
+        std::process::exit(1);
+    }
+}

@@ -209,16 +209,18 @@ impl Client {
             .await
     }
 
-    /// Events from block `from` on, for one node if given; waits up to `wait` for a
-    /// new block when there is none yet.
+    /// Events of up to `blocks` blocks from block `from` on, for one node if given;
+    /// waits up to `wait` for a new block when there is none yet.
     pub async fn events(
         &self,
         from: u64,
+        blocks: usize,
         node: Option<NodeId>,
         wait: Duration,
     ) -> Result<EventPage, ClientError> {
         let mut q = vec![
             ("from", from.to_string()),
+            ("limit", blocks.to_string()),
             ("wait", wait.as_secs().to_string()),
         ];
         if let Some(n) = node {

@@ -18,7 +18,7 @@ use crate::types::*;
 
 /// Something that happened, for watchers (a node follows the events naming it).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "event", deny_unknown_fields)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Event {
     AccountCreated {
         account: PublicKey,

@@ -357,7 +357,7 @@ impl Node {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "state", content = "cause")]
+#[serde(rename_all = "snake_case")]
 pub enum ContractState {
     /// Created, capacity reserved; waiting for the node to accept. Not billed.
     Pending,

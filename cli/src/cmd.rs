@@ -1,0 +1,501 @@
+//! What each subcommand does.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use cellos_ledger::chain::{replay, Receipt};
+use cellos_ledger::client::{Client, ContractFilter, NodeFilter};
+use cellos_ledger::keys::{self, Signer};
+use cellos_ledger::server::{self, Server};
+use cellos_ledger::store::{MemStore, RedbStore, Store};
+use cellos_ledger::*;
+use serde::Serialize;
+
+use crate::{
+    output, AccountCmd, BenchCmd, Cli, Cmd, ContractCmd, FarmCmd, Global, KeyCmd, LedgerCmd,
+    NodeCmd,
+};
+
+pub async fn run(cli: Cli) -> Result<()> {
+    let g = cli.global;
+    match cli.cmd {
+        Cmd::Ledger(c) => ledger(&g, c).await,
+        Cmd::Key(c) => key(&g, c),
+        Cmd::Account(c) => account(&g, c).await,
+        Cmd::Farm(c) => farm(&g, c).await,
+        Cmd::Node(c) => node(&g, c).await,
+        Cmd::Contract(c) => contract(&g, c).await,
+        Cmd::Bench(BenchCmd::Ledger {
+            txs,
+            nodes,
+            concurrency,
+        }) => crate::bench::ledger(txs, nodes, concurrency).await,
+    }
+}
+
+/// Prints `value` as JSON with `--json`, else the text `human` makes of it.
+fn show<T: Serialize>(g: &Global, value: &T, human: impl FnOnce(&T) -> String) -> Result<()> {
+    if g.json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        println!("{}", human(value));
+    }
+    Ok(())
+}
+
+fn key_path(g: &Global) -> Result<PathBuf> {
+    if let Some(k) = &g.key {
+        return Ok(k.clone());
+    }
+    let home = std::env::var_os("HOME").context("HOME is not set; pass --key")?;
+    Ok(Path::new(&home).join(".config/cellos/key"))
+}
+
+fn load_key(g: &Global) -> Result<ed25519_dalek::SigningKey> {
+    let p = key_path(g)?;
+    keys::load(&p).with_context(|| {
+        format!(
+            "no usable key (create one with `cellos key new --key {}`)",
+            p.display()
+        )
+    })
+}
+
+fn client(g: &Global) -> Result<Client> {
+    Ok(Client::new(&g.url)?)
+}
+
+/// A signer for --key on the chain served at --url.
+async fn signer(g: &Global, c: &Client) -> Result<Signer> {
+    let key = load_key(g)?;
+    let st = c
+        .status()
+        .await
+        .with_context(|| format!("cannot reach the ledger at {}", c.url()))?;
+    Ok(Signer::new(key, st.chain_id))
+}
+
+async fn submit(g: &Global, body: TxBody) -> Result<Receipt> {
+    let c = client(g)?;
+    let mut s = signer(g, &c).await?;
+    let name = body.name();
+    let r = c
+        .submit(&s.sign(body))
+        .await
+        .with_context(|| format!("{name} was refused"))?;
+    Ok(r)
+}
+
+fn receipt_text(r: &Receipt) -> String {
+    let mut s = format!("ok: transaction {} in block {}", r.hash, r.height);
+    for e in &r.events {
+        s.push_str(&format!(
+            "\n  {}",
+            serde_json::to_string(e).unwrap_or_default()
+        ));
+    }
+    s
+}
+
+async fn ledger(g: &Global, c: LedgerCmd) -> Result<()> {
+    match c {
+        LedgerCmd::Serve {
+            data,
+            listen,
+            dev,
+            chain_id,
+            blob_limit,
+            grace,
+        } => {
+            let mut params = ChainParams::new(chain_id, dev);
+            params.grace_secs = grace;
+            let cfg = server::Config {
+                data: data.clone(),
+                listen,
+                params,
+                blob_limit: usize::try_from(blob_limit).context("blob limit too large")?,
+            };
+            let srv = Server::bind(cfg).await.context("cannot start the ledger")?;
+            let addr = srv.local_addr()?;
+            tracing::info!(
+                "ledger {:?} serving on http://{addr} (data {}, dev mode {})",
+                srv.chain_id(),
+                data.display(),
+                if dev { "on: faucet enabled" } else { "off" }
+            );
+            srv.run(shutdown_signal()).await?;
+            tracing::info!("ledger stopped");
+            Ok(())
+        }
+        LedgerCmd::Verify { data } => match data {
+            Some(dir) => verify_dir(g, &dir),
+            None => verify_url(g).await,
+        },
+    }
+}
+
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}
+
+#[derive(Serialize)]
+struct VerifyReport {
+    chain_id: String,
+    blocks: u64,
+    transactions: u64,
+    head: Hash,
+    state_digest: Hash,
+}
+
+fn print_verify(g: &Global, r: &chain::Replayed) -> Result<()> {
+    let rep = VerifyReport {
+        chain_id: r.genesis.params.chain_id.clone(),
+        blocks: r.blocks,
+        transactions: r.txs,
+        head: r.head,
+        state_digest: r.state.digest(),
+    };
+    show(g, &rep, |r| {
+        format!(
+            "chain {:?} verified: {} blocks, {} transactions; every hash, signature and transition checks out\n  head          {}\n  state digest  {}",
+            r.chain_id, r.blocks, r.transactions, r.head, r.state_digest
+        )
+    })
+}
+
+fn progress(done: u64, total: u64) {
+    if done % 10_000 == 0 || done == total {
+        eprintln!("verify: block {done}/{total}");
+    }
+}
+
+fn verify_dir(g: &Global, dir: &Path) -> Result<()> {
+    let path = dir.join("ledger.redb");
+    if !path.exists() {
+        bail!("{} holds no ledger (no ledger.redb)", dir.display());
+    }
+    let store = RedbStore::open(&path).with_context(|| {
+        format!(
+            "cannot open {} (is the ledger still running?)",
+            path.display()
+        )
+    })?;
+    let r = replay(&store, true, &mut progress).context("the chain does not verify")?;
+    print_verify(g, &r)
+}
+
+async fn verify_url(g: &Global) -> Result<()> {
+    let c = client(g)?;
+    let genesis = c.genesis().await?;
+    let digest = c.digest().await?;
+    let store = MemStore::default();
+    store.init(&genesis)?;
+    let mut next = 1;
+    while next <= digest.height {
+        const PAGE: usize = 500;
+        let blocks = c.blocks(next, PAGE).await?;
+        let page = c.events(next, PAGE, None, Duration::ZERO).await?;
+        if blocks.is_empty() {
+            bail!(
+                "the ledger served no block at height {next} but reports height {}",
+                digest.height
+            );
+        }
+        for b in blocks
+            .into_iter()
+            .take_while(|b| b.header.height <= digest.height)
+        {
+            let h = b.header.height;
+            let events: Vec<Event> = page
+                .events
+                .iter()
+                .filter(|e| e.height == h)
+                .map(|e| e.event.clone())
+                .collect();
+            let rec = block::BlockEvents {
+                height: h,
+                time: b.header.time,
+                events,
+            };
+            store.append(&b, &rec)?;
+            next = h + 1;
+        }
+    }
+    let r = replay(&store, true, &mut progress).context("the chain does not verify")?;
+    if r.state.digest() != digest.digest {
+        bail!(
+            "replayed state {} differs from the ledger's state {} at height {}",
+            r.state.digest(),
+            digest.digest,
+            digest.height
+        );
+    }
+    print_verify(g, &r)
+}
+
+fn key(g: &Global, c: KeyCmd) -> Result<()> {
+    let path = key_path(g)?;
+    let k = match c {
+        KeyCmd::New => {
+            let k = keys::generate();
+            keys::save(&path, &k)?;
+            eprintln!("created {}", path.display());
+            k
+        }
+        KeyCmd::Show => load_key(g)?,
+    };
+    #[derive(Serialize)]
+    struct KeyInfo {
+        path: PathBuf,
+        public_key: PublicKey,
+        encryption_key: EncryptionKey,
+    }
+    let info = KeyInfo {
+        path,
+        public_key: keys::public_key(&k),
+        encryption_key: keys::encryption_key(&k),
+    };
+    show(g, &info, |i| {
+        format!(
+            "public key      {}\nencryption key  {}\nfile            {}",
+            i.public_key,
+            i.encryption_key,
+            i.path.display()
+        )
+    })
+}
+
+async fn account(g: &Global, c: AccountCmd) -> Result<()> {
+    match c {
+        AccountCmd::Create => {
+            let k = load_key(g)?;
+            let r = submit(
+                g,
+                TxBody::CreateAccount {
+                    encryption_key: Some(keys::encryption_key(&k)),
+                },
+            )
+            .await?;
+            show(g, &r, receipt_text)
+        }
+        AccountCmd::Fund { amount } => {
+            let r = submit(g, TxBody::Faucet { amount }).await?;
+            show(g, &r, receipt_text)
+        }
+        AccountCmd::Show { pubkey } => {
+            let pk = match pubkey {
+                Some(p) => p.parse()?,
+                None => keys::public_key(&load_key(g)?),
+            };
+            let a = client(g)?.account(&pk).await?;
+            show(g, &a, output::account)
+        }
+    }
+}
+
+async fn farm(g: &Global, c: FarmCmd) -> Result<()> {
+    match c {
+        FarmCmd::Create {
+            name,
+            cu,
+            su,
+            nu,
+            ipu,
+            enrollment_key,
+        } => {
+            let ek = match enrollment_key {
+                Some(p) => {
+                    let (k, created) = keys::load_or_create(&p)?;
+                    if created {
+                        eprintln!("created enrollment key {}", p.display());
+                    }
+                    Some(keys::public_key(&k))
+                }
+                None => None,
+            };
+            let r = submit(
+                g,
+                TxBody::CreateFarm {
+                    name,
+                    prices: Prices { cu, su, nu, ipu },
+                    enrollment_key: ek,
+                },
+            )
+            .await?;
+            show(g, &r, receipt_text)
+        }
+        FarmCmd::Show { id } => show(g, &client(g)?.farm(id).await?, output::farm),
+        FarmCmd::List => show(g, &client(g)?.farms().await?, |fs| {
+            fs.iter()
+                .map(output::farm_row)
+                .collect::<Vec<_>>()
+                .join("\n")
+        }),
+        FarmCmd::ApproveNode { node } => show(
+            g,
+            &submit(g, TxBody::ApproveNode { node }).await?,
+            receipt_text,
+        ),
+        FarmCmd::AddIp { farm, ip, gateway } => show(
+            g,
+            &submit(g, TxBody::AddFarmIp { farm, ip, gateway }).await?,
+            receipt_text,
+        ),
+        FarmCmd::EnrollToken {
+            farm,
+            enrollment_key,
+            valid_days,
+        } => {
+            let k = keys::load(&enrollment_key)?;
+            let c = client(g)?;
+            let st = c.status().await?;
+            let f = c.farm(farm).await?;
+            if f.enrollment_key != Some(keys::public_key(&k)) {
+                bail!(
+                    "{} is not the enrollment key of farm {farm}",
+                    enrollment_key.display()
+                );
+            }
+            let expires = st.time + valid_days * 24 * 3600;
+            let t = EnrollToken::issue(&k, &st.chain_id, farm, expires);
+            if g.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "token": t.to_text(), "expires": expires })
+                    )?
+                );
+            } else {
+                println!("{}", t.to_text());
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn node(g: &Global, c: NodeCmd) -> Result<()> {
+    let cl = client(g)?;
+    match c {
+        NodeCmd::List { farm, status } => {
+            let status = status
+                .map(|s| s.parse::<NodeStatus>())
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            let mut all = Vec::new();
+            let mut f = NodeFilter {
+                farm,
+                status,
+                ..Default::default()
+            };
+            loop {
+                let page = cl.nodes(&f).await?;
+                let Some(last) = page.last() else { break };
+                f.after = Some(last.id);
+                all.extend(page);
+            }
+            show(g, &all, |ns| {
+                if ns.is_empty() {
+                    "no nodes".to_string()
+                } else {
+                    ns.iter()
+                        .map(output::node_row)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                }
+            })
+        }
+        NodeCmd::Show { id } => show(g, &cl.node(id).await?, output::node),
+    }
+}
+
+async fn contract(g: &Global, c: ContractCmd) -> Result<()> {
+    match c {
+        ContractCmd::Create {
+            node,
+            hash,
+            cru,
+            mru,
+            sru,
+            hru,
+            ips,
+            deposit,
+        } => {
+            let deployment_hash: Hash = hash.parse()?;
+            let resources = Resources { cru, mru, sru, hru };
+            let r = submit(
+                g,
+                TxBody::CreateContract {
+                    node,
+                    deployment_hash,
+                    resources,
+                    public_ips: ips,
+                    deposit,
+                },
+            )
+            .await?;
+            show(g, &r, receipt_text)
+        }
+        ContractCmd::Show { id } => show(g, &client(g)?.contract(id).await?, output::contract),
+        ContractCmd::List { node } => {
+            let owner = if node.is_none() {
+                Some(keys::public_key(&load_key(g)?))
+            } else {
+                None
+            };
+            let cl = client(g)?;
+            let mut f = ContractFilter {
+                owner,
+                node,
+                ..Default::default()
+            };
+            let mut all = Vec::new();
+            loop {
+                let page = cl.contracts(&f).await?;
+                let Some(last) = page.last() else { break };
+                f.after = Some(last.id);
+                all.extend(page);
+            }
+            show(g, &all, |cs| {
+                if cs.is_empty() {
+                    "no contracts".to_string()
+                } else {
+                    cs.iter()
+                        .map(output::contract_row)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                }
+            })
+        }
+        ContractCmd::Cancel { id } => show(
+            g,
+            &submit(g, TxBody::CancelContract { contract: id }).await?,
+            receipt_text,
+        ),
+        ContractCmd::TopUp { id, amount } => show(
+            g,
+            &submit(
+                g,
+                TxBody::TopUp {
+                    contract: id,
+                    amount,
+                },
+            )
+            .await?,
+            receipt_text,
+        ),
+    }
+}
