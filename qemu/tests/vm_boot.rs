@@ -1,0 +1,192 @@
+//! Boots Debian's kernel with an image from cellos-image under TCG. The
+//! init is a busybox script standing in for cellos-init: it loads the
+//! manifest's always-load modules through modules.dep, prints markers, and
+//! powers off when the ACPI power button is pressed. Named `vm_*` as the
+//! slow tier; the first run downloads the kernel package into the cache.
+#![allow(clippy::unwrap_used)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use cellos_image::{build, Artifacts, BootParams, BuildOptions, Install};
+use cellos_qemu::{Accel, Boot, Config, Disk, DiskKind, Regex, Vm};
+
+/// PID 1 for these tests; as /sbin/modprobe (the kernel's module loader,
+/// a symlink to /init) it hands over to busybox modprobe.
+const INIT: &str = r#"#!/bin/busybox sh
+bb=/bin/busybox
+if [ $$ -ne 1 ]; then exec $bb modprobe "$@"; fi
+$bb mount -t proc proc /proc
+$bb mount -t sysfs sys /sys
+$bb mount -t devtmpfs dev /dev
+echo "cellos-test: init started at $($bb cut -d' ' -f1 /proc/uptime)s"
+for m in $($bb cat /etc/cellos/modules.load); do
+  $bb modprobe $m || echo "cellos-test: modprobe $m failed"
+done
+# Coldplug as cellos-init does: device modaliases through modules.alias,
+# again until the disks the test expects show (cellos.test.disks=N), since
+# drivers bring up devices of their own asynchronously
+# (virtio_pci -> virtio_scsi -> SCSI disks -> sd_mod).
+want=$($bb sed -n 's/.*cellos.test.disks=\([0-9]*\).*/\1/p' /proc/cmdline)
+for i in 1 2 3 4 5 6 7 8 9 10; do
+  for a in /sys/bus/*/devices/*/modalias; do
+    $bb modprobe -q $($bb cat $a) 2>/dev/null
+  done
+  [ "$($bb ls -d /sys/block/sd* 2>/dev/null | $bb wc -l)" -ge "${want:-0}" ] && break
+  $bb sleep 1
+done
+echo "cellos-test: $($bb wc -l < /proc/modules) modules loaded, kernel $($bb uname -r)"
+for b in /sys/block/sd*; do
+  [ -e $b ] || continue
+  echo "cellos-test: disk ${b##*/} rotational=$($bb cat $b/queue/rotational)"
+done
+btn=
+for ev in /sys/class/input/event*; do
+  [ "$($bb cat $ev/device/name)" = "Power Button" ] && btn=/dev/input/${ev##*/}
+done
+echo "cellos-test: up $($bb cut -d' ' -f1 /proc/uptime)s, power button at $btn"
+$bb dd if=$btn of=/dev/null bs=24 count=1 2>/dev/null
+echo "cellos-test: power button pressed"
+$bb poweroff -f
+"#;
+
+/// Built once per test binary, shared by the tests.
+fn image() -> &'static Artifacts {
+    static IMAGE: OnceLock<Artifacts> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("vm-boot-image");
+        std::fs::create_dir_all(&dir).unwrap();
+        let init = dir.join("init.sh");
+        std::fs::write(&init, INIT).unwrap();
+        std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../os/manifest.toml");
+        let mut opts = BuildOptions::new(
+            manifest,
+            dir.join("out"),
+            BootParams {
+                farm: 1,
+                ledger: "http://10.0.2.2:8080".into(),
+                enroll: None,
+                extra: String::new(),
+            },
+        );
+        opts.files = vec![
+            Install::new(&init, "/init"),
+            Install::new("/bin/busybox", "/bin/busybox"),
+        ];
+        opts.zstd_level = 3;
+        let artifacts = build(&opts, &|l| eprintln!("build: {l}")).unwrap();
+        eprintln!(
+            "image: vmlinuz {} bytes, initramfs {} bytes ({} uncompressed), {} modules",
+            artifacts.vmlinuz_size,
+            artifacts.initramfs_size,
+            artifacts.initramfs_uncompressed_size,
+            artifacts.module_count
+        );
+        artifacts
+    })
+}
+
+/// Two TCG guests at once on a 2-core host only slow each other down.
+fn one_vm_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn boot_and_power_off(mut vm: Vm) {
+    let up = vm
+        .wait_for("power button at /dev/input/event", BOOT_TIMEOUT)
+        .unwrap();
+    eprintln!("{up} (QEMU started {:.1?} ago)", vm.uptime());
+    vm.powerdown().unwrap();
+    vm.wait_for("cellos-test: power button pressed", Duration::from_secs(60))
+        .unwrap();
+    let status = vm.wait_exit(Duration::from_secs(60)).unwrap();
+    assert!(status.success(), "QEMU exited with {status}");
+}
+
+#[test]
+fn vm_direct_boot_loads_modules_sees_disks_and_powers_off() {
+    let image = image();
+    let _guard = one_vm_at_a_time();
+    let mut config = Config::new(Boot::Direct {
+        kernel: image.vmlinuz.clone(),
+        initrd: image.initramfs.clone(),
+        cmdline: format!("{} cellos.test.disks=2", image.cmdline),
+    });
+    config.accel = Accel::Tcg;
+    config.memory = "1G".into();
+    config.disks = vec![
+        Disk::new(1 << 30, DiskKind::Ssd),
+        Disk::new(1 << 30, DiskKind::Hdd),
+    ];
+    let started = Instant::now();
+    let mut vm = Vm::start(config).unwrap();
+    let line = vm
+        .wait_for("cellos-test: init started", BOOT_TIMEOUT)
+        .unwrap();
+    eprintln!("{line}, {:.1?} after QEMU started", started.elapsed());
+    let loaded = Regex::new(r"cellos-test: \d+ modules loaded").unwrap();
+    let line = vm.wait_for(&loaded, BOOT_TIMEOUT).unwrap();
+    eprintln!("{line} after {:.1?}", started.elapsed());
+    assert!(!vm.console().contains("failed"), "{}", vm.console());
+    vm.wait_for("power button at", BOOT_TIMEOUT).unwrap();
+    // Disks probe in parallel, so sda may be either: look at both lines.
+    let console = vm.console();
+    for rotational in ["0", "1"] {
+        let line = Regex::new(&format!("disk sd[ab] rotational={rotational}")).unwrap();
+        assert!(
+            line.is_match(&console),
+            "no disk with rotational={rotational}:\n{console}"
+        );
+    }
+    assert_eq!(vm.disks().len(), 2);
+    vm.powerdown().unwrap();
+    vm.wait_for("cellos-test: power button pressed", Duration::from_secs(60))
+        .unwrap();
+    assert!(vm.wait_exit(Duration::from_secs(60)).unwrap().success());
+}
+
+#[test]
+fn vm_pxe_boot_over_tftp() {
+    let image = image();
+    let _guard = one_vm_at_a_time();
+    let tftp_dir = image.boot_ipxe.parent().unwrap().to_path_buf();
+    let mut config = Config::new(Boot::Pxe {
+        tftp_dir,
+        bootfile: "boot.ipxe".into(),
+    });
+    config.accel = Accel::Tcg;
+    config.memory = "1G".into();
+    let vm = Vm::start(config).unwrap();
+    boot_and_power_off(vm);
+}
+
+#[test]
+fn vm_timeout_reports_the_console() {
+    let image = image();
+    let _guard = one_vm_at_a_time();
+    let mut config = Config::new(Boot::Direct {
+        kernel: image.vmlinuz.clone(),
+        initrd: image.initramfs.clone(),
+        // No console on ttyS0 except what init prints.
+        cmdline: image.cmdline.clone(),
+    });
+    config.accel = Accel::Tcg;
+    config.memory = "1G".into();
+    let mut vm = Vm::start(config).unwrap();
+    vm.wait_for("power button at", BOOT_TIMEOUT).unwrap();
+    let err = vm
+        .wait_for("a line that never comes", Duration::from_secs(2))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("a line that never comes"), "{err}");
+    assert!(err.contains("cellos-test: up"), "{err}");
+    vm.kill().unwrap();
+    let err = vm.wait_for("anything", Duration::from_secs(5)).unwrap_err();
+    assert!(err.to_string().contains("QEMU exited"), "{err}");
+}
