@@ -1,0 +1,461 @@
+//! cellos-capacity: what hardware this node has, measured from /proc and /sys.
+//!
+//! The ledger sells a node's capacity, so the numbers here are what the farmer is paid
+//! for: CRU (logical CPUs), MRU (memory bytes), SRU (SSD bytes), HRU (HDD bytes), plus
+//! the node's physical NICs with their MAC and IPv4 addresses. Everything is read from
+//! files under a [`HostPaths`] root so tests point it at fixture trees; the one thing
+//! that is not a file (interface addresses, from `getifaddrs`) comes through the
+//! [`Addresses`] trait, whose real implementation lives in [`sys`].
+//!
+//! It reads and never changes anything. A device whose attributes cannot be read is
+//! skipped and reported in [`Inventory::skipped`] rather than failing the whole
+//! measurement: one odd card reader must not keep a node off the ledger.
+//!
+//! SRU and HRU are, for now, the sizes of non-removable disks by their rotational flag;
+//! the storage module will replace them with the sizes of its pools.
+
+pub mod sys;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cellos_ledger::{Interface, Resources};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CapacityError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    Parse { path: PathBuf, reason: String },
+    #[error("listing interface addresses (getifaddrs): {0}")]
+    Addresses(#[source] std::io::Error),
+}
+
+/// Where the kernel's /proc and /sys are (`/proc` and `/sys` on a node).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPaths {
+    pub proc: PathBuf,
+    pub sys: PathBuf,
+}
+
+impl Default for HostPaths {
+    fn default() -> Self {
+        HostPaths {
+            proc: PathBuf::from("/proc"),
+            sys: PathBuf::from("/sys"),
+        }
+    }
+}
+
+/// One IPv4 address of an interface, as `getifaddrs` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IfAddr {
+    pub interface: String,
+    /// `a.b.c.d/prefix`, the form the ledger stores.
+    pub cidr: String,
+}
+
+/// The IPv4 addresses configured on the host's interfaces.
+pub trait Addresses {
+    fn ipv4(&self) -> Result<Vec<IfAddr>, CapacityError>;
+}
+
+/// A whole block device from /sys/block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disk {
+    /// Kernel name, e.g. `nvme0n1`, `sda`, `vda`.
+    pub name: String,
+    pub size: u64,
+    pub rotational: bool,
+    pub removable: bool,
+}
+
+/// What [`measure`] found.
+#[derive(Debug)]
+pub struct Inventory {
+    pub resources: Resources,
+    /// Disks counted or considered, sorted by name.
+    pub disks: Vec<Disk>,
+    /// Physical NICs, sorted by name, with sorted addresses.
+    pub interfaces: Vec<Interface>,
+    /// Devices that were skipped because their attributes could not be read.
+    pub skipped: Vec<CapacityError>,
+}
+
+/// Block device name prefixes that are not disks the node can sell: loop and RAM
+/// devices, optical drives, floppies, network block devices, device-mapper targets
+/// (layered on disks already counted). md arrays are kept.
+const NOT_DISKS: [&str; 7] = ["loop", "ram", "zram", "sr", "dm-", "fd", "nbd"];
+
+/// Measures the host.
+pub fn measure(paths: &HostPaths, addrs: &dyn Addresses) -> Result<Inventory, CapacityError> {
+    let mut skipped = Vec::new();
+    let cru = cpus(paths)?;
+    let mru = memory(paths)?;
+    let disks = disks(paths, &mut skipped)?;
+    let interfaces = interfaces(paths, addrs, &mut skipped)?;
+    let fixed = |rotational: bool| -> u64 {
+        disks
+            .iter()
+            .filter(|d| !d.removable && d.rotational == rotational)
+            .fold(0u64, |sum, d| sum.saturating_add(d.size))
+    };
+    let resources = Resources {
+        cru,
+        mru,
+        sru: fixed(false),
+        hru: fixed(true),
+    };
+    Ok(Inventory {
+        resources,
+        disks,
+        interfaces,
+        skipped,
+    })
+}
+
+/// Time since boot, from /proc/uptime.
+pub fn uptime(paths: &HostPaths) -> Result<Duration, CapacityError> {
+    let path = paths.proc.join("uptime");
+    let text = read(&path)?;
+    text.split_whitespace()
+        .next()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| CapacityError::Parse {
+            path,
+            reason: format!("expected seconds since boot, found {:?}", text.trim()),
+        })
+}
+
+fn read(path: &Path) -> Result<String, CapacityError> {
+    fs::read_to_string(path).map_err(|source| CapacityError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Logical CPUs: the online set from /sys, or the `processor` lines of /proc/cpuinfo
+/// when /sys does not say.
+fn cpus(paths: &HostPaths) -> Result<u64, CapacityError> {
+    let online = paths.sys.join("devices/system/cpu/online");
+    if let Some(n) = fs::read_to_string(&online)
+        .ok()
+        .and_then(|t| count_cpu_list(&t))
+    {
+        return Ok(n);
+    }
+    let path = paths.proc.join("cpuinfo");
+    let n = read(&path)?
+        .lines()
+        .filter(|l| l.split(':').next().map(str::trim) == Some("processor"))
+        .count() as u64;
+    if n == 0 {
+        return Err(CapacityError::Parse {
+            path,
+            reason: "no processor lines".into(),
+        });
+    }
+    Ok(n)
+}
+
+/// Counts a kernel CPU list such as `0-3,6,8-9`; `None` if it is not one.
+fn count_cpu_list(text: &str) -> Option<u64> {
+    let mut n = 0u64;
+    for part in text.trim().split(',') {
+        let (lo, hi) = match part.split_once('-') {
+            Some((lo, hi)) => (lo.parse::<u64>().ok()?, hi.parse::<u64>().ok()?),
+            None => {
+                let one = part.parse::<u64>().ok()?;
+                (one, one)
+            }
+        };
+        n = n.checked_add(hi.checked_sub(lo)? + 1)?;
+    }
+    (n > 0).then_some(n)
+}
+
+/// MemTotal from /proc/meminfo, in bytes.
+fn memory(paths: &HostPaths) -> Result<u64, CapacityError> {
+    let path = paths.proc.join("meminfo");
+    let text = read(&path)?;
+    let kib = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|rest| rest.trim().strip_suffix("kB"))
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .ok_or_else(|| CapacityError::Parse {
+            path,
+            reason: "no `MemTotal: <n> kB` line".into(),
+        })?;
+    Ok(kib.saturating_mul(1024))
+}
+
+/// Names in a directory, sorted; the directory must exist.
+fn entries(dir: &Path) -> Result<Vec<String>, CapacityError> {
+    let io = |source| CapacityError::Read {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut names = Vec::new();
+    for e in fs::read_dir(dir).map_err(io)? {
+        names.push(e.map_err(io)?.file_name().to_string_lossy().into_owned());
+    }
+    names.sort();
+    Ok(names)
+}
+
+fn read_u64(path: &Path) -> Result<u64, CapacityError> {
+    let text = read(path)?;
+    text.trim().parse().map_err(|_| CapacityError::Parse {
+        path: path.to_path_buf(),
+        reason: format!("expected a number, found {:?}", text.trim()),
+    })
+}
+
+fn disks(paths: &HostPaths, skipped: &mut Vec<CapacityError>) -> Result<Vec<Disk>, CapacityError> {
+    let block = paths.sys.join("block");
+    let mut out = Vec::new();
+    for name in entries(&block)? {
+        if NOT_DISKS.iter().any(|p| name.starts_with(p)) {
+            continue;
+        }
+        let dir = block.join(&name);
+        let disk = (|| {
+            Ok::<_, CapacityError>(Disk {
+                // The kernel counts `size` in 512-byte sectors whatever the device's
+                // logical block size.
+                size: read_u64(&dir.join("size"))?.saturating_mul(512),
+                rotational: read_u64(&dir.join("queue/rotational"))? != 0,
+                removable: read_u64(&dir.join("removable"))? != 0,
+                name: name.clone(),
+            })
+        })();
+        match disk {
+            // An empty card reader or a drive without media.
+            Ok(d) if d.size == 0 => {}
+            Ok(d) => out.push(d),
+            Err(e) => skipped.push(e),
+        }
+    }
+    Ok(out)
+}
+
+fn interfaces(
+    paths: &HostPaths,
+    addrs: &dyn Addresses,
+    skipped: &mut Vec<CapacityError>,
+) -> Result<Vec<Interface>, CapacityError> {
+    let net = paths.sys.join("class/net");
+    let mut ips: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for a in addrs.ipv4()? {
+        ips.entry(a.interface).or_default().push(a.cidr);
+    }
+    let mut out = Vec::new();
+    for name in entries(&net)? {
+        let dir = net.join(&name);
+        // Bridges, veths, tunnels and WireGuard have no `device`: they are ours, not
+        // hardware. Loopback has none either.
+        if name == "lo" || !dir.join("device").exists() {
+            continue;
+        }
+        match read(&dir.join("address")) {
+            Ok(mac) => {
+                let mut ips = ips.remove(&name).unwrap_or_default();
+                ips.sort();
+                out.push(Interface {
+                    name,
+                    mac: mac.trim().to_string(),
+                    ips,
+                });
+            }
+            Err(e) => skipped.push(e),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cellos_ledger::GIB;
+
+    struct FakeAddrs(Vec<(&'static str, &'static str)>);
+
+    impl Addresses for FakeAddrs {
+        fn ipv4(&self) -> Result<Vec<IfAddr>, CapacityError> {
+            Ok(self
+                .0
+                .iter()
+                .map(|(i, c)| IfAddr {
+                    interface: i.to_string(),
+                    cidr: c.to_string(),
+                })
+                .collect())
+        }
+    }
+
+    fn write(root: &Path, rel: &str, text: &str) {
+        let p = root.join(rel);
+        fs::create_dir_all(p.parent().expect("fixture paths have a parent")).expect("mkdir");
+        fs::write(p, text).expect("write fixture");
+    }
+
+    fn disk(root: &Path, name: &str, sectors: u64, rotational: u8, removable: u8) {
+        write(
+            root,
+            &format!("sys/block/{name}/size"),
+            &format!("{sectors}\n"),
+        );
+        let rot = format!("{rotational}\n");
+        write(root, &format!("sys/block/{name}/queue/rotational"), &rot);
+        let rem = format!("{removable}\n");
+        write(root, &format!("sys/block/{name}/removable"), &rem);
+    }
+
+    fn nic(root: &Path, name: &str, mac: &str, physical: bool) {
+        write(
+            root,
+            &format!("sys/class/net/{name}/address"),
+            &format!("{mac}\n"),
+        );
+        if physical {
+            let dev = root.join("sys/devices/pci0000:00/0000:00:03.0");
+            fs::create_dir_all(&dev).expect("mkdir");
+            let link = root.join(format!("sys/class/net/{name}/device"));
+            std::os::unix::fs::symlink(&dev, link).expect("symlink");
+        }
+    }
+
+    const CPUINFO: &str = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: QEMU Virtual CPU version 2.5+\n\nprocessor\t: 1\nvendor_id\t: GenuineIntel\n\n";
+    const MEMINFO: &str =
+        "MemTotal:        2030320 kB\nMemFree:         1811344 kB\nMemAvailable:    1780000 kB\n";
+
+    /// A two-CPU QEMU guest: a virtio SSD, an HDD, a USB stick, and the devices that
+    /// must not count.
+    fn fixture() -> (tempfile::TempDir, HostPaths) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = dir.path();
+        write(r, "proc/cpuinfo", CPUINFO);
+        write(r, "proc/meminfo", MEMINFO);
+        write(r, "proc/uptime", "350735.47 234388.90\n");
+        disk(r, "vda", 41_943_040, 0, 0); // 20 GiB SSD
+        disk(r, "sda", 2_097_152_000, 1, 0); // ~1000 GiB HDD
+        disk(r, "sdb", 15_728_640, 0, 1); // 7.5 GiB USB stick
+        disk(r, "md0", 2_097_152, 0, 0); // 1 GiB array
+        disk(r, "sr0", 2_097_152, 1, 1);
+        disk(r, "loop0", 1024, 0, 0);
+        disk(r, "zram0", 1024, 0, 0);
+        disk(r, "ram0", 1024, 0, 0);
+        disk(r, "dm-0", 1024, 0, 0);
+        disk(r, "mmcblk0", 0, 0, 1); // card reader without a card
+        nic(r, "eth0", "52:54:00:12:34:56", true);
+        nic(r, "eth1", "52:54:00:12:34:57", true);
+        nic(r, "lo", "00:00:00:00:00:00", false);
+        nic(r, "br0", "52:54:00:aa:bb:cc", false);
+        let paths = HostPaths {
+            proc: r.join("proc"),
+            sys: r.join("sys"),
+        };
+        (dir, paths)
+    }
+
+    fn addrs() -> FakeAddrs {
+        FakeAddrs(vec![
+            ("lo", "127.0.0.1/8"),
+            ("eth0", "10.0.2.15/24"),
+            ("br0", "10.1.0.1/16"),
+            ("eth0", "10.0.3.1/24"),
+        ])
+    }
+
+    #[test]
+    fn measures_a_fixture_host() {
+        let (_dir, paths) = fixture();
+        let inv = measure(&paths, &addrs()).expect("measure");
+        assert_eq!(inv.resources.cru, 2);
+        assert_eq!(inv.resources.mru, 2_030_320 * 1024);
+        assert_eq!(inv.resources.sru, 20 * GIB + GIB);
+        assert_eq!(inv.resources.hru, 2_097_152_000 * 512);
+        let names: Vec<_> = inv.disks.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["md0", "sda", "sdb", "vda"]);
+        assert!(inv.disks.iter().any(|d| d.name == "sdb" && d.removable));
+        assert!(inv.skipped.is_empty(), "{:?}", inv.skipped);
+        assert_eq!(
+            inv.interfaces,
+            vec![
+                Interface {
+                    name: "eth0".into(),
+                    mac: "52:54:00:12:34:56".into(),
+                    ips: vec!["10.0.2.15/24".into(), "10.0.3.1/24".into()],
+                },
+                Interface {
+                    name: "eth1".into(),
+                    mac: "52:54:00:12:34:57".into(),
+                    ips: vec![],
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn online_cpu_list_wins_over_cpuinfo() {
+        let (dir, paths) = fixture();
+        write(dir.path(), "sys/devices/system/cpu/online", "0-3,6,8-9\n");
+        assert_eq!(measure(&paths, &addrs()).expect("measure").resources.cru, 7);
+        assert_eq!(count_cpu_list("0\n"), Some(1));
+        assert_eq!(count_cpu_list(""), None);
+        assert_eq!(count_cpu_list("3-1"), None);
+        assert_eq!(count_cpu_list("a-b"), None);
+    }
+
+    #[test]
+    fn unreadable_devices_are_skipped_not_fatal() {
+        let (dir, paths) = fixture();
+        write(dir.path(), "sys/block/nvme0n1/size", "garbage\n");
+        fs::remove_file(dir.path().join("sys/class/net/eth1/address")).expect("rm");
+        let inv = measure(&paths, &addrs()).expect("measure");
+        assert_eq!(inv.skipped.len(), 2, "{:?}", inv.skipped);
+        let msgs: Vec<String> = inv.skipped.iter().map(|e| e.to_string()).collect();
+        assert!(msgs[0].contains("nvme0n1/size: expected a number, found \"garbage\""));
+        assert!(msgs[1].contains("eth1/address"), "{}", msgs[1]);
+        assert_eq!(inv.interfaces.len(), 1);
+        assert_eq!(inv.resources.sru, 21 * GIB);
+    }
+
+    #[test]
+    fn missing_or_bad_core_files_fail_clearly() {
+        let (dir, paths) = fixture();
+        write(dir.path(), "proc/meminfo", "MemFree: 12 kB\n");
+        let e = measure(&paths, &addrs()).expect_err("no MemTotal");
+        assert!(e.to_string().contains("no `MemTotal: <n> kB` line"), "{e}");
+        fs::remove_file(dir.path().join("proc/cpuinfo")).expect("rm");
+        let e = measure(&paths, &addrs()).expect_err("no cpuinfo");
+        assert!(e.to_string().starts_with("reading "), "{e}");
+        assert!(e.to_string().contains("proc/cpuinfo"), "{e}");
+    }
+
+    #[test]
+    fn uptime_from_proc() {
+        let (dir, paths) = fixture();
+        assert_eq!(uptime(&paths).expect("uptime").as_secs(), 350_735);
+        write(dir.path(), "proc/uptime", "nope\n");
+        let e = uptime(&paths).expect_err("bad uptime");
+        assert!(e.to_string().contains("expected seconds since boot"), "{e}");
+    }
+
+    #[test]
+    fn real_host_measures() {
+        // Whatever machine runs the tests has CPUs, memory and a loopback interface.
+        let inv = measure(&HostPaths::default(), &sys::SystemAddresses).expect("measure");
+        assert!(inv.resources.cru > 0 && inv.resources.mru > 0);
+        assert!(inv.interfaces.iter().all(|i| i.name != "lo"));
+    }
+}
