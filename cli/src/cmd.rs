@@ -26,6 +26,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Cmd::Farm(c) => farm(&g, c).await,
         Cmd::Node(c) => node(&g, c).await,
         Cmd::Contract(c) => contract(&g, c).await,
+        Cmd::Demo { listen, data } => {
+            crate::demo::run(crate::demo::DemoOptions { listen, data }).await
+        }
         Cmd::Bench(BenchCmd::Ledger {
             txs,
             nodes,
@@ -178,7 +181,7 @@ fn print_verify(g: &Global, r: &chain::Replayed) -> Result<()> {
 }
 
 fn progress(done: u64, total: u64) {
-    if done % 10_000 == 0 || done == total {
+    if done.is_multiple_of(10_000) || done == total {
         eprintln!("verify: block {done}/{total}");
     }
 }

@@ -7,6 +7,7 @@
 
 mod bench;
 mod cmd;
+mod demo;
 mod output;
 mod units;
 
@@ -73,6 +74,15 @@ pub enum Cmd {
     /// Benchmarks that print numbers.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Start an embedded ledger and walk through a farmer's first steps.
+    Demo {
+        /// Where the embedded ledger listens.
+        #[arg(long, default_value = DEFAULT_LISTEN)]
+        listen: SocketAddr,
+        /// Keep the ledger's data here instead of a temporary directory.
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -253,6 +263,7 @@ fn main() {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let rt = match tokio::runtime::Runtime::new() {

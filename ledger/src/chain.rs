@@ -41,7 +41,7 @@ pub enum ChainError {
         index: usize,
         hash: Hash,
         #[source]
-        source: TxError,
+        source: Box<TxError>,
     },
     #[error("block {height}: recorded events differ from the replayed ones")]
     Events { height: u64 },
@@ -114,7 +114,7 @@ pub fn replay(
                     height,
                     index,
                     hash,
-                    source,
+                    source: Box::new(source),
                 })?;
                 events.extend(ev);
             }

@@ -1,0 +1,447 @@
+//! The ledger over a real socket, against a real `cellos ledger serve` process.
+
+mod common;
+
+use std::time::Duration;
+
+use cellos_ledger::client::{Client, ContractFilter, NodeFilter};
+use cellos_ledger::keys::{self, Signer};
+use cellos_ledger::*;
+use common::{cellos, LedgerProc};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+async fn signer(c: &Client) -> Signer {
+    let chain = c.status().await.expect("status").chain_id;
+    Signer::new(keys::generate(), chain)
+}
+
+fn created_farm(r: &chain::Receipt) -> FarmId {
+    r.events
+        .iter()
+        .find_map(|e| match e {
+            Event::FarmCreated { farm, .. } => Some(*farm),
+            _ => None,
+        })
+        .expect("farm id")
+}
+
+#[test]
+fn deployment_flow_over_http() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = LedgerProc::start(dir.path(), &[]);
+    rt().block_on(async {
+        let c = Client::new(&ledger.url).expect("client");
+        let mut farmer = signer(&c).await;
+        let mut user = signer(&c).await;
+        let chain = farmer.chain_id().to_string();
+        for s in [&mut farmer, &mut user] {
+            let ek = keys::encryption_key(s.key());
+            c.submit(&s.sign(TxBody::CreateAccount {
+                encryption_key: Some(ek),
+            }))
+            .await
+            .expect("account");
+        }
+        c.submit(&user.sign(TxBody::Faucet { amount: 100_000 }))
+            .await
+            .expect("faucet");
+        let enroll = keys::generate();
+        let r = c
+            .submit(&farmer.sign(TxBody::CreateFarm {
+                name: "http-farm".into(),
+                prices: Prices {
+                    cu: 60,
+                    su: 0,
+                    nu: 0,
+                    ipu: 0,
+                },
+                enrollment_key: Some(keys::public_key(&enroll)),
+            }))
+            .await
+            .expect("farm");
+        let farm = created_farm(&r);
+
+        // A node with an enrollment token is approved at once.
+        let mut node = Signer::new(keys::generate(), chain.clone());
+        let token = EnrollToken::issue(&enroll, &chain, farm, u64::MAX);
+        let cap = Resources {
+            cru: 2,
+            mru: 2 * GIB,
+            sru: 20 * GIB,
+            hru: 0,
+        };
+        let r = c
+            .submit(&node.sign(TxBody::RegisterNode {
+                farm,
+                capacity: cap,
+                interfaces: vec![],
+                encryption_key: keys::encryption_key(node.key()),
+                location: None,
+                enrollment: Some(token),
+            }))
+            .await
+            .expect("register");
+        assert!(matches!(
+            r.events.as_slice(),
+            [Event::NodeRegistered { approved: true, .. }]
+        ));
+        let me = c
+            .node_by_key(&node.public_key())
+            .await
+            .expect("query")
+            .expect("node found");
+        assert_eq!(me.capacity, cap);
+        let listed = c
+            .nodes(&NodeFilter {
+                farm: Some(farm),
+                ..Default::default()
+            })
+            .await
+            .expect("nodes");
+        assert_eq!(listed.len(), 1);
+        let none = c
+            .nodes(&NodeFilter {
+                farm: Some(farm),
+                status: Some(NodeStatus::Standby),
+                ..Default::default()
+            })
+            .await
+            .expect("nodes");
+        assert!(none.is_empty());
+
+        // A long-poll on the node's events wakes up when a contract names it.
+        let height = c.status().await.expect("status").height;
+        let poll = {
+            let c = c.clone();
+            tokio::spawn(async move {
+                c.events(height + 1, 10, Some(me.id), Duration::from_secs(20))
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let deployment = b"{\"workloads\": []}".to_vec();
+        let hash = c.put_blob(deployment.clone()).await.expect("blob");
+        assert_eq!(c.get_blob(&hash).await.expect("get blob"), deployment);
+        let r = c
+            .submit(&user.sign(TxBody::CreateContract {
+                node: me.id,
+                deployment_hash: hash,
+                resources: Resources {
+                    cru: 1,
+                    ..Default::default()
+                },
+                public_ips: 0,
+                deposit: 1000,
+            }))
+            .await
+            .expect("contract");
+        let contract = r
+            .events
+            .iter()
+            .find_map(|e| e.contract())
+            .expect("contract id");
+        let page = poll.await.expect("join").expect("events");
+        assert!(
+            page.events.iter().any(|e| e.event
+                == Event::ContractCreated {
+                    contract,
+                    node: me.id
+                }),
+            "{page:?}"
+        );
+        assert!(page.next > height + 1);
+
+        // Over capacity: refused with the ledger's reason.
+        let err = c
+            .submit(&user.sign(TxBody::CreateContract {
+                node: me.id,
+                deployment_hash: hash,
+                resources: Resources {
+                    cru: 2,
+                    ..Default::default()
+                },
+                public_ips: 0,
+                deposit: 1000,
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), Some(422));
+        assert!(
+            err.to_string().contains("not enough free capacity"),
+            "{err}"
+        );
+
+        // Accept with another hash is refused; with the right one the contract is Active.
+        let wrong = c
+            .submit(&node.sign(TxBody::AcceptContract {
+                contract,
+                deployment_hash: Hash::of(b"other"),
+            }))
+            .await
+            .unwrap_err();
+        assert!(wrong.to_string().contains("names deployment"), "{wrong}");
+        c.submit(&node.sign(TxBody::AcceptContract {
+            contract,
+            deployment_hash: hash,
+        }))
+        .await
+        .expect("accept");
+        assert_eq!(
+            c.contract(contract).await.expect("contract").state,
+            ContractState::Active
+        );
+        let mine = c
+            .contracts(&ContractFilter {
+                owner: Some(user.public_key()),
+                ..Default::default()
+            })
+            .await
+            .expect("contracts");
+        assert_eq!(mine.len(), 1);
+        let on_node = c
+            .contracts(&ContractFilter {
+                node: Some(me.id),
+                open: Some(true),
+                ..Default::default()
+            })
+            .await
+            .expect("contracts");
+        assert_eq!(on_node.len(), 1);
+
+        // Cancel: capacity back, escrow refunded.
+        let before = c
+            .account(&user.public_key())
+            .await
+            .expect("account")
+            .balance;
+        c.submit(&user.sign(TxBody::CancelContract { contract }))
+            .await
+            .expect("cancel");
+        assert!(c.node(me.id).await.expect("node").reserved.is_zero());
+        assert_eq!(
+            c.account(&user.public_key())
+                .await
+                .expect("account")
+                .balance,
+            before + 1000
+        );
+
+        // Blocks chain up and are signed by the ledger.
+        let st = c.status().await.expect("status");
+        let blocks = c.blocks(1, 1000).await.expect("blocks");
+        assert_eq!(blocks.len() as u64, st.height);
+        let mut prev = c.genesis().await.expect("genesis").hash();
+        let mut prev_time = 0;
+        for (i, b) in blocks.iter().enumerate() {
+            b.check(i as u64 + 1, prev, prev_time, &st.ledger_key)
+                .expect("block checks");
+            prev = b.hash();
+            prev_time = b.header.time;
+        }
+        assert_eq!(prev, st.head);
+    });
+    let key = dir.path().join("cli.key");
+    let (ok, out, err) = cellos(&["ledger", "verify"], &ledger.url, &key);
+    assert!(ok, "verify failed: {out}{err}");
+    assert!(out.contains("verified"), "{out}");
+}
+
+#[test]
+fn bad_input_gets_a_clear_4xx() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = LedgerProc::start(dir.path(), &["--blob-limit", "1K"]);
+    rt().block_on(async {
+        let http = reqwest::Client::new();
+        let url = &ledger.url;
+        let post = |body: String| {
+            let http = http.clone();
+            let u = format!("{url}/v1/tx");
+            async move {
+                let r = http
+                    .post(u)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .expect("send");
+                (r.status().as_u16(), r.text().await.expect("text"))
+            }
+        };
+        let (st, body) = post("{not json".into()).await;
+        assert_eq!(st, 400);
+        assert!(body.contains("malformed transaction"), "{body}");
+
+        let c = Client::new(url).expect("client");
+        let mut s = signer(&c).await;
+        let good = s.sign(TxBody::CreateAccount {
+            encryption_key: None,
+        });
+        let mut v = serde_json::to_value(&good).expect("json");
+        v["tx"]["surprise"] = serde_json::json!(true);
+        let (st, body) = post(v.to_string()).await;
+        assert_eq!(st, 400);
+        assert!(body.contains("unknown field `surprise`"), "{body}");
+
+        let mut forged = good.clone();
+        forged.tx.nonce += 1;
+        let (st, body) = post(serde_json::to_string(&forged).expect("json")).await;
+        assert_eq!(st, 400);
+        assert!(body.contains("signature does not verify"), "{body}");
+
+        let (st, _) = post(serde_json::to_string(&good).expect("json")).await;
+        assert_eq!(st, 200);
+        let (st, body) = post(serde_json::to_string(&good).expect("json")).await;
+        assert_eq!(st, 422, "a replay is refused");
+        assert!(body.contains("nonce"), "{body}");
+
+        let (st, body) = post("x".repeat(100 * 1024)).await;
+        assert_eq!(st, 413);
+        assert!(body.contains("larger than the limit"), "{body}");
+
+        let big = vec![7u8; 2048];
+        let r = http
+            .put(format!("{url}/v1/blobs/{}", Hash::of(&big)))
+            .body(big)
+            .send()
+            .await
+            .expect("put");
+        assert_eq!(r.status().as_u16(), 413);
+        assert!(r
+            .text()
+            .await
+            .expect("text")
+            .contains("limit of 1024 bytes"));
+        let r = http
+            .put(format!("{url}/v1/blobs/{}", Hash::of(b"a")))
+            .body("b")
+            .send()
+            .await
+            .expect("put");
+        assert_eq!(r.status().as_u16(), 400);
+        assert!(r.text().await.expect("text").contains("not to"));
+        let r = http
+            .get(format!("{url}/v1/blobs/nothex"))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status().as_u16(), 400);
+        let r = http
+            .get(format!("{url}/v1/blobs/{}", Hash::of(b"missing")))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status().as_u16(), 404);
+
+        for (path, status, text) in [
+            ("/v1/nodes?bogus=1", 400, "unknown field `bogus`"),
+            ("/v1/nodes/abc", 400, "bad node id"),
+            ("/v1/nodes/99", 404, "node 99 does not exist"),
+            ("/v1/contracts/1", 404, "contract 1 does not exist"),
+            ("/v1/accounts/zz", 400, "bad account key"),
+            ("/v1/nope", 404, "no such endpoint"),
+        ] {
+            let r = http.get(format!("{url}{path}")).send().await.expect("get");
+            assert_eq!(r.status().as_u16(), status, "{path}");
+            let body = r.text().await.expect("text");
+            assert!(body.contains(text), "{path}: {body}");
+        }
+        // The server is still fine after all that.
+        assert!(c.status().await.is_ok());
+    });
+}
+
+#[test]
+fn cli_tour() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = LedgerProc::start(&dir.path().join("data"), &[]);
+    let key = dir.path().join("me.key");
+    let run = |args: &[&str]| {
+        let (ok, out, err) = cellos(args, &ledger.url, &key);
+        assert!(ok, "cellos {args:?} failed:\n{out}\n{err}");
+        out
+    };
+    run(&["key", "new"]);
+    let mode = std::fs::metadata(&key)
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777);
+    assert_eq!(mode.expect("key file"), 0o600);
+    let (ok, _, err) = cellos(&["key", "new"], &ledger.url, &key);
+    assert!(!ok && err.contains("already exists"), "{err}");
+    run(&["account", "create"]);
+    run(&["account", "fund", "5000"]);
+    let acct: serde_json::Value =
+        serde_json::from_str(&run(&["--json", "account", "show"])).expect("json");
+    assert_eq!(acct["balance"], 5000);
+    let enroll = dir.path().join("enroll.key");
+    run(&[
+        "farm",
+        "create",
+        "--name",
+        "tour",
+        "--enrollment-key",
+        enroll.to_str().expect("path"),
+    ]);
+    let farms: serde_json::Value =
+        serde_json::from_str(&run(&["--json", "farm", "list"])).expect("json");
+    assert_eq!(farms[0]["name"], "tour");
+    let token = run(&[
+        "farm",
+        "enroll-token",
+        "--farm",
+        "1",
+        "--enrollment-key",
+        enroll.to_str().expect("path"),
+    ]);
+    assert!(EnrollToken::parse(token.trim()).is_ok(), "{token}");
+    run(&[
+        "farm",
+        "add-ip",
+        "--farm",
+        "1",
+        "--ip",
+        "185.0.0.2/24",
+        "--gateway",
+        "185.0.0.1",
+    ]);
+    assert!(run(&["farm", "show", "1"]).contains("185.0.0.2/24 via 185.0.0.1  free"));
+    assert_eq!(run(&["node", "list"]).trim(), "no nodes");
+    let (ok, _, err) = cellos(
+        &[
+            "contract",
+            "create",
+            "--node",
+            "1",
+            "--hash",
+            &"0".repeat(64),
+            "--cru",
+            "1",
+            "--deposit",
+            "10",
+        ],
+        &ledger.url,
+        &key,
+    );
+    assert!(!ok && err.contains("node 1 does not exist"), "{err}");
+    let (ok, _, err) = cellos(
+        &[
+            "contract",
+            "create",
+            "--node",
+            "1",
+            "--hash",
+            "abc",
+            "--deposit",
+            "10",
+        ],
+        &ledger.url,
+        &key,
+    );
+    assert!(!ok && err.contains("bad Hash"), "{err}");
+    let (ok, _, err) = cellos(&["node", "list"], "http://127.0.0.1:1", &key);
+    assert!(!ok && err.contains("unreachable"), "{err}");
+}
