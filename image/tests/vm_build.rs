@@ -46,8 +46,8 @@ fn vm_build_is_complete_and_reproducible() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b): (PathBuf, PathBuf) = (dir.path().join("a"), dir.path().join("b"));
     let log = |l: &str| eprintln!("build: {l}");
-    let first = build(&options(&a), &log).unwrap();
-    let second = build(&options(&b), &log).unwrap();
+    let first = build(&options(&a), &log).unwrap_or_else(|e| panic!("{e}"));
+    let second = build(&options(&b), &log).unwrap_or_else(|e| panic!("{e}"));
     eprintln!("{first:#?}");
     for name in ["vmlinuz", "initramfs.cpio.zst", "boot.ipxe"] {
         assert_eq!(

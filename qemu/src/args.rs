@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::{Accel, Boot, Config, DiskKind, Protocol};
+use crate::config::{Accel, Boot, Config, DiskKind, Firmware, Protocol};
 use crate::error::{Error, Result};
 
 /// A disk as attached: its image file and format.
@@ -41,6 +41,9 @@ fn check_option_value(what: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
+/// Debian's OVMF (package ovmf), as QEMU's data dir names it.
+const OVMF: &str = "/usr/share/qemu/OVMF.fd";
+
 pub(crate) fn argv(
     config: &Config,
     accel: Accel,
@@ -65,6 +68,11 @@ pub(crate) fn argv(
     push(&["-m", &config.memory]);
     push(&["-smp", &config.cpus.to_string()]);
     push(&["-nodefaults", "-display", "none", "-no-reboot"]);
+    if config.firmware == Firmware::Uefi {
+        // OVMF.fd is code and variables in one read-only image: no NVRAM
+        // survives, which suits a stateless node.
+        push(&["-bios", OVMF]);
+    }
     push(&[
         "-serial",
         &format!("file:{}", path(&work.join("console.log"))),
@@ -199,6 +207,15 @@ mod tests {
         });
         let args = argv(&config, Accel::Kvm, Path::new("/w"), &[]).unwrap();
         golden("argv-pxe.txt", &args);
+        assert!(!args.contains(&"-bios".to_string()));
+        let uefi = Config {
+            firmware: Firmware::Uefi,
+            ..config
+        };
+        let uefi = argv(&uefi, Accel::Kvm, Path::new("/w"), &[])
+            .unwrap()
+            .join(" ");
+        assert!(uefi.contains("-bios /usr/share/qemu/OVMF.fd"));
         let joined = args.join(" ");
         assert!(joined.contains("-netdev user,id=n0,tftp=/srv/tftp,bootfile=boot.ipxe"));
         assert!(joined.contains("-boot n"));

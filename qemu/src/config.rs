@@ -13,6 +13,15 @@ pub enum Accel {
     Tcg,
 }
 
+/// The guest's firmware.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Firmware {
+    /// SeaBIOS, QEMU's default; fastest to PXE boot (DESIGN §8: ~10 s).
+    Bios,
+    /// OVMF (`/usr/share/qemu/OVMF.fd` from Debian's ovmf), for UEFI boots.
+    Uefi,
+}
+
 /// How the guest gets its kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Boot {
@@ -22,7 +31,7 @@ pub enum Boot {
         initrd: PathBuf,
         cmdline: String,
     },
-    /// BIOS network boot: the NIC's iPXE option ROM gets `bootfile` from
+    /// Network boot: the NIC's iPXE option ROM gets `bootfile` from
     /// QEMU's built-in TFTP server, which serves `tftp_dir`.
     Pxe { tftp_dir: PathBuf, bootfile: String },
 }
@@ -89,6 +98,7 @@ pub struct Config {
     pub memory: String,
     pub cpus: u32,
     pub accel: Accel,
+    pub firmware: Firmware,
     pub boot: Boot,
     pub disks: Vec<Disk>,
     /// Forwards on the user-mode network (the guest reaches the host at 10.0.2.2).
@@ -99,12 +109,13 @@ pub struct Config {
 }
 
 impl Config {
-    /// 2 GiB, 2 CPUs, accelerator chosen automatically, no disks.
+    /// 2 GiB, 2 CPUs, accelerator chosen automatically, BIOS, no disks.
     pub fn new(boot: Boot) -> Config {
         Config {
             memory: "2G".into(),
             cpus: 2,
             accel: Accel::Auto,
+            firmware: Firmware::Bios,
             boot,
             disks: Vec::new(),
             hostfwd: Vec::new(),

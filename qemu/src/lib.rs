@@ -1,7 +1,7 @@
 //! cellos-qemu: boots cellos images in QEMU for tests and developers.
 //!
 //! A [`Config`] says how much machine (memory, CPUs, accelerator), how it
-//! boots (direct kernel or BIOS PXE over QEMU's built-in TFTP), which disks
+//! boots (direct kernel, or PXE over QEMU's built-in TFTP under BIOS or UEFI), which disks
 //! it has (SSD or HDD as the guest sees them) and which host ports forward
 //! into it. [`Vm::start`] runs QEMU with no display, the serial console
 //! captured to a file and a QMP socket; [`Vm::wait_for`] is an expect-style
@@ -18,7 +18,7 @@ mod qmp;
 mod sys;
 mod vm;
 
-pub use config::{Accel, Boot, Config, Disk, DiskKind, DiskSource, HostFwd, Protocol};
+pub use config::{Accel, Boot, Config, Disk, DiskKind, DiskSource, Firmware, HostFwd, Protocol};
 pub use error::{Error, Result};
 pub use regex::Regex;
 pub use vm::{Pattern, Vm};

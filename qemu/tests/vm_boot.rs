@@ -11,7 +11,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use cellos_image::{build, Artifacts, BootParams, BuildOptions, Install};
-use cellos_qemu::{Accel, Boot, Config, Disk, DiskKind, Regex, Vm};
+use cellos_qemu::{Accel, Boot, Config, Disk, DiskKind, Firmware, Regex, Vm};
 
 /// PID 1 for these tests; as /sbin/modprobe (the kernel's module loader,
 /// a symlink to /init) it hands over to busybox modprobe.
@@ -49,8 +49,20 @@ done
 echo "cellos-test: up $($bb cut -d' ' -f1 /proc/uptime)s, power button at $btn"
 $bb dd if=$btn of=/dev/null bs=24 count=1 2>/dev/null
 echo "cellos-test: power button pressed"
+$bb sleep 1  # let the UART drain before the power goes
 $bb poweroff -f
 "#;
+
+/// Unwraps with the error's Display, which carries the console tail.
+trait OrFail<T> {
+    fn or_fail(self) -> T;
+}
+
+impl<T, E: std::fmt::Display> OrFail<T> for Result<T, E> {
+    fn or_fail(self) -> T {
+        self.unwrap_or_else(|e| panic!("{e}"))
+    }
+}
 
 /// Built once per test binary, shared by the tests.
 fn image() -> &'static Artifacts {
@@ -77,7 +89,7 @@ fn image() -> &'static Artifacts {
             Install::new("/bin/busybox", "/bin/busybox"),
         ];
         opts.zstd_level = 3;
-        let artifacts = build(&opts, &|l| eprintln!("build: {l}")).unwrap();
+        let artifacts = build(&opts, &|l| eprintln!("build: {l}")).or_fail();
         eprintln!(
             "image: vmlinuz {} bytes, initramfs {} bytes ({} uncompressed), {} modules",
             artifacts.vmlinuz_size,
@@ -100,12 +112,12 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 fn boot_and_power_off(mut vm: Vm) {
     let up = vm
         .wait_for("power button at /dev/input/event", BOOT_TIMEOUT)
-        .unwrap();
+        .or_fail();
     eprintln!("{up} (QEMU started {:.1?} ago)", vm.uptime());
-    vm.powerdown().unwrap();
+    vm.powerdown().or_fail();
     vm.wait_for("cellos-test: power button pressed", Duration::from_secs(60))
-        .unwrap();
-    let status = vm.wait_exit(Duration::from_secs(60)).unwrap();
+        .or_fail();
+    let status = vm.wait_exit(Duration::from_secs(60)).or_fail();
     assert!(status.success(), "QEMU exited with {status}");
 }
 
@@ -125,16 +137,16 @@ fn vm_direct_boot_loads_modules_sees_disks_and_powers_off() {
         Disk::new(1 << 30, DiskKind::Hdd),
     ];
     let started = Instant::now();
-    let mut vm = Vm::start(config).unwrap();
+    let mut vm = Vm::start(config).or_fail();
     let line = vm
         .wait_for("cellos-test: init started", BOOT_TIMEOUT)
-        .unwrap();
+        .or_fail();
     eprintln!("{line}, {:.1?} after QEMU started", started.elapsed());
     let loaded = Regex::new(r"cellos-test: \d+ modules loaded").unwrap();
-    let line = vm.wait_for(&loaded, BOOT_TIMEOUT).unwrap();
+    let line = vm.wait_for(&loaded, BOOT_TIMEOUT).or_fail();
     eprintln!("{line} after {:.1?}", started.elapsed());
     assert!(!vm.console().contains("failed"), "{}", vm.console());
-    vm.wait_for("power button at", BOOT_TIMEOUT).unwrap();
+    vm.wait_for("power button at", BOOT_TIMEOUT).or_fail();
     // Disks probe in parallel, so sda may be either: look at both lines.
     let console = vm.console();
     for rotational in ["0", "1"] {
@@ -145,14 +157,13 @@ fn vm_direct_boot_loads_modules_sees_disks_and_powers_off() {
         );
     }
     assert_eq!(vm.disks().len(), 2);
-    vm.powerdown().unwrap();
+    vm.powerdown().or_fail();
     vm.wait_for("cellos-test: power button pressed", Duration::from_secs(60))
-        .unwrap();
-    assert!(vm.wait_exit(Duration::from_secs(60)).unwrap().success());
+        .or_fail();
+    assert!(vm.wait_exit(Duration::from_secs(60)).or_fail().success());
 }
 
-#[test]
-fn vm_pxe_boot_over_tftp() {
+fn pxe_boot(firmware: Firmware) {
     let image = image();
     let _guard = one_vm_at_a_time();
     let tftp_dir = image.boot_ipxe.parent().unwrap().to_path_buf();
@@ -161,9 +172,20 @@ fn vm_pxe_boot_over_tftp() {
         bootfile: "boot.ipxe".into(),
     });
     config.accel = Accel::Tcg;
+    config.firmware = firmware;
     config.memory = "1G".into();
-    let vm = Vm::start(config).unwrap();
+    let vm = Vm::start(config).or_fail();
     boot_and_power_off(vm);
+}
+
+#[test]
+fn vm_pxe_boot_over_tftp_bios() {
+    pxe_boot(Firmware::Bios);
+}
+
+#[test]
+fn vm_pxe_boot_over_tftp_uefi() {
+    pxe_boot(Firmware::Uefi);
 }
 
 #[test]
@@ -178,15 +200,15 @@ fn vm_timeout_reports_the_console() {
     });
     config.accel = Accel::Tcg;
     config.memory = "1G".into();
-    let mut vm = Vm::start(config).unwrap();
-    vm.wait_for("power button at", BOOT_TIMEOUT).unwrap();
+    let mut vm = Vm::start(config).or_fail();
+    vm.wait_for("power button at", BOOT_TIMEOUT).or_fail();
     let err = vm
         .wait_for("a line that never comes", Duration::from_secs(2))
         .unwrap_err()
         .to_string();
     assert!(err.contains("a line that never comes"), "{err}");
     assert!(err.contains("cellos-test: up"), "{err}");
-    vm.kill().unwrap();
+    vm.kill().or_fail();
     let err = vm.wait_for("anything", Duration::from_secs(5)).unwrap_err();
     assert!(err.to_string().contains("QEMU exited"), "{err}");
 }
