@@ -189,7 +189,7 @@ fn vm_pxe_boot_over_tftp_uefi() {
 }
 
 #[test]
-fn vm_timeout_reports_the_console() {
+fn vm_timeout_reports_the_console_then_qmp_quit_ends_qemu() {
     let image = image();
     let _guard = one_vm_at_a_time();
     let mut config = Config::new(Boot::Direct {
@@ -208,7 +208,9 @@ fn vm_timeout_reports_the_console() {
         .to_string();
     assert!(err.contains("a line that never comes"), "{err}");
     assert!(err.contains("cellos-test: up"), "{err}");
-    vm.kill().or_fail();
+    // QMP `quit` ends QEMU at once, like pulling the plug.
+    vm.quit().or_fail();
+    vm.kill().or_fail(); // a no-op once QEMU is gone
     let err = vm.wait_for("anything", Duration::from_secs(5)).unwrap_err();
     assert!(err.to_string().contains("QEMU exited"), "{err}");
 }
