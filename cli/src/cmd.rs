@@ -13,8 +13,8 @@ use cellos_ledger::*;
 use serde::Serialize;
 
 use crate::{
-    output, AccountCmd, BenchCmd, Cli, Cmd, ContractCmd, FarmCmd, Global, KeyCmd, LedgerCmd,
-    NodeCmd,
+    node as vm, output, AccountCmd, BenchCmd, Cli, Cmd, ContractCmd, FarmCmd, Global, ImageCmd,
+    KeyCmd, LedgerCmd, NodeCmd, QemuCmd,
 };
 
 pub async fn run(cli: Cli) -> Result<()> {
@@ -26,8 +26,63 @@ pub async fn run(cli: Cli) -> Result<()> {
         Cmd::Farm(c) => farm(&g, c).await,
         Cmd::Node(c) => node(&g, c).await,
         Cmd::Contract(c) => contract(&g, c).await,
-        Cmd::Demo { listen, data } => {
-            crate::demo::run(crate::demo::DemoOptions { listen, data }).await
+        Cmd::Image(ImageCmd::Build {
+            farm,
+            ledger,
+            enroll,
+            extra,
+            out,
+            manifest,
+            cache,
+            bin_dir,
+        }) => {
+            let req = vm::ImageRequest {
+                boot: cellos_image::BootParams {
+                    farm,
+                    ledger,
+                    enroll,
+                    extra,
+                },
+                out,
+                manifest,
+                cache,
+                bin_dir: match bin_dir {
+                    Some(d) => d,
+                    None => vm::default_bin_dir()?,
+                },
+            };
+            tokio::task::spawn_blocking(move || vm::build_image(&req)).await??;
+            Ok(())
+        }
+        Cmd::Qemu(QemuCmd::Run {
+            image,
+            vm,
+            work_dir,
+        }) => {
+            let req = vm::RunRequest {
+                image,
+                vm,
+                work_dir,
+            };
+            run_with_ctrl_c(move |stop| {
+                let mut machine = vm::boot(&req)?;
+                vm::follow(&mut machine, stop)
+            })
+            .await
+        }
+        Cmd::Demo {
+            listen,
+            data,
+            vm,
+            once,
+        } => {
+            crate::demo::run(crate::demo::DemoOptions {
+                listen,
+                data,
+                vm,
+                once,
+            })
+            .await
         }
         Cmd::Bench(BenchCmd::Ledger {
             txs,
@@ -136,6 +191,22 @@ async fn ledger(g: &Global, c: LedgerCmd) -> Result<()> {
             None => verify_url(g).await,
         },
     }
+}
+
+/// Runs blocking work `f` on its own thread; Ctrl-C or SIGTERM sets the flag it
+/// gets, so it can stop cleanly (power a VM off) instead of dying mid-way.
+pub async fn run_with_ctrl_c<F>(f: F) -> Result<()>
+where
+    F: FnOnce(&std::sync::atomic::AtomicBool) -> Result<()> + Send + 'static,
+{
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let mut work = tokio::task::spawn_blocking(move || f(&flag));
+    tokio::select! {
+        r = &mut work => return r?,
+        _ = shutdown_signal() => stop.store(true, std::sync::atomic::Ordering::Relaxed),
+    }
+    work.await?
 }
 
 pub async fn shutdown_signal() {

@@ -1,25 +1,35 @@
 //! `cellos demo`: the whole story on one machine, each step printed.
 //!
 //! An embedded ledger serves on loopback; a farmer creates an account and a farm with
-//! an enrollment key and issues the token an image carries.
+//! an enrollment key and issues the token an image carries; the image is built with
+//! that token and the ledger's address as the guest sees it (10.0.2.2 under QEMU user
+//! networking), booted in QEMU, and the node's registration is read back from the
+//! ledger.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use cellos_ledger::client::Client;
+use cellos_ledger::client::{Client, NodeFilter};
 use cellos_ledger::keys::{self, Signer};
 use cellos_ledger::server::{Config, Server};
 use cellos_ledger::*;
+use cellos_qemu::Regex;
+
+use crate::node;
 
 pub struct DemoOptions {
     pub listen: SocketAddr,
     pub data: Option<PathBuf>,
+    pub vm: crate::VmArgs,
+    pub once: bool,
 }
 
 /// The farm the demo set up on the ledger.
 pub struct DemoFarm {
     pub farm: FarmId,
+    pub token: EnrollToken,
 }
 
 fn step(msg: &str) {
@@ -69,7 +79,7 @@ pub async fn setup_farm(c: &Client) -> Result<DemoFarm> {
         "enrollment token for images of farm {farm}: cellos.enroll={}",
         token.to_text()
     ));
-    Ok(DemoFarm { farm })
+    Ok(DemoFarm { farm, token })
 }
 
 pub async fn run(opts: DemoOptions) -> Result<()> {
@@ -82,14 +92,15 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         }
     };
     let srv = Server::bind(Config {
-        data: data.clone(),
+        data: data.join("ledger"),
         listen: opts.listen,
         params: ChainParams::new("cellos-demo", true),
         blob_limit: 4 << 20,
     })
     .await
     .with_context(|| format!("cannot start the ledger on {}", opts.listen))?;
-    let url = format!("http://{}", srv.local_addr()?);
+    let addr = srv.local_addr()?;
+    let url = format!("http://{addr}");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(srv.run(async {
         let _ = stopped.await;
@@ -100,12 +111,81 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     ));
     let c = Client::new(&url)?;
     let demo = setup_farm(&c).await?;
-    println!(
-        "\nThe ledger stays up: try `cellos --url {url} farm show {}` or `cellos --url {url} ledger verify`.\nCtrl-C stops it.",
+
+    let guest_url = format!("http://10.0.2.2:{}", addr.port());
+    step(&format!(
+        "building the node image for farm {} with ledger {guest_url}",
         demo.farm
-    );
-    crate::cmd::shutdown_signal().await;
+    ));
+    let req = node::ImageRequest {
+        boot: cellos_image::BootParams {
+            farm: demo.farm,
+            ledger: guest_url,
+            enroll: Some(demo.token.to_text()),
+            extra: String::new(),
+        },
+        out: data.join("image"),
+        manifest: None,
+        cache: None,
+        bin_dir: node::default_bin_dir()?,
+    };
+    let image = req.out.clone();
+    tokio::task::spawn_blocking(move || node::build_image(&req)).await??;
+
+    step(&format!(
+        "booting the node in QEMU ({})",
+        if opts.vm.pxe {
+            "PXE"
+        } else {
+            "direct kernel boot"
+        }
+    ));
+    let run = node::RunRequest {
+        image,
+        vm: opts.vm,
+        work_dir: Some(data.join("vm")),
+    };
+    let started = Instant::now();
+    let (mut vm, line) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let mut vm = node::boot(&run)?;
+        let registered = Regex::new(r"cellos: node \d+ registered on farm \d+").context("regex")?;
+        let line = vm
+            .wait_for(&registered, Duration::from_secs(300))
+            .context("the node did not register")?;
+        Ok((vm, line))
+    })
+    .await??;
+    step(&format!(
+        "after {:.1} s the console says: {}",
+        started.elapsed().as_secs_f64(),
+        line.trim()
+    ));
+    let nodes = c
+        .nodes(&NodeFilter {
+            farm: Some(demo.farm),
+            ..Default::default()
+        })
+        .await?;
+    for n in &nodes {
+        step("the ledger knows the node:");
+        println!("{}", crate::output::node(n));
+    }
+    if nodes.is_empty() {
+        anyhow::bail!(
+            "the console says the node registered but the ledger lists no node on farm {}",
+            demo.farm
+        );
+    }
+
+    let result = if opts.once {
+        tokio::task::spawn_blocking(move || node::power_off(&mut vm)).await?
+    } else {
+        println!(
+            "\nThe node and the ledger stay up: try `cellos --url {url} node list` or `cellos --url {url} ledger verify`.\nCtrl-C powers the node off and stops the ledger. Node console:"
+        );
+        crate::cmd::run_with_ctrl_c(move |stop| node::follow(&mut vm, stop)).await
+    };
     let _ = stop.send(());
     server.await??;
-    Ok(())
+    result
 }

@@ -8,6 +8,7 @@
 mod bench;
 mod cmd;
 mod demo;
+mod node;
 mod output;
 mod units;
 
@@ -71,17 +72,94 @@ pub enum Cmd {
     /// Contracts: capacity reserved on a node for a deployment.
     #[command(subcommand)]
     Contract(ContractCmd),
+    /// Build node images.
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// Boot node images in QEMU.
+    #[command(subcommand)]
+    Qemu(QemuCmd),
     /// Benchmarks that print numbers.
     #[command(subcommand)]
     Bench(BenchCmd),
-    /// Start an embedded ledger and walk through a farmer's first steps.
+    /// Start an embedded ledger, create a farm, build the image, boot a node in QEMU
+    /// and show it registered.
     Demo {
         /// Where the embedded ledger listens.
         #[arg(long, default_value = DEFAULT_LISTEN)]
         listen: SocketAddr,
-        /// Keep the ledger's data here instead of a temporary directory.
+        /// Keep the ledger's data and the image here instead of a temporary directory.
         #[arg(long)]
         data: Option<PathBuf>,
+        #[command(flatten)]
+        vm: VmArgs,
+        /// Stop after the node registered instead of waiting for Ctrl-C.
+        #[arg(long)]
+        once: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ImageCmd {
+    /// Write vmlinuz, initramfs.cpio.zst, boot.ipxe and cmdline into --out.
+    Build {
+        /// Farm the node joins.
+        #[arg(long)]
+        farm: u32,
+        /// Ledger URL as the node sees it (under QEMU the host is 10.0.2.2).
+        #[arg(long)]
+        ledger: String,
+        /// Enrollment token (`cellos farm enroll-token`): the node joins approved.
+        #[arg(long)]
+        enroll: Option<String>,
+        /// Extra kernel cmdline, e.g. "cellos.mode=test cellos.debug".
+        #[arg(long, default_value = "")]
+        extra: String,
+        #[arg(long, default_value = "./image")]
+        out: PathBuf,
+        /// OS manifest (default: the os/manifest.toml this cellos was built with).
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// Download cache (default: ~/.cache/cellos).
+        #[arg(long)]
+        cache: Option<PathBuf>,
+        /// Directory holding the node binaries init and cellosd (default: next to cellos).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Clone)]
+pub struct VmArgs {
+    /// Disks: COUNTxSIZE[:ssd|hdd], comma separated, e.g. 2x20G,1x100G:hdd.
+    #[arg(long, default_value = "1x20G,1x50G:hdd", value_parser = node::parse_disks)]
+    pub disks: node::Disks,
+    #[arg(long, default_value = "2G")]
+    pub memory: String,
+    #[arg(long, default_value_t = 2)]
+    pub cpus: u32,
+    /// auto (KVM, falling back to TCG when the guest hangs), kvm or tcg.
+    #[arg(long, default_value = "auto", value_parser = node::parse_accel)]
+    pub accel: cellos_qemu::Accel,
+    /// Boot over PXE (QEMU's TFTP server and iPXE) instead of a direct kernel boot.
+    #[arg(long)]
+    pub pxe: bool,
+    /// Seconds the guest may take to reach init.
+    #[arg(long, default_value_t = 120)]
+    pub boot_timeout: u64,
+}
+
+#[derive(Subcommand)]
+pub enum QemuCmd {
+    /// Boot an image and show its console until it powers off (Ctrl-C powers it off).
+    Run {
+        /// Directory written by `cellos image build`.
+        #[arg(long, default_value = "./image")]
+        image: PathBuf,
+        #[command(flatten)]
+        vm: VmArgs,
+        /// Keep console.log, qmp.sock and the disks here (to boot again on them).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
     },
 }
 
