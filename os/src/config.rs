@@ -1,0 +1,144 @@
+//! The boot config as init hands it over: `CELLOS_*` environment variables taken from
+//! the kernel cmdline (see `cellos_init::cmdline::env`).
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Result};
+use cellos_init::cmdline::env;
+use cellos_ledger::FarmId;
+
+/// CLOCK_BOOTTIME in ms when init started; set by init, absent when run by hand.
+pub const INIT_START: &str = "CELLOS_INIT_START";
+/// Seconds between uptime reports (default 60); for tests and labs.
+pub const UPTIME_SECS: &str = "CELLOS_UPTIME_SECS";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootEnv {
+    pub farm: FarmId,
+    pub ledger: String,
+    /// The enrollment token's text, checked later so a bad one is only a warning.
+    pub enroll: Option<String>,
+    pub init_start_ms: Option<u64>,
+    pub uptime_every: Option<Duration>,
+}
+
+impl BootEnv {
+    /// Reads the config through `get` (the process environment in `main`).
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<BootEnv> {
+        let set = |k: &str| {
+            get(k)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let farm = match set(env::FARM) {
+            None => bail!(
+                "{} is not set: boot the node with cellos.farm=<farm id> on the kernel cmdline",
+                env::FARM
+            ),
+            Some(v) => v.parse().map_err(|_| {
+                anyhow!(
+                    "{}={v:?} is not a farm id: expected a number (cellos.farm=<farm id>)",
+                    env::FARM
+                )
+            })?,
+        };
+        let Some(ledger) = set(env::LEDGER) else {
+            bail!(
+                "{} is not set: boot the node with cellos.ledger=http://<host>:<port> on the kernel cmdline",
+                env::LEDGER
+            );
+        };
+        let uptime_every = match set(UPTIME_SECS) {
+            None => None,
+            Some(v) => match v.parse::<u64>() {
+                Ok(s) if s > 0 => Some(Duration::from_secs(s)),
+                _ => bail!("{UPTIME_SECS}={v:?} is not a number of seconds above 0"),
+            },
+        };
+        Ok(BootEnv {
+            farm,
+            ledger,
+            enroll: set(env::ENROLL),
+            // Only used for the timing in one console line: a bad value means "unknown".
+            init_start_ms: set(INIT_START).and_then(|v| v.parse().ok()),
+            uptime_every,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(vars: &[(&str, &str)]) -> Result<BootEnv> {
+        BootEnv::from_env(|k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    #[test]
+    fn full_config() {
+        let e = parse(&[
+            ("CELLOS_FARM", "3"),
+            ("CELLOS_LEDGER", "http://10.0.2.2:8645"),
+            ("CELLOS_ENROLL", "3.99.abcd"),
+            ("CELLOS_INIT_START", "1234"),
+            ("CELLOS_UPTIME_SECS", "5"),
+            ("CELLOS_MODE", "dev"),
+        ])
+        .expect("valid");
+        assert_eq!(
+            e,
+            BootEnv {
+                farm: 3,
+                ledger: "http://10.0.2.2:8645".into(),
+                enroll: Some("3.99.abcd".into()),
+                init_start_ms: Some(1234),
+                uptime_every: Some(Duration::from_secs(5)),
+            }
+        );
+    }
+
+    #[test]
+    fn minimal_config() {
+        let e = parse(&[
+            ("CELLOS_FARM", "1"),
+            ("CELLOS_LEDGER", "http://l:1"),
+            ("CELLOS_ENROLL", ""),
+        ])
+        .expect("valid");
+        assert_eq!(
+            (e.enroll, e.init_start_ms, e.uptime_every),
+            (None, None, None)
+        );
+    }
+
+    #[test]
+    fn errors_say_what_to_put_on_the_cmdline() {
+        let e = parse(&[("CELLOS_LEDGER", "http://l:1")]).expect_err("no farm");
+        assert_eq!(
+            e.to_string(),
+            "CELLOS_FARM is not set: boot the node with cellos.farm=<farm id> on the kernel cmdline"
+        );
+        let e = parse(&[("CELLOS_FARM", "x"), ("CELLOS_LEDGER", "http://l:1")]).expect_err("bad");
+        assert!(
+            e.to_string().contains("CELLOS_FARM=\"x\" is not a farm id"),
+            "{e}"
+        );
+        let e = parse(&[("CELLOS_FARM", "1")]).expect_err("no ledger");
+        assert!(
+            e.to_string()
+                .starts_with("CELLOS_LEDGER is not set: boot the node with cellos.ledger="),
+            "{e}"
+        );
+        let e = parse(&[
+            ("CELLOS_FARM", "1"),
+            ("CELLOS_LEDGER", "http://l:1"),
+            ("CELLOS_UPTIME_SECS", "0"),
+        ])
+        .expect_err("zero");
+        assert!(e.to_string().contains("CELLOS_UPTIME_SECS"), "{e}");
+    }
+}
