@@ -83,7 +83,12 @@ mod tests {
         let id = Identity::generate();
         let shown = format!("{id:?}");
         assert!(shown.contains(&id.public_key().to_hex()), "{shown}");
-        let secret: String = id.key.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        let secret: String = id
+            .key
+            .to_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         assert!(!shown.contains(&secret), "{shown}");
     }
 }
