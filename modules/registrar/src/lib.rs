@@ -452,7 +452,9 @@ impl<L: Ledger, H: Host> Registrar<L, H> {
             }) if self.config.enrollment.is_some() => {
                 // A token the ledger will not take (expired, another farm, wrong
                 // key) must not keep the node off the ledger: the farmer can still
-                // approve it by hand.
+                // approve it by hand. Any refusal drops the token, not only the
+                // enrollment ones: the worst case of dropping a good token is a node
+                // waiting for the farmer, while keeping a bad one is no node at all.
                 (self.notify)(Notice::EnrollmentRefused { error });
                 self.config.enrollment = None;
                 let body = register(None);
