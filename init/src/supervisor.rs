@@ -298,6 +298,13 @@ fn start(
         .stdout(Stdio::from(write))
         .stderr(Stdio::from(write2))
         .process_group(0);
+    // Init blocks the signals it takes synchronously, and a blocked mask survives exec:
+    // without this a service never sees SIGTERM (std does not reset the mask here).
+    // SAFETY: the closure runs between fork and exec and only calls sigprocmask, which is
+    // async-signal-safe; it touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| crate::sys::unblock_all_signals());
+    }
     let child = cmd.spawn()?;
     // Our copies of the write end close with `cmd`, so the reader sees EOF when the service
     // (and whatever inherited its output) is gone.

@@ -346,6 +346,23 @@ pub fn block_signals() {
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
 }
 
+/// Unblocks every signal in the calling thread. Async-signal-safe: used between fork and
+/// exec so services start with an empty mask.
+pub fn unblock_all_signals() -> io::Result<()> {
+    // SAFETY: sigemptyset initialises a local sigset_t; sigprocmask reads it and writes
+    // no old mask.
+    let rc = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut())
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Wait up to `timeout` for a handled signal; `None` on timeout or interruption.
 pub fn wait_signal(timeout: Duration) -> Option<libc::c_int> {
     let set = handled_set();

@@ -248,3 +248,30 @@ fn missing_program_is_retried_not_fatal() {
     assert!(log[0].ends_with("retrying in 100ms"), "{log:#?}");
     sup.stop_all(Duration::from_secs(1));
 }
+
+#[test]
+fn services_start_with_no_signal_blocked() {
+    let _g = serial();
+    // As in PID 1: init blocks the signals it waits for; services must not inherit that.
+    cellos_init::sys::block_signals();
+    let (sink, lines) = capture();
+    let spec = sh("mask", "grep SigBlk /proc/self/status; exec sleep 30");
+    let mut sup = Supervisor::new(vec![spec], Vec::new(), fast(), sink);
+    sup.start_all();
+    let seen = run_until(&mut sup, Duration::from_secs(5), |_| {
+        snapshot(&lines).iter().any(|l| l.contains("SigBlk"))
+    });
+    assert!(seen, "no mask line: {:?}", snapshot(&lines));
+    assert!(
+        snapshot(&lines).contains(&"[mask] SigBlk:\t0000000000000000".to_string()),
+        "{:?}",
+        snapshot(&lines)
+    );
+    // And SIGTERM stops it at once, well within the grace time.
+    let t = Instant::now();
+    sup.stop_all(Duration::from_secs(5));
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "the service ignored SIGTERM"
+    );
+}

@@ -1,0 +1,143 @@
+//! The walking skeleton, end to end: the real image boots in QEMU (direct kernel and
+//! PXE), init brings the machine up, cellosd registers its capacity on a real ledger.
+
+use std::time::Instant;
+
+use cellos_ledger::keys;
+use cellos_qemu::Disk;
+use cellos_tests::*;
+
+const GIB: u64 = 1 << 30;
+
+fn disks() -> Vec<Disk> {
+    vec![
+        Disk::new(8 * GIB, DiskKind::Ssd),
+        Disk::new(16 * GIB, DiskKind::Hdd),
+    ]
+}
+
+/// Boots with `boot`, waits for registration and checks what the ledger shows
+/// against what QEMU was given.
+fn boots_and_registers(pxe: bool) {
+    let img = image();
+    let ledger = Ledger::start(0);
+    let enroll = keys::generate();
+    let farm = ledger.farm(&enroll);
+    let params = boot_params(farm, &ledger.guest_url(), &enroll);
+    let tftp = tempfile::tempdir().expect("tempdir");
+    let boot = if pxe {
+        img.pxe(&params, tftp.path())
+    } else {
+        img.direct(&params)
+    };
+    let t = Instant::now();
+    let mut vm = start(vm_config(boot, disks()));
+    vm.wait_for("cellos-init: started", BOOT_TIMEOUT)
+        .expect("init starts");
+    let to_init = t.elapsed();
+    let re = Regex::new(REGISTERED).expect("regex");
+    let line = vm.wait_for(&re, BOOT_TIMEOUT).expect("node registers");
+    let (id, on_farm, ms) = registered(&line);
+    assert_eq!(on_farm, farm);
+
+    let node = ledger.node(id);
+    assert_eq!(node.farm, farm);
+    assert!(
+        node.approved,
+        "the enrollment token approves the node at once"
+    );
+    assert_eq!(node.capacity.cru, 2, "QEMU was given 2 CPUs");
+    // 1 GiB of guest RAM, less what firmware and kernel keep for themselves.
+    assert!(
+        node.capacity.mru > 800 << 20 && node.capacity.mru <= GIB,
+        "mru {} is not about 1 GiB",
+        node.capacity.mru
+    );
+    assert_eq!(node.capacity.sru, 8 * GIB, "the SSD QEMU was given");
+    assert_eq!(node.capacity.hru, 16 * GIB, "the HDD QEMU was given");
+    assert!(!node.interfaces.is_empty(), "the node reports its NIC");
+    assert_eq!(ledger.nodes().len(), 1);
+    println!(
+        "figures ({}): QEMU start to init {:.1} s, init to registered {ms} ms (node's own figure), QEMU start to registered {:.1} s",
+        if pxe { "PXE" } else { "direct boot" },
+        to_init.as_secs_f64(),
+        t.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn vm_direct_boot_registers_capacity() {
+    boots_and_registers(false);
+}
+
+#[test]
+fn vm_pxe_boot_registers_capacity() {
+    boots_and_registers(true);
+}
+
+#[test]
+fn vm_power_button_stops_services_and_powers_off() {
+    let img = image();
+    let ledger = Ledger::start(0);
+    let enroll = keys::generate();
+    let farm = ledger.farm(&enroll);
+    let mut vm = start(vm_config(
+        img.direct(&boot_params(farm, &ledger.guest_url(), &enroll)),
+        vec![],
+    ));
+    vm.wait_for(&Regex::new(REGISTERED).expect("regex"), BOOT_TIMEOUT)
+        .expect("node registers");
+    vm.powerdown().expect("power button");
+    vm.wait_for(
+        "cellos-init: powering off",
+        std::time::Duration::from_secs(60),
+    )
+    .expect("init powers off");
+    let status = vm
+        .wait_exit(std::time::Duration::from_secs(60))
+        .expect("QEMU exits by itself");
+    assert!(status.success(), "QEMU exit status {status}");
+    let console = vm.console();
+    assert!(
+        console.contains("cellosd: stopping"),
+        "cellosd was asked to stop:\n{console}"
+    );
+}
+
+#[test]
+fn vm_crashing_service_is_restarted() {
+    let img = image();
+    let enroll = keys::generate();
+    // A ledger URL cellosd refuses: it exits with an error, and init restarts it.
+    let mut params = boot_params(1, "http://10.0.2.2:1", &enroll);
+    params.ledger = "not-a-url".into();
+    let mut vm = start(vm_config(img.direct(&params), vec![]));
+    let restart = Regex::new(r"cellos-init: service cellosd exited with status \d+, restarting in")
+        .expect("regex");
+    vm.wait_for(&restart, BOOT_TIMEOUT).expect("first restart");
+    vm.wait_for(&restart, BOOT_TIMEOUT)
+        .expect("second restart, after backoff");
+}
+
+#[test]
+fn vm_registers_once_the_ledger_appears() {
+    let img = image();
+    let port = free_port();
+    let enroll = keys::generate();
+    // Fresh ledgers number farms from 1: the token can be made before it runs.
+    let params = boot_params(1, &format!("http://10.0.2.2:{port}"), &enroll);
+    let mut vm = start(vm_config(img.direct(&params), vec![]));
+    let unreachable = Regex::new(r"ledger .* unreachable.*retrying in").expect("regex");
+    vm.wait_for(&unreachable, BOOT_TIMEOUT)
+        .expect("the node says the ledger is unreachable");
+    vm.wait_for(&unreachable, BOOT_TIMEOUT)
+        .expect("and keeps retrying");
+    let ledger = Ledger::start(port);
+    assert_eq!(ledger.farm(&enroll), 1);
+    let line = vm
+        .wait_for(&Regex::new(REGISTERED).expect("regex"), BOOT_TIMEOUT)
+        .expect("node registers");
+    let (id, farm, _) = registered(&line);
+    assert_eq!(farm, 1);
+    assert!(ledger.node(id).approved);
+}
