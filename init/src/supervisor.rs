@@ -303,7 +303,7 @@ fn start(
     // SAFETY: the closure runs between fork and exec and only calls sigprocmask, which is
     // async-signal-safe; it touches no memory of the parent.
     unsafe {
-        cmd.pre_exec(|| crate::sys::unblock_all_signals());
+        cmd.pre_exec(crate::sys::unblock_all_signals);
     }
     let child = cmd.spawn()?;
     // Our copies of the write end close with `cmd`, so the reader sees EOF when the service
