@@ -518,6 +518,7 @@ async fn contract(g: &Global, c: ContractCmd) -> Result<()> {
                     resources,
                     public_ips: ips,
                     deposit,
+                    blob: None,
                 },
             )
             .await?;

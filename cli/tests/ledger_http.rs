@@ -138,6 +138,7 @@ fn deployment_flow_over_http() {
                 },
                 public_ips: 0,
                 deposit: 1000,
+                blob: None,
             }))
             .await
             .expect("contract");
@@ -168,6 +169,7 @@ fn deployment_flow_over_http() {
                 },
                 public_ips: 0,
                 deposit: 1000,
+                blob: None,
             }))
             .await
             .unwrap_err();
@@ -182,6 +184,7 @@ fn deployment_flow_over_http() {
             .submit(&node.sign(TxBody::AcceptContract {
                 contract,
                 deployment_hash: Hash::of(b"other"),
+                result: None,
             }))
             .await
             .unwrap_err();
@@ -189,6 +192,7 @@ fn deployment_flow_over_http() {
         c.submit(&node.sign(TxBody::AcceptContract {
             contract,
             deployment_hash: hash,
+            result: None,
         }))
         .await
         .expect("accept");

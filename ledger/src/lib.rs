@@ -15,6 +15,7 @@
 
 pub mod block;
 pub mod chain;
+pub mod deployment;
 pub mod keys;
 pub mod state;
 pub mod store;

@@ -766,6 +766,7 @@ impl State {
                 resources,
                 public_ips,
                 deposit,
+                blob,
             } => self.create_contract(
                 signer,
                 *node,
@@ -773,10 +774,12 @@ impl State {
                 *resources,
                 *public_ips,
                 *deposit,
+                *blob,
             ),
             TxBody::AcceptContract {
                 contract,
                 deployment_hash,
+                result,
             } => {
                 let c = self.contract_ref(*contract)?;
                 self.the_node(&signer, c.node)?;
@@ -798,6 +801,7 @@ impl State {
                 }
                 c.state = ContractState::Active;
                 c.accepted_hash = Some(*deployment_hash);
+                c.result = *result;
                 Ok(vec![Event::ContractAccepted {
                     contract: *contract,
                     node: c.node,
@@ -822,6 +826,7 @@ impl State {
                 contract,
                 deployment_hash,
                 resources,
+                blob,
             } => {
                 let c = self.contract_ref(*contract)?;
                 if c.owner != signer {
@@ -849,6 +854,7 @@ impl State {
                 let c = self.contract_mut(*contract)?;
                 c.resources = *resources;
                 c.deployment_hash = *deployment_hash;
+                c.blob = *blob;
                 c.price_per_hour = per_hour;
                 Ok(vec![Event::ContractUpdated {
                     contract: *contract,
@@ -929,6 +935,7 @@ impl State {
         resources: Resources,
         ips: u32,
         deposit: Amount,
+        blob: Option<Hash>,
     ) -> Result<Vec<Event>, TxError> {
         let n = self.node_ref(node_id)?;
         if !n.approved {
@@ -1002,6 +1009,8 @@ impl State {
                 farm: farm_id,
                 deployment_hash,
                 accepted_hash: None,
+                blob,
+                result: None,
                 resources,
                 public_ips: leased,
                 price_per_hour: per_hour,

@@ -101,11 +101,17 @@ pub enum TxBody {
         resources: Resources,
         public_ips: u32,
         deposit: Amount,
+        /// Mailbox blob holding the deployment sealed to the node.
+        #[serde(default)]
+        blob: Option<Hash>,
     },
-    /// Signed by the node: it provisioned the deployment with this hash.
+    /// Signed by the node: it provisioned the deployment with this hash; `result` is
+    /// the mailbox blob with the results sealed to the owner.
     AcceptContract {
         contract: ContractId,
         deployment_hash: Hash,
+        #[serde(default)]
+        result: Option<Hash>,
     },
     /// Signed by the node.
     RejectContract {
@@ -117,6 +123,8 @@ pub enum TxBody {
         contract: ContractId,
         deployment_hash: Hash,
         resources: Resources,
+        #[serde(default)]
+        blob: Option<Hash>,
     },
     TopUp {
         contract: ContractId,

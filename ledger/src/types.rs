@@ -407,6 +407,10 @@ pub struct Contract {
     /// The last hash the node accepted (differs from `deployment_hash` between an
     /// update and the node's acceptance of it).
     pub accepted_hash: Option<Hash>,
+    /// Mailbox blob with the deployment sealed to the node.
+    pub blob: Option<Hash>,
+    /// Mailbox blob with the node's results sealed to the owner.
+    pub result: Option<Hash>,
     pub resources: Resources,
     /// Public IPs leased from the farm.
     pub public_ips: Vec<String>,

@@ -209,6 +209,7 @@ fn create(
             resources,
             public_ips: ips,
             deposit,
+            blob: None,
         },
     )?;
     match ev.last() {
@@ -223,6 +224,7 @@ fn accept(s: &mut Setup, c: ContractId) {
         TxBody::AcceptContract {
             contract: c,
             deployment_hash: Hash::of(b"d1"),
+            result: None,
         },
     );
 }
@@ -790,7 +792,8 @@ fn contract_rejections() {
                 deployment_hash: Hash::of(b"x"),
                 resources: SMALL,
                 public_ips: 0,
-                deposit: 1000
+                deposit: 1000,
+                blob: None
             }
         ),
         TxError::NoNode(77)
@@ -810,6 +813,7 @@ fn unapproved_node_takes_no_contracts() {
             resources: SMALL,
             public_ips: 0,
             deposit: 1000,
+            blob: None,
         },
     );
     assert_eq!(e, TxError::NodeNotApproved(id));
@@ -824,7 +828,8 @@ fn accept_needs_the_node_and_the_same_hash() {
             &mut s.node,
             TxBody::AcceptContract {
                 contract: c,
-                deployment_hash: Hash::of(b"other")
+                deployment_hash: Hash::of(b"other"),
+                result: None
             }
         ),
         TxError::HashMismatch {
@@ -838,7 +843,8 @@ fn accept_needs_the_node_and_the_same_hash() {
             &mut s.user,
             TxBody::AcceptContract {
                 contract: c,
-                deployment_hash: Hash::of(b"d1")
+                deployment_hash: Hash::of(b"d1"),
+                result: None
             }
         ),
         TxError::NotTheNode(s.node_id)
@@ -896,7 +902,8 @@ fn reject_closes_and_refunds() {
             &mut s.node,
             TxBody::AcceptContract {
                 contract: c,
-                deployment_hash: Hash::of(b"d1")
+                deployment_hash: Hash::of(b"d1"),
+                result: None
             }
         ),
         TxError::WrongContractState { .. }
@@ -1224,7 +1231,8 @@ fn update_contract_resizes_within_capacity() {
             TxBody::UpdateContract {
                 contract: c,
                 deployment_hash: Hash::of(b"d2"),
-                resources: too_big
+                resources: too_big,
+                blob: None
             }
         ),
         TxError::OverCapacity { .. }
@@ -1235,7 +1243,8 @@ fn update_contract_resizes_within_capacity() {
             TxBody::UpdateContract {
                 contract: c,
                 deployment_hash: Hash::of(b"d2"),
-                resources: bigger
+                resources: bigger,
+                blob: None
             }
         ),
         TxError::NotContractOwner(c)
@@ -1246,6 +1255,7 @@ fn update_contract_resizes_within_capacity() {
             contract: c,
             deployment_hash: Hash::of(b"d2"),
             resources: bigger,
+            blob: None,
         },
     );
     let k = s.w.st.contract(c).expect("c").clone();
@@ -1258,6 +1268,7 @@ fn update_contract_resizes_within_capacity() {
         TxBody::AcceptContract {
             contract: c,
             deployment_hash: Hash::of(b"d2"),
+            result: None,
         },
     );
     assert_eq!(
