@@ -283,6 +283,16 @@ pub struct State {
     next_contract: ContractId,
 }
 
+/// The fields of a CreateContract, once the signer is known.
+struct NewContract {
+    node_id: NodeId,
+    deployment_hash: Hash,
+    resources: Resources,
+    ips: u32,
+    deposit: Amount,
+    blob: Option<Hash>,
+}
+
 const MAX_TEXT: usize = 1024;
 const MAX_INTERFACES: usize = 64;
 const MAX_FARM_IPS: usize = 4096;
@@ -769,12 +779,14 @@ impl State {
                 blob,
             } => self.create_contract(
                 signer,
-                *node,
-                *deployment_hash,
-                *resources,
-                *public_ips,
-                *deposit,
-                *blob,
+                NewContract {
+                    node_id: *node,
+                    deployment_hash: *deployment_hash,
+                    resources: *resources,
+                    ips: *public_ips,
+                    deposit: *deposit,
+                    blob: *blob,
+                },
             ),
             TxBody::AcceptContract {
                 contract,
@@ -930,13 +942,16 @@ impl State {
     fn create_contract(
         &mut self,
         owner: PublicKey,
-        node_id: NodeId,
-        deployment_hash: Hash,
-        resources: Resources,
-        ips: u32,
-        deposit: Amount,
-        blob: Option<Hash>,
+        order: NewContract,
     ) -> Result<Vec<Event>, TxError> {
+        let NewContract {
+            node_id,
+            deployment_hash,
+            resources,
+            ips,
+            deposit,
+            blob,
+        } = order;
         let n = self.node_ref(node_id)?;
         if !n.approved {
             return Err(TxError::NodeNotApproved(node_id));
