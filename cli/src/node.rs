@@ -56,10 +56,6 @@ pub fn build_image(req: &ImageRequest) -> Result<Artifacts> {
     let mut opts = BuildOptions::new(manifest, &req.out, req.boot.clone());
     opts.cache = req.cache.clone();
     opts.binaries = bins;
-    let busybox = Path::new("/bin/busybox");
-    if busybox.is_file() {
-        opts.files.push(Install::new(busybox, "/bin/busybox"));
-    }
     let t = Instant::now();
     let a = cellos_image::build(&opts, &|line| eprintln!("image: {line}"))
         .context("image build failed")?;

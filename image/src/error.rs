@@ -32,6 +32,14 @@ pub enum Error {
     },
     #[error("cannot resolve kernel package {package}: {reason}")]
     KernelPackage { package: String, reason: String },
+    #[error("Debian package {package}: {reason}")]
+    Package { package: String, reason: String },
+    #[error("{path} in the package unpacked at {root}: {reason}")]
+    PackageFile {
+        root: PathBuf,
+        path: String,
+        reason: String,
+    },
     #[error("kernel tree {path}: {reason}")]
     KernelTree { path: PathBuf, reason: String },
     #[error(

@@ -3,24 +3,17 @@
 //! cache, and index it with depmod (the .deb ships no modules.dep).
 //!
 //! Cache layout, keyed by package and version so a new Debian kernel never
-//! reuses an old tree:
-//!   CACHE/debs/<package>_<version>.deb
+//! reuses an old tree (the .deb itself is cached by [`deb::download`]):
 //!   CACHE/kernels/<package>_<version>/{boot,lib/modules/<kver>}   (+ `.complete`)
-//! Both are written under a temporary name and renamed, so an interrupted
+//! The tree is written under a temporary name and renamed, so an interrupted
 //! build leaves nothing that looks finished.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::deb::{self, Package};
 use crate::error::{io, Error, Result};
 use crate::sys;
-
-/// A concrete kernel package and the version apt would install.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KernelPackage {
-    pub name: String,
-    pub version: String,
-}
 
 /// An unpacked, depmod-indexed kernel in the cache.
 #[derive(Debug, Clone)]
@@ -54,7 +47,7 @@ impl KernelTree {
 
 /// Follows `package` through metapackage dependencies (at most a few hops)
 /// to the package that holds the kernel.
-pub fn resolve(package: &str) -> Result<KernelPackage> {
+pub fn resolve(package: &str) -> Result<Package> {
     let mut name = package.to_string();
     for _ in 0..4 {
         let record = sys::apt_show(&name).map_err(|e| Error::KernelPackage {
@@ -63,7 +56,7 @@ pub fn resolve(package: &str) -> Result<KernelPackage> {
         })?;
         match parse_record(&record) {
             Record::Meta(next) => name = next,
-            Record::Concrete(version) => return Ok(KernelPackage { name, version }),
+            Record::Concrete(version) => return Ok(Package { name, version }),
             Record::Unknown => break,
         }
     }
@@ -85,12 +78,7 @@ enum Record {
 /// Reads the first control record of `apt-cache show`: a package that
 /// depends on another `linux-image-*` package is a metapackage.
 fn parse_record(record: &str) -> Record {
-    let record = record.split("\n\n").next().unwrap_or_default();
-    let field = |key: &str| {
-        record
-            .lines()
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':').map(str::trim))
-    };
+    let field = |key: &str| deb::field(record, key);
     if let Some(depends) = field("Depends") {
         let target = depends
             .split([',', '|'])
@@ -108,11 +96,11 @@ fn parse_record(record: &str) -> Record {
 
 /// Returns the unpacked kernel for `package` from the cache, downloading and
 /// unpacking it first if needed.
-pub fn fetch(package: &KernelPackage, cache: &Path, progress: &dyn Fn(&str)) -> Result<KernelTree> {
-    let key = format!("{}_{}", package.name, package.version.replace(':', "%3a"));
+pub fn fetch(package: &Package, cache: &Path, progress: &dyn Fn(&str)) -> Result<KernelTree> {
+    let key = package.key();
     let root = cache.join("kernels").join(&key);
     if !root.join(".complete").exists() {
-        let deb = download(package, &key, cache, progress)?;
+        let deb = deb::download(package, cache, progress)?;
         progress(&format!("unpacking {}", deb.display()));
         let parent = cache.join("kernels");
         fs::create_dir_all(&parent).map_err(io("cannot create", &parent))?;
@@ -137,50 +125,6 @@ pub fn fetch(package: &KernelPackage, cache: &Path, progress: &dyn Fn(&str)) -> 
     }
     let release = release_of(&root)?;
     Ok(KernelTree { root, release })
-}
-
-fn download(
-    package: &KernelPackage,
-    key: &str,
-    cache: &Path,
-    progress: &dyn Fn(&str),
-) -> Result<PathBuf> {
-    let debs = cache.join("debs");
-    let deb = debs.join(format!("{key}.deb"));
-    if deb.exists() {
-        progress(&format!("using cached {}", deb.display()));
-        return Ok(deb);
-    }
-    fs::create_dir_all(&debs).map_err(io("cannot create", &debs))?;
-    progress(&format!("downloading {}={}", package.name, package.version));
-    let tmp = tempfile::Builder::new()
-        .prefix(".download-")
-        .tempdir_in(&debs)
-        .map_err(io("cannot create a temporary directory in", &debs))?;
-    sys::apt_download(&package.name, &package.version, tmp.path())?;
-    let got = single_file(tmp.path(), ".deb")?;
-    fs::rename(&got, &deb).map_err(io("cannot move download to", &deb))?;
-    let size = fs::metadata(&deb).map(|m| m.len()).unwrap_or(0);
-    progress(&format!("downloaded {} ({} MB)", deb.display(), size >> 20));
-    Ok(deb)
-}
-
-/// The one file in `dir` whose name ends with `suffix`.
-fn single_file(dir: &Path, suffix: &str) -> Result<PathBuf> {
-    let mut found = Vec::new();
-    for entry in fs::read_dir(dir).map_err(io("cannot list", dir))? {
-        let entry = entry.map_err(io("cannot list", dir))?;
-        if entry.file_name().to_string_lossy().ends_with(suffix) {
-            found.push(entry.path());
-        }
-    }
-    match <[PathBuf; 1]>::try_from(found) {
-        Ok([one]) => Ok(one),
-        Err(found) => Err(Error::KernelTree {
-            path: dir.to_path_buf(),
-            reason: format!("expected one {suffix} file, found {}", found.len()),
-        }),
-    }
 }
 
 /// The kernel release (`uname -r`) of an unpacked tree: the one directory

@@ -1,18 +1,21 @@
 //! cellos-image: builds what a node boots from `os/manifest.toml`.
 //!
-//! Inputs: the manifest (kernel package, module sets, services), our
-//! binaries from the workspace, extra host files, and the per-farm boot
-//! parameters. Outputs in one directory: `vmlinuz`, `initramfs.cpio.zst` and
+//! Inputs: the manifest (kernel package, module sets, Debian packages whose
+//! files the node needs, services), our binaries from the workspace, extra
+//! host files, and the per-farm boot parameters. Outputs in one directory: `vmlinuz`, `initramfs.cpio.zst` and
 //! `boot.ipxe`, ready to serve over TFTP/HTTP or boot directly in QEMU.
 //!
-//! The kernel and modules are Debian's `linux-image-amd64`, fetched with
-//! apt into a cache and reused. Builds are reproducible (two builds from the
+//! The kernel and modules are Debian's `linux-image-amd64`, and tools such
+//! as `mkfs.btrfs` come from the Debian packages the manifest's `[packages]`
+//! names, all fetched with `apt-get download` into a cache and reused; their
+//! shared libraries are resolved from the unpacked packages, then the host. Builds are reproducible (two builds from the
 //! same inputs give the same bytes) and need no root, no loop devices and no
 //! mounts: the initramfs is written as a cpio stream from Rust. The build
 //! never touches the host outside its cache and output directories.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod boot;
+mod deb;
 mod elf;
 mod error;
 mod initramfs;
@@ -115,6 +118,8 @@ pub struct Artifacts {
     pub initramfs_uncompressed_size: u64,
     /// Number of kernel modules in the image.
     pub module_count: usize,
+    /// The manifest's `[packages]` as taken, e.g. `btrfs-progs=6.2-1+deb12u2`.
+    pub packages: Vec<String>,
 }
 
 /// `$XDG_CACHE_HOME/cellos`, else `~/.cache/cellos`.
@@ -203,14 +208,30 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Artifacts> 
             });
         }
     }
-    let installs: Vec<&Install> = opts.binaries.iter().chain(&opts.files).collect();
+    let mut installs: Vec<Install> = opts.binaries.iter().chain(&opts.files).cloned().collect();
+    let mut roots = Vec::new();
+    let mut packages = Vec::new();
+    for (name, files) in &manifest.packages {
+        let package = deb::candidate(name)?;
+        let root = deb::unpacked(&package, &cache, progress)?;
+        for path in files {
+            installs.push(Install::new(deb::resolve(&root, path)?, path.clone()));
+        }
+        progress(&format!("package {package}: {}", files.join(" ")));
+        packages.push(package.to_string());
+        roots.push(root);
+    }
     for install in &installs {
         tree.file(&install.image, &install.host)?;
     }
     let hosts: Vec<&Path> = installs.iter().map(|i| i.host.as_path()).collect();
-    let search: Vec<&Path> = elf::LIBRARY_DIRS.iter().map(Path::new).collect();
-    for lib in elf::closure(&hosts, &search)? {
-        tree.file(&lib.to_string_lossy(), &lib)?;
+    let search: Vec<&Path> = roots
+        .iter()
+        .map(PathBuf::as_path)
+        .chain([Path::new("/")])
+        .collect();
+    for (image, source) in elf::closure(&hosts, &search)? {
+        tree.file(&image, &source)?;
     }
 
     let vmlinuz = opts.out.join(VMLINUZ);
@@ -251,5 +272,6 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Artifacts> 
         initramfs_size: compressed,
         initramfs_uncompressed_size: raw,
         module_count: selection.paths.len(),
+        packages,
     })
 }

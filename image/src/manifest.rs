@@ -17,6 +17,10 @@ pub struct Manifest {
     pub modules: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     pub load: Load,
+    /// Debian packages whose listed files (absolute paths inside the .deb)
+    /// go to the same paths in the image, with their shared libraries.
+    #[serde(default)]
+    pub packages: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -74,6 +78,8 @@ mod tests {
         assert!(m.modules["fs"].contains(&"btrfs".to_string()));
         assert!(m.load.always.contains(&"button".to_string()));
         assert!(text.contains("[[service]]"));
+        assert!(m.packages["btrfs-progs"].contains(&"/sbin/mkfs.btrfs".to_string()));
+        assert_eq!(m.packages["busybox-static"], ["/bin/busybox"]);
         let wanted: Vec<_> = m.wanted_modules().collect();
         assert!(wanted.contains(&("storage", "usb_storage".to_string())));
     }

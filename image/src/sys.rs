@@ -27,6 +27,7 @@ fn run(cmd: &mut Command) -> Result<String> {
 }
 
 /// `apt-cache show --no-all-versions PACKAGE`: the candidate version's control record.
+/// Answers from apt's lists: no root, no network.
 pub(crate) fn apt_show(package: &str) -> Result<String> {
     run(Command::new("apt-cache")
         .args(["show", "--no-all-versions", "--"])

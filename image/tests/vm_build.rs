@@ -21,7 +21,6 @@ fn options(out: &Path) -> BuildOptions {
     // Any dynamically linked binary exercises the library closure; this
     // test's own executable is one.
     opts.binaries = vec![Install::new(std::env::current_exe().unwrap(), "/init")];
-    opts.files = vec![Install::new("/bin/busybox", "/bin/busybox")];
     opts.zstd_level = 3;
     opts
 }
@@ -57,6 +56,12 @@ fn vm_build_is_complete_and_reproducible() {
         );
     }
     assert_eq!(second.kernel_release, first.kernel_release);
+    assert_eq!(second.packages, first.packages);
+    assert!(
+        first.packages.iter().any(|p| p.starts_with("btrfs-progs=")),
+        "{:?}",
+        first.packages
+    );
     assert!(first
         .cmdline
         .ends_with("cellos.farm=3 cellos.ledger=http://10.0.2.2:8080"));
@@ -76,6 +81,14 @@ fn vm_build_is_complete_and_reproducible() {
         // btrfs's softdep on crypto-crc32c
         format!("lib/modules/{release}/kernel/crypto/crc32c_generic.ko"),
         format!("lib/modules/{release}/kernel/drivers/acpi/button.ko"),
+        // [packages]: files from the .debs, with their libraries.
+        "sbin/mkfs.btrfs".into(),
+        "bin/btrfs".into(),
+        "lib/x86_64-linux-gnu/liblzo2.so.2".into(),
+        "lib/x86_64-linux-gnu/libzstd.so.1".into(),
+        "lib/x86_64-linux-gnu/libblkid.so.1".into(),
+        "lib/x86_64-linux-gnu/libuuid.so.1".into(),
+        "lib/x86_64-linux-gnu/libudev.so.1".into(),
     ] {
         assert!(
             listing.lines().any(|l| l.ends_with(&format!(" {want}"))),

@@ -84,10 +84,8 @@ fn image() -> &'static Artifacts {
                 extra: String::new(),
             },
         );
-        opts.files = vec![
-            Install::new(&init, "/init"),
-            Install::new("/bin/busybox", "/bin/busybox"),
-        ];
+        // /bin/busybox comes from the manifest's busybox-static package.
+        opts.files = vec![Install::new(&init, "/init")];
         opts.zstd_level = 3;
         let artifacts = build(&opts, &|l| eprintln!("build: {l}")).or_fail();
         eprintln!(
