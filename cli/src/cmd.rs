@@ -13,8 +13,8 @@ use cellos_ledger::*;
 use serde::Serialize;
 
 use crate::{
-    node as vm, output, AccountCmd, BenchCmd, Cli, Cmd, ContractCmd, FarmCmd, Global, ImageCmd,
-    KeyCmd, LedgerCmd, NodeCmd, QemuCmd,
+    node as vm, output, AccountCmd, BenchCmd, Cli, Cmd, ContractCmd, DeploymentCmd, FarmCmd,
+    Global, ImageCmd, KeyCmd, LedgerCmd, NodeCmd, QemuCmd,
 };
 
 pub async fn run(cli: Cli) -> Result<()> {
@@ -26,6 +26,26 @@ pub async fn run(cli: Cli) -> Result<()> {
         Cmd::Farm(c) => farm(&g, c).await,
         Cmd::Node(c) => node(&g, c).await,
         Cmd::Contract(c) => contract(&g, c).await,
+        Cmd::Deploy {
+            file,
+            node,
+            deposit,
+            timeout,
+        } => {
+            let c = client(&g)?;
+            let mut s = signer(&g, &c).await?;
+            let o = crate::deploy::deploy(
+                &c,
+                &mut s,
+                &file,
+                node,
+                deposit,
+                Duration::from_secs(timeout),
+            )
+            .await?;
+            show(&g, &o, crate::deploy::text)
+        }
+        Cmd::Deployment(d) => deployment(&g, d).await,
         Cmd::Image(ImageCmd::Build {
             farm,
             ledger,
@@ -570,6 +590,53 @@ async fn contract(g: &Global, c: ContractCmd) -> Result<()> {
                 },
             )
             .await?,
+            receipt_text,
+        ),
+    }
+}
+
+async fn deployment(g: &Global, d: DeploymentCmd) -> Result<()> {
+    match d {
+        DeploymentCmd::Hash { file } => {
+            let dep = crate::deploy::load(&file, &load_key(g)?)?;
+            if g.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "hash": dep.hash(), "resources": dep.resources() })
+                );
+            } else {
+                println!("{}", dep.hash());
+            }
+            Ok(())
+        }
+        DeploymentCmd::Show { contract } => {
+            let c = client(g)?;
+            let k = c.contract(contract).await?;
+            let result = crate::deploy::result(&c, &k, &load_key(g)?).await?;
+            show(
+                g,
+                &crate::deploy::Outcome {
+                    contract: k,
+                    result,
+                },
+                crate::deploy::text,
+            )
+        }
+        DeploymentCmd::Update {
+            contract,
+            file,
+            timeout,
+        } => {
+            let c = client(g)?;
+            let mut s = signer(g, &c).await?;
+            let o =
+                crate::deploy::update(&c, &mut s, contract, &file, Duration::from_secs(timeout))
+                    .await?;
+            show(g, &o, crate::deploy::text)
+        }
+        DeploymentCmd::Cancel { contract } => show(
+            g,
+            &submit(g, TxBody::CancelContract { contract }).await?,
             receipt_text,
         ),
     }

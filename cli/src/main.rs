@@ -8,6 +8,7 @@
 mod bench;
 mod cmd;
 mod demo;
+mod deploy;
 mod node;
 mod output;
 mod units;
@@ -72,6 +73,22 @@ pub enum Cmd {
     /// Contracts: capacity reserved on a node for a deployment.
     #[command(subcommand)]
     Contract(ContractCmd),
+    /// Deploy a signed deployment on a node: contract, sealed body, wait, results.
+    Deploy {
+        /// Deployment file (TOML or JSON).
+        file: PathBuf,
+        #[arg(long)]
+        node: u32,
+        /// Escrow deposit (default: 24 hours at the farm's price).
+        #[arg(long)]
+        deposit: Option<u64>,
+        /// Seconds to wait for the node.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+    /// Deployments: hash, show, update, cancel.
+    #[command(subcommand)]
+    Deployment(DeploymentCmd),
     /// Build node images.
     #[command(subcommand)]
     Image(ImageCmd),
@@ -96,6 +113,24 @@ pub enum Cmd {
         #[arg(long)]
         once: bool,
     },
+}
+
+#[derive(Subcommand)]
+pub enum DeploymentCmd {
+    /// Print the hash a contract names for this deployment (owner: --key).
+    Hash { file: PathBuf },
+    /// Show a deployment's contract and the node's results (opened with --key).
+    Show { contract: u64 },
+    /// Replace a contract's deployment; the node applies only the difference.
+    Update {
+        contract: u64,
+        file: PathBuf,
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+    /// Cancel: the node removes the workloads and their data; the rest of the escrow
+    /// comes back.
+    Cancel { contract: u64 },
 }
 
 #[derive(Subcommand)]

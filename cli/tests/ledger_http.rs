@@ -446,6 +446,26 @@ fn cli_tour() {
         &key,
     );
     assert!(!ok && err.contains("bad Hash"), "{err}");
+    // Deployment files: the hash is stable and bad files say what is wrong.
+    let file = dir.path().join("d.toml");
+    std::fs::write(
+        &file,
+        "version = 1\n[[workloads]]\nname = \"data\"\nspec.volume.size = \"1G\"\n",
+    )
+    .expect("write");
+    let f = file.to_str().expect("path");
+    let h1 = run(&["deployment", "hash", f]);
+    assert_eq!(h1.trim().len(), 64, "{h1}");
+    assert_eq!(run(&["deployment", "hash", f]), h1);
+    std::fs::write(
+        &file,
+        "version = 1\n[[workloads]]\nname = \"data\"\nspec.volume.sise = \"1G\"\n",
+    )
+    .expect("write");
+    let (ok, _, err) = cellos(&["deployment", "hash", f], &ledger.url, &key);
+    assert!(!ok && err.contains("unknown field `sise`"), "{err}");
+    let (ok, _, err) = cellos(&["deploy", f, "--node", "1"], &ledger.url, &key);
+    assert!(!ok && err.contains("not a deployment"), "{err}");
     let (ok, _, err) = cellos(&["node", "list"], "http://127.0.0.1:1", &key);
     assert!(!ok && err.contains("unreachable"), "{err}");
 }

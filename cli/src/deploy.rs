@@ -1,0 +1,225 @@
+//! `cellos deploy` and `cellos deployment ...`: what a user does to run something on a
+//! node (DESIGN §4).
+//!
+//! The deployment is signed with --key, its hash goes into a contract that reserves
+//! what its workloads need, and the body goes sealed to the node's X25519 key into the
+//! ledger's mailbox. The node pulls it, checks it and answers on the ledger; its
+//! results come back sealed to our key.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use cellos_ledger::client::Client;
+use cellos_ledger::deployment::{self, Deployment, DeploymentResult};
+use cellos_ledger::keys::Signer;
+use cellos_ledger::*;
+use ed25519_dalek::SigningKey;
+use serde::Serialize;
+
+/// Reads a deployment from TOML (`.toml`) or JSON; `owner` defaults to `key`'s.
+pub fn load(path: &Path, key: &SigningKey) -> Result<Deployment> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut value: serde_json::Value = if path.extension().is_some_and(|e| e == "toml") {
+        let t: toml::Value = toml::from_str(&text)
+            .with_context(|| format!("{} is not valid TOML", path.display()))?;
+        serde_json::to_value(t)?
+    } else {
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", path.display()))?
+    };
+    let owner = keys_public(key);
+    if let Some(obj) = value.as_object_mut() {
+        obj.entry("owner")
+            .or_insert_with(|| serde_json::Value::String(owner.to_hex()));
+    }
+    let mut d: Deployment = serde_json::from_value(value)
+        .with_context(|| format!("{} is not a deployment", path.display()))?;
+    if d.owner != owner {
+        bail!(
+            "{} names owner {}, but --key is {owner}",
+            path.display(),
+            d.owner
+        );
+    }
+    d.validate()
+        .with_context(|| format!("{} is not a valid deployment", path.display()))?;
+    d.sign(key);
+    Ok(d)
+}
+
+fn keys_public(k: &SigningKey) -> PublicKey {
+    cellos_ledger::keys::public_key(k)
+}
+
+/// Seals `d` to `node`'s key and puts it in the mailbox.
+async fn post(c: &Client, d: &Deployment, node: &Node) -> Result<Hash> {
+    let plain = serde_json::to_vec(d)?;
+    let sealed = deployment::seal(&plain, &node.encryption_key)?;
+    c.put_blob(sealed)
+        .await
+        .context("cannot put the sealed deployment in the mailbox")
+}
+
+#[derive(Serialize)]
+pub struct Outcome {
+    pub contract: Contract,
+    pub result: Option<DeploymentResult>,
+}
+
+/// Waits until the contract is settled: `done` says when; prints progress on stderr.
+async fn wait(
+    c: &Client,
+    id: ContractId,
+    timeout: Duration,
+    done: impl Fn(&Contract) -> bool,
+) -> Result<Contract> {
+    let t = Instant::now();
+    let mut last_print = 0;
+    loop {
+        let k = c.contract(id).await?;
+        if done(&k) || matches!(k.state, ContractState::Closed(_)) {
+            return Ok(k);
+        }
+        let secs = t.elapsed().as_secs();
+        if secs >= timeout.as_secs() {
+            bail!(
+                "contract {id} is still {} after {secs} s: is node {} up?",
+                k.state,
+                k.node
+            );
+        }
+        if secs >= last_print + 5 || last_print == 0 {
+            eprintln!(
+                "waiting for node {} to provision contract {id} ({}, {secs} s)",
+                k.node, k.state
+            );
+            last_print = secs.max(1);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The node's results, opened with our key.
+pub async fn result(
+    c: &Client,
+    k: &Contract,
+    key: &SigningKey,
+) -> Result<Option<DeploymentResult>> {
+    let Some(h) = k.result else { return Ok(None) };
+    let sealed = c.get_blob(&h).await?;
+    let plain = deployment::open(&sealed, key).context("the results are not sealed to --key")?;
+    Ok(Some(
+        serde_json::from_slice(&plain).context("the node's results do not decode")?,
+    ))
+}
+
+pub async fn deploy(
+    c: &Client,
+    signer: &mut Signer,
+    file: &Path,
+    node: NodeId,
+    deposit: Option<u64>,
+    timeout: Duration,
+) -> Result<Outcome> {
+    let d = load(file, signer.key())?;
+    let n = c.node(node).await?;
+    let resources = d.resources();
+    let farm = c.farm(n.farm).await?;
+    let per_hour = farm.prices.per_hour(&resources, 0).max(1);
+    let deposit = deposit.unwrap_or(per_hour.saturating_mul(24));
+    let blob = post(c, &d, &n).await?;
+    let hash = d.hash();
+    eprintln!(
+        "deployment {hash}: {} workloads, needs {resources}",
+        d.workloads.len()
+    );
+    let r = c
+        .submit(&signer.sign(TxBody::CreateContract {
+            node,
+            deployment_hash: hash,
+            resources,
+            public_ips: 0,
+            deposit,
+            blob: Some(blob),
+        }))
+        .await
+        .context("the ledger refused the contract")?;
+    let id = r
+        .events
+        .iter()
+        .find_map(|e| e.contract())
+        .context("CreateContract returned no contract id")?;
+    eprintln!("contract {id} created on node {node} (deposit {deposit}, {per_hour} per hour)");
+    let k = wait(c, id, timeout, |k| k.state == ContractState::Active).await?;
+    if let ContractState::Closed(cause) = &k.state {
+        bail!(
+            "contract {id} was not provisioned: {}",
+            ContractState::Closed(cause.clone())
+        );
+    }
+    let result = result(c, &k, signer.key()).await?;
+    Ok(Outcome {
+        contract: k,
+        result,
+    })
+}
+
+pub async fn update(
+    c: &Client,
+    signer: &mut Signer,
+    id: ContractId,
+    file: &Path,
+    timeout: Duration,
+) -> Result<Outcome> {
+    let d = load(file, signer.key())?;
+    let k = c.contract(id).await?;
+    let n = c.node(k.node).await?;
+    let blob = post(c, &d, &n).await?;
+    let hash = d.hash();
+    c.submit(&signer.sign(TxBody::UpdateContract {
+        contract: id,
+        deployment_hash: hash,
+        resources: d.resources(),
+        blob: Some(blob),
+    }))
+    .await
+    .context("the ledger refused the update")?;
+    eprintln!("contract {id} updated to deployment {hash}");
+    let k = wait(c, id, timeout, |k| k.accepted_hash == Some(hash)).await?;
+    let result = result(c, &k, signer.key()).await?;
+    Ok(Outcome {
+        contract: k,
+        result,
+    })
+}
+
+pub fn text(o: &Outcome) -> String {
+    let mut s = crate::output::contract(&o.contract);
+    match &o.result {
+        None => s.push_str("\n  results         (none yet)"),
+        Some(r) => {
+            for w in &r.workloads {
+                let data: Vec<String> = w.data.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                s.push_str(&format!(
+                    "\n  workload        {} ({}): {:?}{}{}",
+                    w.name,
+                    w.kind,
+                    w.state,
+                    if w.message.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" {}", w.message)
+                    },
+                    if data.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" {}", data.join(" "))
+                    }
+                ));
+            }
+        }
+    }
+    s
+}
