@@ -10,6 +10,7 @@
 //! it answers on the ledger: AcceptContract with the results sealed to the owner, or
 //! RejectContract with the reason. It never trusts the ledger to authorize anything.
 
+pub mod api;
 pub mod engine;
 pub mod ledger;
 pub mod store;
