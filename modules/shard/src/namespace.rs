@@ -1,0 +1,1165 @@
+//! A namespace: append-only data files plus an in-memory index rebuilt from them.
+//!
+//! Layout: `<root>/<name>/namespace.json` (settings) and `data-NNNNNNNN.log` files
+//! of [`record`]s. Only the last data file is written; it is closed (fsynced) and a
+//! new one started when it would grow past the size limit. Nothing is rewritten
+//! in place, so a crash can only leave a torn tail on the last file, which
+//! [`Namespace::open`] cuts off and reports.
+//!
+//! Durability: a write is acknowledged only once `fdatasync` covers it. Writers
+//! append under a short lock, then wait in [`Namespace::make_durable`]: the first
+//! waiter becomes the leader and syncs everything appended so far, the others wait
+//! for it (group commit), so many concurrent clients share one fsync. Readers may
+//! see a value before its writer's acknowledgement (as in Redis and 0-db); a value
+//! is never lost once acknowledged. An fsync error poisons the namespace: after
+//! one, the kernel may have dropped the dirty pages, so no later write is trusted.
+//!
+//! Modes: `user` keeps a `BTreeMap` from key to location. `seq` assigns each value
+//! a key that *is* its location (`file << 40 | offset`, 8 bytes big-endian), so the
+//! index holds only the set of deleted locations.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::record::{self, Kind, HEADER};
+use crate::sys::{self, IoError};
+
+/// How keys are chosen in a namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Keys are the caller's.
+    User,
+    /// Keys are assigned by the server and encode the value's location.
+    Seq,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Mode, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "user" => Ok(Mode::User),
+            "seq" => Ok(Mode::Seq),
+            _ => Err(format!("unknown mode {s:?} (user or seq)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::User => "user",
+            Mode::Seq => "seq",
+        })
+    }
+}
+
+/// What a namespace is created with (and NSSET changes).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NamespaceOptions {
+    pub mode: Option<Mode>,
+    /// Quota on live keys + values, in bytes; 0 = unlimited.
+    pub max_size: u64,
+    /// Clients must SELECT with this password (unless `public`, for reads).
+    pub password: Option<String>,
+    /// Reads are allowed without the password.
+    pub public: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Settings {
+    mode: Mode,
+    max_size: u64,
+    /// BLAKE3 of the password, hex; the password itself is never stored.
+    password_hash: Option<String>,
+    public: bool,
+}
+
+fn password_hash(pw: &str) -> String {
+    blake3::derive_key("cellos-shard namespace password v1", pw.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NsError {
+    #[error(transparent)]
+    Io(#[from] IoError),
+    #[error("namespace {ns}: settings file {path}: {error}")]
+    Settings {
+        ns: String,
+        path: PathBuf,
+        error: String,
+    },
+    #[error("namespace {ns}: key of {len} bytes, at most {max} allowed")]
+    KeyTooLong { ns: String, len: usize, max: usize },
+    #[error("namespace {ns}: empty key (user mode needs a key)")]
+    EmptyKey { ns: String },
+    #[error("namespace {ns}: value of {len} bytes, at most {max} allowed")]
+    ValueTooLarge { ns: String, len: usize, max: usize },
+    #[error("namespace {ns}: quota exceeded ({used} + {adding} bytes > {max})")]
+    Quota {
+        ns: String,
+        used: u64,
+        adding: u64,
+        max: u64,
+    },
+    #[error("namespace {ns} is in seq mode: the server assigns keys, send an empty key")]
+    SeqKeyGiven { ns: String },
+    #[error("namespace {ns}: {key:?} is not a seq key (8 bytes)")]
+    BadSeqKey { ns: String, key: String },
+    #[error("namespace {ns}: record at {path} offset {offset} is corrupt: {reason}")]
+    Corrupt {
+        ns: String,
+        path: PathBuf,
+        offset: u64,
+        reason: &'static str,
+    },
+    #[error("namespace {ns}: mode can only change while the namespace is empty")]
+    ModeLocked { ns: String },
+    #[error("namespace {ns} was deleted")]
+    Deleted { ns: String },
+    #[error("namespace {ns} refuses writes after a failed fsync: {reason}")]
+    Failed { ns: String, reason: String },
+    #[error("namespace {ns}: data file limit reached")]
+    TooManyFiles { ns: String },
+}
+
+type Result<T> = std::result::Result<T, NsError>;
+
+/// A torn or garbage tail cut off a data file on open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Truncation {
+    pub path: PathBuf,
+    /// Bytes of valid records kept.
+    pub kept: u64,
+    /// Bytes cut off.
+    pub cut: u64,
+    pub reason: &'static str,
+}
+
+/// What NSINFO shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Info {
+    pub name: String,
+    pub mode: Mode,
+    pub entries: u64,
+    /// Keys + values of live records (what the quota counts).
+    pub data_size: u64,
+    /// Bytes of data files on disk (with overwritten and deleted records).
+    pub disk_size: u64,
+    pub max_size: u64,
+    pub password: bool,
+    pub public: bool,
+    pub data_files: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Loc {
+    file: u32,
+    offset: u64,
+    key_len: u32,
+    val_len: u32,
+}
+
+impl Loc {
+    fn live_bytes(&self) -> u64 {
+        u64::from(self.key_len) + u64::from(self.val_len)
+    }
+}
+
+/// Largest file id and offset a seq key can name.
+const SEQ_OFFSET_BITS: u32 = 40;
+const MAX_FILES: u32 = 1 << 23;
+
+fn seq_key(file: u32, offset: u64) -> [u8; 8] {
+    ((u64::from(file) << SEQ_OFFSET_BITS) | offset).to_be_bytes()
+}
+
+fn seq_loc(key: &[u8]) -> Option<(u32, u64)> {
+    let k: [u8; 8] = key.try_into().ok()?;
+    let v = u64::from_be_bytes(k);
+    Some((
+        (v >> SEQ_OFFSET_BITS) as u32,
+        v & ((1 << SEQ_OFFSET_BITS) - 1),
+    ))
+}
+
+enum Index {
+    User(BTreeMap<Box<[u8]>, Loc>),
+    /// Locations (as seq keys) of deleted values.
+    Seq(HashSet<u64>),
+}
+
+struct DataFile {
+    path: PathBuf,
+    file: Arc<File>,
+    len: u64,
+}
+
+struct State {
+    settings: Settings,
+    files: Vec<DataFile>,
+    index: Index,
+    entries: u64,
+    live_bytes: u64,
+    /// Bytes ever appended since open; the group commit's clock.
+    appended: u64,
+    synced: u64,
+    syncing: bool,
+    failed: Option<String>,
+    deleted: bool,
+    scratch: Vec<u8>,
+}
+
+pub struct Namespace {
+    name: String,
+    dir: PathBuf,
+    max_file: u64,
+    state: Mutex<State>,
+    synced: Notify,
+}
+
+fn data_name(id: usize) -> String {
+    format!("data-{id:08}.log")
+}
+
+impl Namespace {
+    /// Creates a new namespace directory under `root`.
+    pub fn create(root: &Path, name: &str, opts: &NamespaceOptions, max_file: u64) -> Result<Self> {
+        let dir = root.join(name);
+        sys::create_dir(&dir)?;
+        let settings = Settings {
+            mode: opts.mode.unwrap_or(Mode::User),
+            max_size: opts.max_size,
+            password_hash: opts.password.as_deref().map(password_hash),
+            public: opts.public,
+        };
+        write_settings(&dir, name, &settings)?;
+        let path = dir.join(data_name(0));
+        let file = sys::open_rw(&path)?;
+        sys::sync_dir(&dir)?;
+        sys::sync_dir(root)?;
+        Ok(Self::from_state(
+            name,
+            dir,
+            max_file,
+            State::new(
+                settings,
+                vec![DataFile {
+                    path,
+                    file: Arc::new(file),
+                    len: 0,
+                }],
+            ),
+        ))
+    }
+
+    /// Opens an existing namespace: rebuilds the index from the data files and
+    /// cuts any torn or garbage tail, returning what was cut.
+    pub fn open(root: &Path, name: &str, max_file: u64) -> Result<(Self, Vec<Truncation>)> {
+        let dir = root.join(name);
+        let spath = dir.join("namespace.json");
+        let settings: Settings =
+            serde_json::from_slice(&sys::read_file(&spath)?).map_err(|e| NsError::Settings {
+                ns: name.into(),
+                path: spath.clone(),
+                error: e.to_string(),
+            })?;
+        let mut names: Vec<String> = sys::list_dir(&dir)?
+            .into_iter()
+            .filter(|n| n.starts_with("data-") && n.ends_with(".log"))
+            .collect();
+        if names.is_empty() {
+            names.push(data_name(0));
+        }
+        let mut st = State::new(settings, Vec::new());
+        let mut cuts = Vec::new();
+        for (id, fname) in names.iter().enumerate() {
+            if *fname != data_name(id) {
+                return Err(NsError::Settings {
+                    ns: name.into(),
+                    path: dir.join(fname),
+                    error: format!(
+                        "data files are not numbered 0..: expected {}",
+                        data_name(id)
+                    ),
+                });
+            }
+            let path = dir.join(fname);
+            let file = sys::open_rw(&path)?;
+            let end = record::scan(&file, &path, |off, kind, key, value| {
+                st.replay(id as u32, off, kind, key, value);
+            })?;
+            if let Some(reason) = end.reason {
+                sys::truncate(&file, &path, end.good_len)?;
+                let cut = Truncation {
+                    path: path.clone(),
+                    kept: end.good_len,
+                    cut: end.file_len - end.good_len,
+                    reason,
+                };
+                tracing::warn!(
+                    "namespace {name}: {}: {reason} at offset {}: cut {} bytes, kept every record before it",
+                    path.display(),
+                    cut.kept,
+                    cut.cut
+                );
+                cuts.push(cut);
+            }
+            st.files.push(DataFile {
+                path,
+                file: Arc::new(file),
+                len: end.good_len,
+            });
+        }
+        Ok((Self::from_state(name, dir, max_file, st), cuts))
+    }
+
+    fn from_state(name: &str, dir: PathBuf, max_file: u64, state: State) -> Self {
+        Namespace {
+            name: name.to_owned(),
+            dir,
+            max_file,
+            state: Mutex::new(state),
+            synced: Notify::new(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the state half-changed in a
+        // way later calls would misread (every mutation is a single assignment
+        // after the I/O succeeded), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn writable<'a>(&self, st: &'a mut MutexGuard<'_, State>) -> Result<&'a mut State> {
+        if st.deleted {
+            return Err(NsError::Deleted {
+                ns: self.name.clone(),
+            });
+        }
+        if let Some(reason) = &st.failed {
+            return Err(NsError::Failed {
+                ns: self.name.clone(),
+                reason: reason.clone(),
+            });
+        }
+        Ok(&mut **st)
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.lock().settings.mode
+    }
+
+    /// True when `password` opens the namespace (or it has none).
+    pub fn password_ok(&self, password: Option<&str>) -> bool {
+        match (&self.lock().settings.password_hash, password) {
+            (None, _) => true,
+            (Some(h), Some(p)) => *h == password_hash(p),
+            (Some(_), None) => false,
+        }
+    }
+
+    pub fn has_password(&self) -> bool {
+        self.lock().settings.password_hash.is_some()
+    }
+
+    pub fn is_public(&self) -> bool {
+        self.lock().settings.public
+    }
+
+    /// Stores `value`; in user mode under `key`, in seq mode under a new key
+    /// (`key` must be empty), which is returned. Returns once durable.
+    pub async fn set(&self, key: &[u8], value: &[u8], max_value: usize) -> Result<Vec<u8>> {
+        let ns = || self.name.clone();
+        if value.len() > max_value.min(record::MAX_VALUE) {
+            return Err(NsError::ValueTooLarge {
+                ns: ns(),
+                len: value.len(),
+                max: max_value.min(record::MAX_VALUE),
+            });
+        }
+        if key.len() > record::MAX_KEY {
+            return Err(NsError::KeyTooLong {
+                ns: ns(),
+                len: key.len(),
+                max: record::MAX_KEY,
+            });
+        }
+        let (key_out, upto) = {
+            let mut guard = self.lock();
+            let st = self.writable(&mut guard)?;
+            let seq = st.settings.mode == Mode::Seq;
+            match (seq, key.is_empty()) {
+                (true, false) => return Err(NsError::SeqKeyGiven { ns: ns() }),
+                (false, true) => return Err(NsError::EmptyKey { ns: ns() }),
+                _ => {}
+            }
+            let klen = if seq { 8 } else { key.len() };
+            let adding = (klen + value.len()) as u64;
+            let replaced = match &st.index {
+                Index::User(m) => m.get(key).map_or(0, Loc::live_bytes),
+                Index::Seq(_) => 0,
+            };
+            let max = st.settings.max_size;
+            if max > 0 && st.live_bytes - replaced + adding > max {
+                return Err(NsError::Quota {
+                    ns: ns(),
+                    used: st.live_bytes,
+                    adding,
+                    max,
+                });
+            }
+            let total = (HEADER + klen + value.len()) as u64;
+            self.rotate_if_needed(st, total)?;
+            let file_id = st.files.len() - 1;
+            let offset = st.last().len;
+            let seqk = seq_key(file_id as u32, offset);
+            let key = if seq { &seqk[..] } else { key };
+            let mut buf = std::mem::take(&mut st.scratch);
+            buf.clear();
+            record::encode(Kind::Set, key, value, &mut buf);
+            let wrote = {
+                let f = st.last();
+                sys::write_at(&f.file, &f.path, &buf, offset)
+            };
+            st.scratch = buf;
+            wrote?;
+            st.replay(file_id as u32, offset, Kind::Set, key, value);
+            st.last_mut().len += total;
+            st.appended += total;
+            (if seq { key.to_vec() } else { Vec::new() }, st.appended)
+        };
+        self.make_durable(upto).await?;
+        Ok(key_out)
+    }
+
+    /// Deletes `key`; returns whether it existed. Returns once durable.
+    pub async fn del(&self, key: &[u8]) -> Result<bool> {
+        let upto = {
+            let mut guard = self.lock();
+            let st = self.writable(&mut guard)?;
+            let size = match &st.index {
+                Index::User(m) => m.get(key).map(Loc::live_bytes),
+                Index::Seq(_) => self.seq_live(st, key)?.map(|l| l.live_bytes()),
+            };
+            let Some(size) = size else {
+                return Ok(false);
+            };
+            let value = size.to_le_bytes();
+            let total = (HEADER + key.len() + value.len()) as u64;
+            self.rotate_if_needed(st, total)?;
+            let file_id = st.files.len() - 1;
+            let offset = st.last().len;
+            let mut buf = Vec::with_capacity(total as usize);
+            record::encode(Kind::Del, key, &value, &mut buf);
+            let f = st.last();
+            sys::write_at(&f.file, &f.path, &buf, offset)?;
+            st.replay(file_id as u32, offset, Kind::Del, key, &value);
+            st.last_mut().len += total;
+            st.appended += total;
+            st.appended
+        };
+        self.make_durable(upto).await?;
+        Ok(true)
+    }
+
+    /// The value under `key`, its checksum verified.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let Some((file, path, loc)) = self.locate(key)? else {
+            return Ok(None);
+        };
+        let body = self.read_record(&file, &path, loc)?;
+        Ok(Some(body[loc.key_len as usize..].to_vec()))
+    }
+
+    /// Verifies the checksum of the record under `key`: `Ok(false)` if absent,
+    /// `Err(Corrupt)` if it fails.
+    pub fn check(&self, key: &[u8]) -> Result<bool> {
+        match self.locate(key)? {
+            None => Ok(false),
+            Some((file, path, loc)) => self.read_record(&file, &path, loc).map(|_| true),
+        }
+    }
+
+    pub fn exists(&self, key: &[u8]) -> Result<bool> {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        Ok(match &st.index {
+            Index::User(m) => m.contains_key(key),
+            Index::Seq(_) => self.seq_live(st, key)?.is_some(),
+        })
+    }
+
+    fn locate(&self, key: &[u8]) -> Result<Option<(Arc<File>, PathBuf, Loc)>> {
+        let guard = self.lock();
+        if guard.deleted {
+            return Err(NsError::Deleted {
+                ns: self.name.clone(),
+            });
+        }
+        let loc = match &guard.index {
+            Index::User(m) => m.get(key).copied(),
+            Index::Seq(_) => self.seq_live(&guard, key)?,
+        };
+        Ok(loc.and_then(|l| {
+            let f = guard.files.get(l.file as usize)?;
+            Some((f.file.clone(), f.path.clone(), l))
+        }))
+    }
+
+    /// Reads and verifies a whole record; returns key + value.
+    fn read_record(&self, file: &File, path: &Path, loc: Loc) -> Result<Vec<u8>> {
+        let corrupt = |reason| NsError::Corrupt {
+            ns: self.name.clone(),
+            path: path.to_path_buf(),
+            offset: loc.offset,
+            reason,
+        };
+        let mut raw = [0u8; HEADER];
+        sys::read_at(file, path, &mut raw, loc.offset)?;
+        let h = record::decode_header(&raw).ok_or_else(|| corrupt("invalid header"))?;
+        if h.kind != Kind::Set || h.key_len != loc.key_len || h.val_len != loc.val_len {
+            return Err(corrupt("header does not match the index"));
+        }
+        let mut body = vec![0u8; (h.key_len + h.val_len) as usize];
+        sys::read_at(file, path, &mut body, loc.offset + HEADER as u64)?;
+        if !record::verify(&raw, &h, &body) {
+            return Err(corrupt("checksum mismatch"));
+        }
+        Ok(body)
+    }
+
+    /// In seq mode: the location a key names, if a live value is there.
+    fn seq_live(&self, st: &State, key: &[u8]) -> Result<Option<Loc>> {
+        let Index::Seq(deleted) = &st.index else {
+            return Ok(None);
+        };
+        let bad = || NsError::BadSeqKey {
+            ns: self.name.clone(),
+            key: String::from_utf8_lossy(key).into_owned(),
+        };
+        let (file, offset) = seq_loc(key).ok_or_else(bad)?;
+        let Some(f) = st.files.get(file as usize) else {
+            return Ok(None);
+        };
+        if offset + HEADER as u64 > f.len
+            || deleted.contains(&u64::from_be_bytes(seq_key(file, offset)))
+        {
+            return Ok(None);
+        }
+        let mut raw = [0u8; HEADER];
+        sys::read_at(&f.file, &f.path, &mut raw, offset)?;
+        match record::decode_header(&raw) {
+            Some(h) if h.kind == Kind::Set && h.key_len == 8 && offset + h.total() <= f.len => {
+                let mut k = [0u8; 8];
+                sys::read_at(&f.file, &f.path, &mut k, offset + HEADER as u64)?;
+                Ok((k == key).then_some(Loc {
+                    file,
+                    offset,
+                    key_len: 8,
+                    val_len: h.val_len,
+                }))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Up to `count` keys after `cursor`; returns (next cursor, keys), the next
+    /// cursor being `0` when the scan is complete. User mode: keys in byte order,
+    /// the cursor is the hex of the last key returned. Seq mode: keys in write
+    /// order, the cursor is a location (decimal), so redis-cli --scan works.
+    pub fn scan(&self, cursor: &[u8], count: usize) -> Result<(Vec<u8>, Vec<Vec<u8>>)> {
+        let bad = || NsError::BadSeqKey {
+            ns: self.name.clone(),
+            key: format!("cursor {}", String::from_utf8_lossy(cursor)),
+        };
+        let guard = self.lock();
+        match &guard.index {
+            Index::User(m) => {
+                let start = if cursor == b"0" {
+                    None
+                } else {
+                    Some(hex::decode(cursor).map_err(|_| bad())?)
+                };
+                let iter: Box<dyn Iterator<Item = &Box<[u8]>>> = match &start {
+                    None => Box::new(m.keys()),
+                    Some(s) => Box::new(
+                        m.range::<[u8], _>((
+                            std::ops::Bound::Excluded(s.as_slice()),
+                            std::ops::Bound::Unbounded,
+                        ))
+                        .map(|(k, _)| k),
+                    ),
+                };
+                let keys: Vec<Vec<u8>> = iter.take(count + 1).map(|k| k.to_vec()).collect();
+                if keys.len() > count {
+                    let mut keys = keys;
+                    keys.truncate(count);
+                    let next = keys.last().map(hex::encode).unwrap_or_default();
+                    Ok((next.into_bytes(), keys))
+                } else {
+                    Ok((b"0".to_vec(), keys))
+                }
+            }
+            Index::Seq(_) => {
+                let c: u64 = std::str::from_utf8(cursor)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(bad)?;
+                let (mut file, mut offset) = seq_loc(&c.to_be_bytes()).ok_or_else(bad)?;
+                let mut keys = Vec::new();
+                loop {
+                    let Some(f) = guard.files.get(file as usize) else {
+                        return Ok((b"0".to_vec(), keys));
+                    };
+                    if offset >= f.len {
+                        file += 1;
+                        offset = 0;
+                        continue;
+                    }
+                    if keys.len() == count {
+                        let next = u64::from_be_bytes(seq_key(file, offset));
+                        return Ok((next.to_string().into_bytes(), keys));
+                    }
+                    let mut raw = [0u8; HEADER];
+                    sys::read_at(&f.file, &f.path, &mut raw, offset)?;
+                    let h = record::decode_header(&raw).ok_or_else(|| NsError::Corrupt {
+                        ns: self.name.clone(),
+                        path: f.path.clone(),
+                        offset,
+                        reason: "invalid header",
+                    })?;
+                    let key = seq_key(file, offset);
+                    if h.kind == Kind::Set && self.seq_live(&guard, &key)?.is_some() {
+                        keys.push(key.to_vec());
+                    }
+                    offset += h.total();
+                }
+            }
+        }
+    }
+
+    pub fn info(&self) -> Info {
+        let st = self.lock();
+        Info {
+            name: self.name.clone(),
+            mode: st.settings.mode,
+            entries: st.entries,
+            data_size: st.live_bytes,
+            disk_size: st.files.iter().map(|f| f.len).sum(),
+            max_size: st.settings.max_size,
+            password: st.settings.password_hash.is_some(),
+            public: st.settings.public,
+            data_files: st.files.len(),
+        }
+    }
+
+    /// Changes one setting (NSSET): `maxsize`, `password` (`*` or empty clears
+    /// it), `public` (0/1) or `mode` (only while empty). Durable on return.
+    pub fn set_property(&self, prop: &str, value: &str) -> Result<()> {
+        let mut guard = self.lock();
+        let st = self.writable(&mut guard)?;
+        let mut s = st.settings.clone();
+        let bad = |e: String| NsError::Settings {
+            ns: self.name.clone(),
+            path: self.dir.join("namespace.json"),
+            error: e,
+        };
+        match prop.to_ascii_lowercase().as_str() {
+            "maxsize" => {
+                s.max_size = value
+                    .parse()
+                    .map_err(|_| bad(format!("maxsize {value:?} is not a number of bytes")))?
+            }
+            "password" => {
+                s.password_hash = match value {
+                    "" | "*" => None,
+                    p => Some(password_hash(p)),
+                }
+            }
+            "public" => s.public = matches!(value, "1" | "true" | "yes"),
+            "mode" => {
+                let m: Mode = value.parse().map_err(bad)?;
+                if m != s.mode {
+                    if st.files.iter().any(|f| f.len > 0) {
+                        return Err(NsError::ModeLocked {
+                            ns: self.name.clone(),
+                        });
+                    }
+                    s.mode = m;
+                    st.index = Index::empty(m);
+                }
+            }
+            other => {
+                return Err(bad(format!(
+                    "unknown property {other:?} (maxsize, password, public, mode)"
+                )))
+            }
+        }
+        write_settings(&self.dir, &self.name, &s)?;
+        st.settings = s;
+        Ok(())
+    }
+
+    /// Marks the namespace deleted and removes its directory.
+    pub fn delete(&self) -> Result<()> {
+        self.lock().deleted = true;
+        sys::remove_dir(&self.dir)?;
+        if let Some(root) = self.dir.parent() {
+            sys::sync_dir(root)?;
+        }
+        Ok(())
+    }
+
+    /// Closes the last file and starts a new one when `adding` bytes would take
+    /// it past the limit. Runs under the lock: rare (once per `max_file` bytes).
+    fn rotate_if_needed(&self, st: &mut State, adding: u64) -> Result<()> {
+        let cur = st.last();
+        if cur.len == 0 || cur.len + adding <= self.max_file {
+            return Ok(());
+        }
+        let id = st.files.len();
+        if id as u32 >= MAX_FILES {
+            return Err(NsError::TooManyFiles {
+                ns: self.name.clone(),
+            });
+        }
+        if let Err(e) = sys::sync_data(&cur.file, &cur.path) {
+            return Err(self.poison(st, e));
+        }
+        let path = self.dir.join(data_name(id));
+        let file = sys::open_rw(&path)?;
+        sys::sync_dir(&self.dir)?;
+        st.files.push(DataFile {
+            path,
+            file: Arc::new(file),
+            len: 0,
+        });
+        Ok(())
+    }
+
+    fn poison(&self, st: &mut State, e: IoError) -> NsError {
+        st.failed = Some(e.to_string());
+        NsError::Io(e)
+    }
+
+    /// Waits until every byte up to `upto` (on the `appended` clock) is on disk.
+    async fn make_durable(&self, upto: u64) -> Result<()> {
+        loop {
+            // Registered before the state is read, so the leader's notify cannot be
+            // missed between reading `syncing` and waiting.
+            let notified = self.synced.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let lead = {
+                let mut st = self.lock();
+                if let Some(reason) = &st.failed {
+                    return Err(NsError::Failed {
+                        ns: self.name.clone(),
+                        reason: reason.clone(),
+                    });
+                }
+                if st.synced >= upto {
+                    return Ok(());
+                }
+                if st.syncing {
+                    None
+                } else {
+                    st.syncing = true;
+                    let f = st.last();
+                    Some((st.appended, f.file.clone(), f.path.clone()))
+                }
+            };
+            let Some((target, file, path)) = lead else {
+                notified.await;
+                continue;
+            };
+            // Clears `syncing` and wakes the waiters even if this future is dropped
+            // mid-fsync, so one cancelled writer cannot stall the namespace.
+            let _leader = Leader(self);
+            let res = tokio::task::spawn_blocking(move || sys::sync_data(&file, &path)).await;
+            let mut st = self.lock();
+            match res {
+                Ok(Ok(())) => st.synced = st.synced.max(target),
+                Ok(Err(e)) => st.failed = Some(e.to_string()),
+                Err(join) => st.failed = Some(format!("fsync task: {join}")),
+            }
+        }
+    }
+}
+
+struct Leader<'a>(&'a Namespace);
+
+impl Drop for Leader<'_> {
+    fn drop(&mut self) {
+        self.0.lock().syncing = false;
+        self.0.synced.notify_waiters();
+    }
+}
+
+impl Index {
+    fn empty(mode: Mode) -> Index {
+        match mode {
+            Mode::User => Index::User(BTreeMap::new()),
+            Mode::Seq => Index::Seq(HashSet::new()),
+        }
+    }
+}
+
+impl State {
+    fn new(settings: Settings, files: Vec<DataFile>) -> State {
+        State {
+            index: Index::empty(settings.mode),
+            settings,
+            files,
+            entries: 0,
+            live_bytes: 0,
+            appended: 0,
+            synced: 0,
+            syncing: false,
+            failed: None,
+            deleted: false,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The file being appended to; there is always one.
+    fn last(&self) -> &DataFile {
+        // `files` starts with one entry and only grows.
+        &self.files[self.files.len() - 1]
+    }
+
+    fn last_mut(&mut self) -> &mut DataFile {
+        let n = self.files.len() - 1;
+        &mut self.files[n]
+    }
+
+    /// Applies one record to the index and counters (on open and after a write).
+    fn replay(&mut self, file: u32, offset: u64, kind: Kind, key: &[u8], value: &[u8]) {
+        match (&mut self.index, kind) {
+            (Index::User(m), Kind::Set) => {
+                let loc = Loc {
+                    file,
+                    offset,
+                    key_len: key.len() as u32,
+                    val_len: value.len() as u32,
+                };
+                match m.insert(key.into(), loc) {
+                    Some(old) => self.live_bytes -= old.live_bytes(),
+                    None => self.entries += 1,
+                }
+                self.live_bytes += loc.live_bytes();
+            }
+            (Index::User(m), Kind::Del) => {
+                if let Some(old) = m.remove(key) {
+                    self.entries -= 1;
+                    self.live_bytes -= old.live_bytes();
+                }
+            }
+            (Index::Seq(_), Kind::Set) => {
+                self.entries += 1;
+                self.live_bytes += (key.len() + value.len()) as u64;
+            }
+            (Index::Seq(deleted), Kind::Del) => {
+                let Ok(k) = <[u8; 8]>::try_from(key) else {
+                    return;
+                };
+                if deleted.insert(u64::from_be_bytes(k)) {
+                    let size = <[u8; 8]>::try_from(value).map_or(0, u64::from_le_bytes);
+                    self.entries = self.entries.saturating_sub(1);
+                    self.live_bytes = self.live_bytes.saturating_sub(size);
+                }
+            }
+        }
+    }
+}
+
+fn write_settings(dir: &Path, name: &str, s: &Settings) -> Result<()> {
+    let path = dir.join("namespace.json");
+    let data = serde_json::to_vec_pretty(s).map_err(|e| NsError::Settings {
+        ns: name.into(),
+        path: path.clone(),
+        error: e.to_string(),
+    })?;
+    Ok(sys::write_atomic(&path, &data)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    const MAXV: usize = 1 << 20;
+
+    fn user() -> NamespaceOptions {
+        NamespaceOptions::default()
+    }
+
+    #[tokio::test]
+    async fn set_get_del_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let ns = Namespace::create(dir.path(), "a", &user(), 1 << 20).unwrap();
+        ns.set(b"k1", b"v1", MAXV).await.unwrap();
+        ns.set(b"k2", b"v2", MAXV).await.unwrap();
+        ns.set(b"k1", b"v1b", MAXV).await.unwrap();
+        assert!(ns.del(b"k2").await.unwrap());
+        assert!(!ns.del(b"k2").await.unwrap());
+        assert_eq!(ns.get(b"k1").unwrap().unwrap(), b"v1b");
+        assert!(ns.check(b"k1").unwrap());
+        let info = ns.info();
+        drop(ns);
+        let (ns, cuts) = Namespace::open(dir.path(), "a", 1 << 20).unwrap();
+        assert!(cuts.is_empty());
+        assert_eq!(ns.get(b"k1").unwrap().unwrap(), b"v1b");
+        assert_eq!(ns.get(b"k2").unwrap(), None);
+        assert_eq!(ns.info(), info);
+        assert_eq!(info.entries, 1);
+        assert_eq!(info.data_size, 5);
+    }
+
+    #[tokio::test]
+    async fn rotates_files_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let ns = Namespace::create(dir.path(), "r", &user(), 1000).unwrap();
+        for i in 0..100u32 {
+            ns.set(format!("key{i}").as_bytes(), &[i as u8; 100], MAXV)
+                .await
+                .unwrap();
+        }
+        assert!(ns.info().data_files > 10);
+        drop(ns);
+        let (ns, _) = Namespace::open(dir.path(), "r", 1000).unwrap();
+        for i in 0..100u32 {
+            assert_eq!(
+                ns.get(format!("key{i}").as_bytes()).unwrap().unwrap(),
+                vec![i as u8; 100]
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn quota_and_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = NamespaceOptions {
+            max_size: 100,
+            ..user()
+        };
+        let ns = Namespace::create(dir.path(), "q", &opts, 1 << 20).unwrap();
+        ns.set(b"a", &[0; 60], MAXV).await.unwrap();
+        let e = ns.set(b"b", &[0; 60], MAXV).await.unwrap_err();
+        assert!(matches!(e, NsError::Quota { .. }), "{e}");
+        // Overwriting counts only the difference.
+        ns.set(b"a", &[1; 90], MAXV).await.unwrap();
+        assert!(matches!(
+            ns.set(b"a", &[0; 10], 5).await,
+            Err(NsError::ValueTooLarge { .. })
+        ));
+        assert!(matches!(
+            ns.set(b"", b"x", MAXV).await,
+            Err(NsError::EmptyKey { .. })
+        ));
+        assert!(matches!(
+            ns.set(&[b'k'; 2000], b"x", MAXV).await,
+            Err(NsError::KeyTooLong { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn seq_mode_keys_are_locations() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = NamespaceOptions {
+            mode: Some(Mode::Seq),
+            ..user()
+        };
+        let ns = Namespace::create(dir.path(), "s", &opts, 200).unwrap();
+        let mut keys = Vec::new();
+        for i in 0..20u8 {
+            keys.push(ns.set(b"", &[i; 50], MAXV).await.unwrap());
+        }
+        assert!(matches!(
+            ns.set(b"x", b"v", MAXV).await,
+            Err(NsError::SeqKeyGiven { .. })
+        ));
+        assert!(ns.del(&keys[3]).await.unwrap());
+        assert_eq!(ns.get(&keys[3]).unwrap(), None);
+        assert_eq!(ns.get(&keys[4]).unwrap().unwrap(), vec![4; 50]);
+        // A key that points into the middle of a record finds nothing.
+        let mut bogus = keys[4].clone();
+        bogus[7] += 1;
+        assert_eq!(ns.get(&bogus).unwrap(), None);
+        let (mut cursor, mut seen) = (b"0".to_vec(), Vec::new());
+        loop {
+            let (next, ks) = ns.scan(&cursor, 3).unwrap();
+            seen.extend(ks);
+            if next == b"0" {
+                break;
+            }
+            cursor = next;
+        }
+        let mut want = keys.clone();
+        want.remove(3);
+        assert_eq!(seen, want);
+        drop(ns);
+        let (ns, _) = Namespace::open(dir.path(), "s", 200).unwrap();
+        assert_eq!(ns.info().entries, 19);
+        assert_eq!(ns.get(&keys[3]).unwrap(), None);
+        assert_eq!(ns.get(&keys[19]).unwrap().unwrap(), vec![19; 50]);
+    }
+
+    #[tokio::test]
+    async fn user_scan_pages_through_all_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let ns = Namespace::create(dir.path(), "u", &user(), 1 << 20).unwrap();
+        for i in 0..25u32 {
+            ns.set(format!("k{i:02}").as_bytes(), b"v", MAXV)
+                .await
+                .unwrap();
+        }
+        let (mut cursor, mut seen) = (b"0".to_vec(), Vec::new());
+        loop {
+            let (next, ks) = ns.scan(&cursor, 7).unwrap();
+            seen.extend(ks);
+            if next == b"0" {
+                break;
+            }
+            cursor = next;
+        }
+        let want: Vec<Vec<u8>> = (0..25).map(|i| format!("k{i:02}").into_bytes()).collect();
+        assert_eq!(seen, want);
+    }
+
+    /// Garbage appended to, or bytes cut from, the data file: every complete
+    /// record before the damage survives, the rest is cut and reported.
+    #[tokio::test]
+    async fn recovery_keeps_every_complete_record() {
+        for damage in ["append-garbage", "cut-tail", "flip-last"] {
+            let dir = tempfile::tempdir().unwrap();
+            let ns = Namespace::create(dir.path(), "g", &user(), 1 << 20).unwrap();
+            for i in 0..50u32 {
+                ns.set(
+                    format!("k{i}").as_bytes(),
+                    format!("value{i}").as_bytes(),
+                    MAXV,
+                )
+                .await
+                .unwrap();
+            }
+            drop(ns);
+            let path = dir.path().join("g").join(data_name(0));
+            let len = std::fs::metadata(&path).unwrap().len();
+            match damage {
+                "append-garbage" => {
+                    let mut f = std::fs::OpenOptions::new()
+                        .append(true)
+                        .open(&path)
+                        .unwrap();
+                    f.write_all(&[0xce, 0x11, 1, 0, 3, 0, 0, 0, 200, 0, 0, 0, 9, 9, 9, 9, 1, 2])
+                        .unwrap();
+                }
+                "cut-tail" => {
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .unwrap()
+                        .set_len(len - 3)
+                        .unwrap();
+                }
+                _ => {
+                    let mut data = std::fs::read(&path).unwrap();
+                    let n = data.len();
+                    data[n - 1] ^= 0xff;
+                    std::fs::write(&path, data).unwrap();
+                }
+            }
+            let (ns, cuts) = Namespace::open(dir.path(), "g", 1 << 20).unwrap();
+            assert_eq!(cuts.len(), 1, "{damage}");
+            let keep = if damage == "append-garbage" { 50 } else { 49 };
+            for i in 0..keep {
+                assert_eq!(
+                    ns.get(format!("k{i}").as_bytes()).unwrap().unwrap(),
+                    format!("value{i}").as_bytes(),
+                    "{damage}"
+                );
+            }
+            assert_eq!(ns.info().entries, keep as u64, "{damage}");
+            if damage == "append-garbage" {
+                assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
+            }
+            // The namespace keeps working after the cut.
+            ns.set(b"after", b"ok", MAXV).await.unwrap();
+            drop(ns);
+            let (ns, cuts) = Namespace::open(dir.path(), "g", 1 << 20).unwrap();
+            assert!(cuts.is_empty());
+            assert_eq!(ns.get(b"after").unwrap().unwrap(), b"ok");
+        }
+    }
+
+    #[tokio::test]
+    async fn check_finds_bit_rot() {
+        let dir = tempfile::tempdir().unwrap();
+        let ns = Namespace::create(dir.path(), "c", &user(), 1 << 20).unwrap();
+        ns.set(b"k", b"hello world", MAXV).await.unwrap();
+        let path = dir.path().join("c").join(data_name(0));
+        let mut data = std::fs::read(&path).unwrap();
+        let n = data.len();
+        data[n - 2] ^= 1;
+        std::fs::write(&path, data).unwrap();
+        assert!(matches!(ns.check(b"k"), Err(NsError::Corrupt { .. })));
+        assert!(matches!(ns.get(b"k"), Err(NsError::Corrupt { .. })));
+    }
+
+    #[tokio::test]
+    async fn concurrent_writers_share_fsyncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let ns = Arc::new(Namespace::create(dir.path(), "p", &user(), 1 << 20).unwrap());
+        let mut tasks = Vec::new();
+        for t in 0..16u32 {
+            let ns = ns.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..20u32 {
+                    ns.set(format!("{t}-{i}").as_bytes(), b"v", MAXV)
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(ns.info().entries, 320);
+    }
+
+    #[test]
+    fn passwords_and_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = NamespaceOptions {
+            password: Some("secret".into()),
+            ..user()
+        };
+        let ns = Namespace::create(dir.path(), "pw", &opts, 1 << 20).unwrap();
+        assert!(ns.password_ok(Some("secret")));
+        assert!(!ns.password_ok(Some("nope")));
+        assert!(!ns.password_ok(None));
+        ns.set_property("password", "*").unwrap();
+        assert!(ns.password_ok(None));
+        ns.set_property("mode", "seq").unwrap();
+        ns.set_property("maxsize", "1000").unwrap();
+        assert!(ns.set_property("color", "red").is_err());
+        drop(ns);
+        let (ns, _) = Namespace::open(dir.path(), "pw", 1 << 20).unwrap();
+        assert_eq!(ns.mode(), Mode::Seq);
+        assert_eq!(ns.info().max_size, 1000);
+    }
+}
