@@ -80,6 +80,12 @@ pub struct BootConfig {
     pub debug: bool,
     /// `cellos.net`, default DHCP.
     pub net: NetConfig,
+    /// `cellos.disks=keep|wipe`: what the node does with disks that hold foreign
+    /// data (default keep: left alone).
+    pub disks: Option<String>,
+    /// `cellos.selftest=<name>`: a self-test cellosd runs in test mode (end-to-end
+    /// tests only).
+    pub selftest: Option<String>,
 }
 
 /// Environment variable names under which init hands the boot config to its services.
@@ -94,6 +100,10 @@ pub mod env {
     pub const MODE: &str = "CELLOS_MODE";
     /// `1` or `0`.
     pub const DEBUG: &str = "CELLOS_DEBUG";
+    /// `keep` or `wipe`, absent when unset.
+    pub const DISKS: &str = "CELLOS_DISKS";
+    /// A self-test's name, absent when unset.
+    pub const SELFTEST: &str = "CELLOS_SELFTEST";
 }
 
 impl BootConfig {
@@ -112,6 +122,12 @@ impl BootConfig {
         out.push((env::MODE.to_string(), self.mode.as_str().to_string()));
         let debug = if self.debug { "1" } else { "0" };
         out.push((env::DEBUG.to_string(), debug.to_string()));
+        if let Some(disks) = &self.disks {
+            out.push((env::DISKS.to_string(), disks.clone()));
+        }
+        if let Some(selftest) = &self.selftest {
+            out.push((env::SELFTEST.to_string(), selftest.clone()));
+        }
         out
     }
 }
@@ -142,6 +158,8 @@ const LEDGER_EXPECTED: &str = "an http:// or https:// URL with a host";
 const ENROLL_EXPECTED: &str = "a non-empty token";
 const MODE_EXPECTED: &str = "dev, test or prod";
 const DEBUG_EXPECTED: &str = "no value, 0 or 1";
+const DISKS_EXPECTED: &str = "keep or wipe";
+const SELFTEST_EXPECTED: &str = "a self-test name";
 const NET_EXPECTED: &str = "dhcp, <iface> or static:<iface>,<ip/prefix>,<gw>[,<dns>]";
 
 /// Parse a kernel command line (the contents of `/proc/cmdline`).
@@ -188,6 +206,14 @@ pub fn parse(cmdline: &str) -> (BootConfig, Vec<CmdlineError>) {
             "cellos.net" => match value.as_deref().and_then(parse_net) {
                 Some(net) => cfg.net = net,
                 None => errors.push(bad(NET_EXPECTED)),
+            },
+            "cellos.disks" => match value.as_deref() {
+                Some(v @ ("keep" | "wipe")) => cfg.disks = Some(v.to_string()),
+                _ => errors.push(bad(DISKS_EXPECTED)),
+            },
+            "cellos.selftest" => match value.as_deref() {
+                Some(v) if !v.is_empty() => cfg.selftest = Some(v.to_string()),
+                _ => errors.push(bad(SELFTEST_EXPECTED)),
             },
             _ => errors.push(CmdlineError::UnknownKey { key }),
         }
@@ -448,5 +474,16 @@ mod tests {
         assert_eq!(get(env::ENROLL), None);
         assert_eq!(get(env::MODE), Some("prod"));
         assert_eq!(get(env::DEBUG), Some("1"));
+        assert_eq!(get(env::DISKS), None);
+        let (cfg, errs) = parse("cellos.disks=wipe cellos.selftest=volume-quota cellos.disks=all");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(
+            errs[0].to_string(),
+            "bad cellos.disks=\"all\": expected keep or wipe"
+        );
+        let env = cfg.to_env();
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get(env::DISKS), Some("wipe"));
+        assert_eq!(get(env::SELFTEST), Some("volume-quota"));
     }
 }
