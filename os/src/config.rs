@@ -1,16 +1,24 @@
 //! The boot config as init hands it over: `CELLOS_*` environment variables taken from
 //! the kernel cmdline (see `cellos_init::cmdline::env`).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
 use cellos_init::cmdline::env;
 use cellos_ledger::FarmId;
+use cellos_storage::ForeignDisks;
 
 /// CLOCK_BOOTTIME in ms when init started; set by init, absent when run by hand.
 pub const INIT_START: &str = "CELLOS_INIT_START";
 /// Seconds between uptime reports (default 60); for tests and labs.
 pub const UPTIME_SECS: &str = "CELLOS_UPTIME_SECS";
+/// The device the node booted from (USB boots), never made a pool; init also
+/// writes it to [`BOOT_DEVICE_FILE`].
+pub const BOOT_DEVICE: &str = "CELLOS_BOOT_DEVICE";
+pub const BOOT_DEVICE_FILE: &str = "/run/cellos/boot-device";
+/// Run by hand or in host tests: keep the state here and touch no disk.
+pub const STATE_DIR: &str = "CELLOS_STATE_DIR";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootEnv {
@@ -20,6 +28,13 @@ pub struct BootEnv {
     pub enroll: Option<String>,
     pub init_start_ms: Option<u64>,
     pub uptime_every: Option<Duration>,
+    /// `cellos.disks=`: what to do with disks holding foreign data.
+    pub disks: ForeignDisks,
+    pub boot_device: Option<String>,
+    /// `cellos.selftest=`, honoured only in test mode.
+    pub selftest: Option<String>,
+    /// [`STATE_DIR`]: no pools, this state directory.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl BootEnv {
@@ -55,7 +70,18 @@ impl BootEnv {
                 _ => bail!("{UPTIME_SECS}={v:?} is not a number of seconds above 0"),
             },
         };
+        let disks = match set(env::DISKS) {
+            None => ForeignDisks::Keep,
+            Some(v) => v.parse().map_err(|e| {
+                anyhow!("{}: {e} (cellos.disks= on the kernel cmdline)", env::DISKS)
+            })?,
+        };
+        let test_mode = set(env::MODE).as_deref() == Some("test");
         Ok(BootEnv {
+            disks,
+            boot_device: set(BOOT_DEVICE),
+            state_dir: set(STATE_DIR).map(PathBuf::from),
+            selftest: set(env::SELFTEST).filter(|_| test_mode),
             farm,
             ledger,
             enroll: set(env::ENROLL),
@@ -86,7 +112,10 @@ mod tests {
             ("CELLOS_ENROLL", "3.99.abcd"),
             ("CELLOS_INIT_START", "1234"),
             ("CELLOS_UPTIME_SECS", "5"),
-            ("CELLOS_MODE", "dev"),
+            ("CELLOS_MODE", "test"),
+            ("CELLOS_DISKS", "wipe"),
+            ("CELLOS_BOOT_DEVICE", "/dev/sdb"),
+            ("CELLOS_SELFTEST", "volume-quota"),
         ])
         .expect("valid");
         assert_eq!(
@@ -97,6 +126,10 @@ mod tests {
                 enroll: Some("3.99.abcd".into()),
                 init_start_ms: Some(1234),
                 uptime_every: Some(Duration::from_secs(5)),
+                disks: ForeignDisks::Wipe,
+                boot_device: Some("/dev/sdb".into()),
+                selftest: Some("volume-quota".into()),
+                state_dir: None,
             }
         );
     }
@@ -107,12 +140,15 @@ mod tests {
             ("CELLOS_FARM", "1"),
             ("CELLOS_LEDGER", "http://l:1"),
             ("CELLOS_ENROLL", ""),
+            ("CELLOS_SELFTEST", "volume-quota"),
         ])
         .expect("valid");
         assert_eq!(
             (e.enroll, e.init_start_ms, e.uptime_every),
             (None, None, None)
         );
+        assert_eq!((e.disks, e.boot_device), (ForeignDisks::Keep, None));
+        assert_eq!(e.selftest, None, "self-tests run in test mode only");
     }
 
     #[test]
@@ -140,5 +176,12 @@ mod tests {
         ])
         .expect_err("zero");
         assert!(e.to_string().contains("CELLOS_UPTIME_SECS"), "{e}");
+        let e = parse(&[
+            ("CELLOS_FARM", "1"),
+            ("CELLOS_LEDGER", "http://l:1"),
+            ("CELLOS_DISKS", "all"),
+        ])
+        .expect_err("bad disks");
+        assert!(e.to_string().contains("expected keep or wipe"), "{e}");
     }
 }

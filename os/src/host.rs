@@ -1,5 +1,7 @@
 //! The machine as the registrar sees it: the capacity module's inventory of the real
-//! /proc and /sys, and /proc/uptime.
+//! /proc and /sys, with SRU and HRU taken from the storage pools (what the node can
+//! actually give out, not the raw disks: a disk left alone is not for sale), and
+//! /proc/uptime.
 
 use std::time::Duration;
 
@@ -7,17 +9,23 @@ use cellos_capacity::sys::SystemAddresses;
 use cellos_capacity::{CapacityError, HostPaths, Inventory};
 use cellos_ledger::human_bytes;
 use cellos_registrar::{Capacity, Host};
+use cellos_storage::Storage;
 
 pub struct Machine {
     paths: HostPaths,
+    /// SSD and HDD pool bytes; pools are made at start, so they are fixed here.
+    sru: u64,
+    hru: u64,
     /// The last inventory line printed, so a change is shown once, not every time.
     last_line: Option<String>,
 }
 
 impl Machine {
-    pub fn new(paths: HostPaths) -> Self {
+    pub fn new(paths: HostPaths, storage: &Storage) -> Self {
         Machine {
             paths,
+            sru: storage.sru(),
+            hru: storage.hru(),
             last_line: None,
         }
     }
@@ -27,7 +35,9 @@ impl Host for Machine {
     type Error = CapacityError;
 
     fn measure(&mut self) -> Result<Capacity, CapacityError> {
-        let inv = cellos_capacity::measure(&self.paths, &SystemAddresses)?;
+        let mut inv = cellos_capacity::measure(&self.paths, &SystemAddresses)?;
+        inv.resources.sru = self.sru;
+        inv.resources.hru = self.hru;
         let line = describe(&inv);
         if self.last_line.as_ref() != Some(&line) {
             println!("{line}");

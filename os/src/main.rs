@@ -1,8 +1,9 @@
 //! cellosd: the node agent (DESIGN §2, step 3).
 //!
-//! Init starts it with the boot config in `CELLOS_*` variables. It makes the node's
-//! identity, measures the machine and registers it on the ledger, then keeps the
-//! record current for as long as it runs. It is thin on purpose: the logic lives in
+//! Init starts it with the boot config in `CELLOS_*` variables. It brings up the
+//! storage pools (the state directory is on the first SSD pool), loads the node's
+//! identity from there (or makes it on the first boot), measures the machine and
+//! registers it on the ledger, then keeps the record current for as long as it runs. It is thin on purpose: the logic lives in
 //! the modules, this binary reads the config, builds them and prints what they say.
 //!
 //! Exit status: 2 when the boot config is unusable (init restarts it with backoff,
@@ -11,20 +12,24 @@
 
 mod config;
 mod host;
+mod selftest;
 mod sys;
 
+use std::path::Path;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use cellos_capacity::HostPaths;
-use cellos_identity::Identity;
+use cellos_identity::{Identity, Origin};
 use cellos_ledger::client::Client;
 use cellos_ledger::EnrollToken;
 use cellos_registrar::{Config, Registered, Registrar};
-use tokio::signal::unix::{signal, SignalKind};
+use cellos_storage::sys::System;
+use cellos_storage::{BtrfsVolumes, DiskKind, StateDir, Storage};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
-use config::BootEnv;
+use config::{BootEnv, BOOT_DEVICE_FILE};
 use host::Machine;
 
 fn main() -> ExitCode {
@@ -61,7 +66,57 @@ async fn run(env: BootEnv, client: Client, started: Instant) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("handling SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("handling SIGINT")?;
 
-    let identity = Identity::generate();
+    let boot_device = env.boot_device.clone().or_else(|| {
+        std::fs::read_to_string(BOOT_DEVICE_FILE)
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    });
+    let opts = cellos_storage::Options {
+        foreign: env.disks,
+        boot_device,
+    };
+    let storage = match &env.state_dir {
+        Some(dir) => {
+            println!(
+                "cellos: state in {} (CELLOS_STATE_DIR); no disks are used",
+                dir.display()
+            );
+            Storage {
+                pools: Vec::new(),
+                state: StateDir {
+                    path: dir.clone(),
+                    persistent: true,
+                },
+            }
+        }
+        None => cellos_storage::bring_up(
+            &cellos_storage::HostPaths::default(),
+            &System,
+            &opts,
+            &mut |e| println!("{e}"),
+        )
+        .context("bringing up the storage pools")?,
+    };
+
+    if let Some(name) = &env.selftest {
+        let volumes = BtrfsVolumes::new(&storage.pools, System);
+        let pool = storage
+            .pools
+            .iter()
+            .find(|p| p.name.kind() == DiskKind::Ssd)
+            .map(|p| p.mount.as_path());
+        selftest::run(name, &volumes, pool);
+    }
+
+    let identity_dir = storage.state.path.join("identity");
+    let identity = tokio::select! {
+        id = identity(&identity_dir) => id,
+        () = stop(&mut sigterm, &mut sigint) => {
+            println!("cellosd: stopping");
+            return Ok(());
+        }
+    };
     println!(
         "cellosd: node key {}, farm {}, ledger {}",
         identity.public_key(),
@@ -81,7 +136,7 @@ async fn run(env: BootEnv, client: Client, started: Instant) -> Result<()> {
     if let Some(every) = env.uptime_every {
         config.uptime_every = every;
     }
-    let machine = Machine::new(HostPaths::default());
+    let machine = Machine::new(HostPaths::default(), &storage);
     let mut registrar = Registrar::new(client, machine, identity, config, |n| println!("{n}"));
 
     let work = async {
@@ -95,11 +150,49 @@ async fn run(env: BootEnv, client: Client, started: Instant) -> Result<()> {
     };
     tokio::select! {
         never = work => match never {},
-        _ = sigterm.recv() => {}
-        _ = sigint.recv() => {}
+        () = stop(&mut sigterm, &mut sigint) => {}
     }
     println!("cellosd: stopping");
     Ok(())
+}
+
+async fn stop(sigterm: &mut Signal, sigint: &mut Signal) {
+    tokio::select! {
+        _ = sigterm.recv() => {}
+        _ = sigint.recv() => {}
+    }
+}
+
+/// How long to wait before looking at a refused identity again.
+const IDENTITY_RETRY: Duration = Duration::from_secs(30);
+
+/// The node's key from the state directory. When the directory says the node had a
+/// key that is gone or corrupt, it waits (and says so every 30 s) for an operator
+/// rather than registering a second node.
+async fn identity(dir: &Path) -> Identity {
+    loop {
+        match Identity::load_or_create(dir) {
+            Ok((id, origin)) => {
+                let how = match origin {
+                    Origin::Loaded => "loaded from",
+                    Origin::Created => "created in",
+                };
+                println!(
+                    "cellos: node key {} {how} {}",
+                    id.public_key(),
+                    dir.display()
+                );
+                return id;
+            }
+            Err(e) => {
+                println!(
+                    "cellos: identity: {e}; not registering, checking again in {}s",
+                    IDENTITY_RETRY.as_secs()
+                );
+                tokio::time::sleep(IDENTITY_RETRY).await;
+            }
+        }
+    }
 }
 
 /// The line end-to-end tests wait for.

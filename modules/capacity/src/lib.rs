@@ -11,8 +11,10 @@
 //! skipped and reported in [`Inventory::skipped`] rather than failing the whole
 //! measurement: one odd card reader must not keep a node off the ledger.
 //!
-//! SRU and HRU are, for now, the sizes of non-removable disks by their rotational flag;
-//! the storage module will replace them with the sizes of its pools.
+//! SRU and HRU here are the sizes of non-removable disks by their rotational flag: the
+//! raw hardware. What the node sells is less (a disk holding foreign data is left
+//! alone, a "SSD" that seeks like a disk is an HDD), so cellosd reports the sizes of
+//! the storage module's pools instead and keeps these for the inventory line.
 
 pub mod sys;
 
