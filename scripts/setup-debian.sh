@@ -14,6 +14,9 @@ PACKAGES=(
   ovmf              # UEFI firmware for QEMU
   ipxe-qemu         # iPXE option ROMs for PXE boot
   btrfs-progs       # storage pools in the image
+  binutils          # objcopy: the USB image's unified kernel image (UEFI)
+  mtools            # the USB image's FAT partition, without root or loop devices
+  syslinux syslinux-common  # the USB image's BIOS boot (installer, gptmbr.bin)
   cpio zstd         # inspecting images
   ca-certificates curl
 )

@@ -10,7 +10,8 @@
 //! names, all fetched with `apt-get download` into a cache and reused; their
 //! shared libraries are resolved from the unpacked packages, then the host. Builds are reproducible (two builds from the
 //! same inputs give the same bytes) and need no root, no loop devices and no
-//! mounts: the initramfs is written as a cpio stream from Rust. The build
+//! mounts: the initramfs is written as a cpio stream from Rust, the USB
+//! image's partition table from Rust and its FAT filesystem with mtools. The build
 //! never touches the host outside its cache and output directories.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -18,17 +19,23 @@ mod boot;
 mod deb;
 mod elf;
 mod error;
+mod gpt;
 mod initramfs;
 mod kernel;
 mod manifest;
 mod modules;
 mod sys;
+mod usb;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
-pub use boot::{ipxe_script, kernel_cmdline, BootParams};
+pub use boot::{ipxe_script, kernel_cmdline, syslinux_cfg, usb_config, BootParams, USB_MARKER};
 pub use error::{Error, Result};
+pub use usb::{
+    write as write_usb_image, UsbImage, UsbInputs, BOOT_PARTITION_NAME, ESP_OFFSET, USB_CONFIG,
+    USB_IMAGE,
+};
 
 /// File names in the output directory (boot.ipxe refers to them by name).
 pub const VMLINUZ: &str = "vmlinuz";
@@ -82,11 +89,13 @@ pub struct BuildOptions {
     pub mtime: Option<u32>,
     /// zstd level of the initramfs (1..=22).
     pub zstd_level: i32,
+    /// Also write `cellos-usb.img`.
+    pub usb: bool,
 }
 
 impl BuildOptions {
     /// Options with defaults: no binaries or extra files, default cache,
-    /// fixed mtime from the environment, zstd level 19.
+    /// fixed mtime from the environment, zstd level 19, USB image written.
     pub fn new(manifest: impl Into<PathBuf>, out: impl Into<PathBuf>, boot: BootParams) -> Self {
         BuildOptions {
             manifest: manifest.into(),
@@ -97,6 +106,7 @@ impl BuildOptions {
             boot,
             mtime: None,
             zstd_level: 19,
+            usb: true,
         }
     }
 }
@@ -120,6 +130,8 @@ pub struct Artifacts {
     pub module_count: usize,
     /// The manifest's `[packages]` as taken, e.g. `btrfs-progs=6.2-1+deb12u2`.
     pub packages: Vec<String>,
+    /// `cellos-usb.img`, when asked for.
+    pub usb: Option<UsbImage>,
 }
 
 /// `$XDG_CACHE_HOME/cellos`, else `~/.cache/cellos`.
@@ -142,7 +154,8 @@ fn archive_mtime(given: Option<u32>) -> u32 {
         .unwrap_or(0)
 }
 
-/// Builds `vmlinuz`, `initramfs.cpio.zst` and `boot.ipxe` into `opts.out`.
+/// Builds `vmlinuz`, `initramfs.cpio.zst`, `boot.ipxe` and (if `opts.usb`)
+/// `cellos-usb.img` into `opts.out`.
 /// `progress` gets one line per long step.
 pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Artifacts> {
     let (manifest, manifest_text) = manifest::Manifest::load(&opts.manifest)?;
@@ -258,6 +271,24 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Artifacts> 
     let script = ipxe_script(VMLINUZ, INITRAMFS, &cmdline, &kernel.release);
     fs::write(&boot_ipxe, script).map_err(error::io("cannot write", &boot_ipxe))?;
 
+    let usb = if opts.usb {
+        let inputs = UsbInputs {
+            kernel: &vmlinuz,
+            initrd: &initramfs,
+            cmdline: &cmdline,
+            boot: &opts.boot,
+            cache: &cache,
+            mtime: archive_mtime(opts.mtime),
+        };
+        Some(write_usb_image(
+            &inputs,
+            &opts.out.join(USB_IMAGE),
+            progress,
+        )?)
+    } else {
+        None
+    };
+
     let vmlinuz_size = fs::metadata(&vmlinuz)
         .map_err(error::io("cannot stat", &vmlinuz))?
         .len();
@@ -273,5 +304,6 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Artifacts> 
         initramfs_uncompressed_size: raw,
         module_count: selection.paths.len(),
         packages,
+        usb,
     })
 }

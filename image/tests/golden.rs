@@ -3,7 +3,10 @@
 
 use std::path::Path;
 
-use cellos_image::{ipxe_script, kernel_cmdline, BootParams, BOOT_IPXE, INITRAMFS, VMLINUZ};
+use cellos_image::{
+    ipxe_script, kernel_cmdline, syslinux_cfg, usb_config, BootParams, BOOT_IPXE, INITRAMFS,
+    USB_CONFIG, USB_MARKER, VMLINUZ,
+};
 
 fn check_golden(name: &str, actual: &str) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -34,4 +37,36 @@ fn boot_ipxe_matches_golden() {
     let cmdline = kernel_cmdline("console=ttyS0,115200 panic=1 quiet loglevel=4", &params).unwrap();
     let script = ipxe_script(VMLINUZ, INITRAMFS, &cmdline, "6.1.0-56-amd64");
     check_golden(BOOT_IPXE, &script);
+}
+
+#[test]
+fn usb_config_matches_golden() {
+    let params = BootParams {
+        farm: 3,
+        ledger: "http://10.0.2.2:8080".into(),
+        enroll: Some("3.18446744073709551615.ENROLLTOKEN".into()),
+        extra: "quiet cellos.mode=test  cellos.debug".into(),
+    };
+    check_golden(USB_CONFIG, &usb_config(&params));
+    let without_token = BootParams {
+        enroll: None,
+        extra: String::new(),
+        ..params
+    };
+    check_golden("cellos-no-token.cfg", &usb_config(&without_token));
+}
+
+#[test]
+fn syslinux_cfg_matches_golden() {
+    let params = BootParams {
+        farm: 1,
+        ledger: "http://10.0.2.2:8080".into(),
+        enroll: None,
+        extra: String::new(),
+    };
+    let cmdline = kernel_cmdline("console=ttyS0,115200 panic=1 quiet loglevel=4", &params).unwrap();
+    check_golden(
+        "syslinux.cfg",
+        &syslinux_cfg(VMLINUZ, INITRAMFS, &format!("{cmdline} {USB_MARKER}")),
+    );
 }

@@ -48,11 +48,23 @@ fn vm_build_is_complete_and_reproducible() {
     let first = build(&options(&a), &log).unwrap_or_else(|e| panic!("{e}"));
     let second = build(&options(&b), &log).unwrap_or_else(|e| panic!("{e}"));
     eprintln!("{first:#?}");
-    for name in ["vmlinuz", "initramfs.cpio.zst", "boot.ipxe"] {
-        assert_eq!(
+    for name in [
+        "vmlinuz",
+        "initramfs.cpio.zst",
+        "boot.ipxe",
+        "cellos-usb.img",
+    ] {
+        let (x, y) = (
             std::fs::read(a.join(name)).unwrap(),
             std::fs::read(b.join(name)).unwrap(),
-            "{name} differs between two builds"
+        );
+        // Not assert_eq: a diff of two 100 MB vectors is no help.
+        let first_difference = x.iter().zip(&y).position(|(p, q)| p != q);
+        assert!(
+            x.len() == y.len() && first_difference.is_none(),
+            "{name} differs between two builds: sizes {} and {}, first difference at byte {first_difference:?}",
+            x.len(),
+            y.len()
         );
     }
     assert_eq!(second.kernel_release, first.kernel_release);
