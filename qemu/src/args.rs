@@ -41,6 +41,9 @@ fn check_option_value(what: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
+/// Where a [`Boot::Usb`] image is copied in the work dir; QEMU writes there.
+pub(crate) const USB_COPY: &str = "usb.img";
+
 /// Debian's OVMF (package ovmf), as QEMU's data dir names it.
 const OVMF: &str = "/usr/share/qemu/OVMF.fd";
 
@@ -95,6 +98,21 @@ pub(crate) fn argv(
             check_option_value("bootfile", bootfile)?;
             netdev.push_str(&format!(",tftp={},bootfile={bootfile}", path(tftp_dir)));
             push(&["-boot", "n"]);
+        }
+        Boot::Usb { .. } => {
+            let copy = path(&work.join(USB_COPY));
+            check_option_value("USB image", &copy)?;
+            push(&["-device", "qemu-xhci,id=xhci"]);
+            push(&[
+                "-drive",
+                &format!("file={copy},format=raw,if=none,id=usb0,cache=unsafe"),
+            ]);
+            // bootindex puts the stick before the NIC's PXE ROM, under
+            // SeaBIOS and OVMF alike; removable=on is what a real stick says.
+            push(&[
+                "-device",
+                "usb-storage,bus=xhci.0,drive=usb0,removable=on,bootindex=0",
+            ]);
         }
     }
     for fwd in &config.hostfwd {
@@ -221,6 +239,22 @@ mod tests {
         assert!(joined.contains("-boot n"));
         assert!(joined.contains("-cpu host"));
         assert!(!joined.contains("-kernel") && !joined.contains("scsi"));
+    }
+
+    #[test]
+    fn usb_boot_attaches_a_removable_stick() {
+        let mut config = Config::new(Boot::Usb {
+            image: "/img/cellos-usb.img".into(),
+        });
+        config.firmware = Firmware::Uefi;
+        let args = argv(&config, Accel::Tcg, Path::new("/w"), &[]).unwrap();
+        golden("argv-usb-uefi.txt", &args);
+        let joined = args.join(" ");
+        assert!(joined.contains("-bios /usr/share/qemu/OVMF.fd"));
+        assert!(joined.contains("file=/w/usb.img,format=raw"), "a copy");
+        assert!(!joined.contains("/img/cellos-usb.img"));
+        assert!(!joined.contains("-kernel") && !joined.contains("-boot n"));
+        assert!(argv(&config, Accel::Tcg, Path::new("/a,b"), &[]).is_err());
     }
 
     #[test]

@@ -34,6 +34,12 @@ pub enum Boot {
     /// Network boot: the NIC's iPXE option ROM gets `bootfile` from
     /// QEMU's built-in TFTP server, which serves `tftp_dir`.
     Pxe { tftp_dir: PathBuf, bootfile: String },
+    /// The firmware boots a raw disk image (`cellos-usb.img`) attached as
+    /// a removable USB stick (qemu-xhci + usb-storage), as a farmer's
+    /// server boots from its stick. QEMU works on a copy in the VM's work
+    /// directory, so `image` stays as it was and a test may edit its own
+    /// copy beforehand.
+    Usb { image: PathBuf },
 }
 
 /// Whether the guest sees a disk as solid state or spinning.

@@ -1,7 +1,8 @@
 //! cellos-qemu: boots cellos images in QEMU for tests and developers.
 //!
 //! A [`Config`] says how much machine (memory, CPUs, accelerator), how it
-//! boots (direct kernel, or PXE over QEMU's built-in TFTP under BIOS or UEFI), which disks
+//! boots (direct kernel, PXE over QEMU's built-in TFTP, or a disk image on a USB
+//! stick, each under BIOS or UEFI), which disks
 //! it has (SSD or HDD as the guest sees them) and which host ports forward
 //! into it. [`Vm::start`] runs QEMU with no display, the serial console
 //! captured to a file and a QMP socket; [`Vm::wait_for`] is an expect-style

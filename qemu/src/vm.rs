@@ -8,7 +8,7 @@ use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
 use crate::args::{self, AttachedDisk};
-use crate::config::{Accel, Config, DiskSource};
+use crate::config::{Accel, Boot, Config, DiskSource};
 use crate::error::{io, Error, Result};
 use crate::{qmp, sys};
 
@@ -127,6 +127,10 @@ impl Vm {
             ),
         };
         let dir = work.path();
+        if let Boot::Usb { image } = &config.boot {
+            let copy = dir.join(args::USB_COPY);
+            fs::copy(image, &copy).map_err(io("cannot copy the USB image to", &copy))?;
+        }
         let mut attached = Vec::new();
         for (i, disk) in config.disks.iter().enumerate() {
             let path = match &disk.source {
