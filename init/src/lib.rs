@@ -11,6 +11,7 @@
 //! netlink message send and mount is in [`sys`]; the rest is plain code.
 
 pub mod backoff;
+pub mod bootcfg;
 pub mod cmdline;
 pub mod console;
 pub mod dhcp;

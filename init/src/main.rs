@@ -15,7 +15,7 @@ use cellos_init::kmod::{self, KmodError, Modprobe, ModuleIndex};
 use cellos_init::manifest::{self, ServiceSpec, MANIFEST_PATH};
 use cellos_init::power::{self, Action};
 use cellos_init::supervisor::Supervisor;
-use cellos_init::{cmdline, net, sys};
+use cellos_init::{bootcfg, cmdline, net, sys};
 
 /// Modules the image builder asks for, one name per line.
 const MODULES_LOAD: &str = "/etc/cellos/modules.load";
@@ -127,10 +127,19 @@ fn init_main() {
     }
 
     let text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let (cfg, errors) = cmdline::parse(&text);
-    for e in &errors {
+    let (mut cfg, errors) = cmdline::parse(&text);
+    for e in errors.iter().filter(|e| !bootcfg::is_boot_key(e)) {
         say(&e.to_string());
     }
+    let from_stick = bootcfg::from_stick(&text);
+    load_modules(cfg.debug, if from_stick { bootcfg::MODULES } else { &[] });
+    let boot_device = if from_stick {
+        let (stick_cfg, device) = read_boot_stick(&text);
+        cfg = stick_cfg.unwrap_or(cfg);
+        device
+    } else {
+        None
+    };
     say(&format!(
         "farm={} ledger={} mode={} debug={} enroll={}",
         cfg.farm.map_or("unset".into(), |f| f.to_string()),
@@ -140,7 +149,6 @@ fn init_main() {
         if cfg.enroll.is_some() { "set" } else { "unset" },
     ));
 
-    load_modules(cfg.debug);
     let watched =
         power::watch_power_button(Path::new("/dev/input"), || sys::signal_self(libc::SIGTERM));
     if watched == 0 {
@@ -209,6 +217,9 @@ fn init_main() {
 
     let mut env = cfg.to_env();
     env.push((INIT_START_ENV.into(), start_ms.to_string()));
+    if let Some(disk) = boot_device {
+        env.push((bootcfg::BOOT_DEVICE_ENV.into(), disk));
+    }
     if std::env::var_os("PATH").is_none() {
         env.push((
             "PATH".into(),
@@ -237,7 +248,35 @@ fn init_main() {
     }
 }
 
-fn load_modules(debug: bool) {
+/// After a USB boot: finds the stick, applies its cellos.cfg over the cmdline `text` (the
+/// file's values come last, so they win) and records the stick's disk so that nothing takes
+/// it for storage. Returns the new config, if the file gave one, and the disk's name.
+fn read_boot_stick(text: &str) -> (Option<cmdline::BootConfig>, Option<String>) {
+    let out = bootcfg::read_stick(&bootcfg::StickPaths::default(), &mut sys::KernelStick);
+    for m in &out.messages {
+        say(m);
+    }
+    // The words were checked by the same parser: only the cmdline's own errors (already
+    // said) could come back.
+    let cfg = out
+        .words
+        .map(|words| cmdline::parse(&format!("{text} {words}")).0);
+    let disk = out.partition.map(|p| {
+        let file = Path::new(bootcfg::BOOT_DEVICE_FILE);
+        let written = file
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(file, format!("{}\n", p.disk)));
+        if let Err(e) = written {
+            say(&format!("cannot write {}: {e}", file.display()));
+        }
+        p.disk
+    });
+    (cfg, disk)
+}
+
+/// Loads the hardware's modules (coldplug), the image's list and `extra` ones.
+fn load_modules(debug: bool, extra: &[&str]) {
     let started = Instant::now();
     let dir = modules_dir();
     let index = match ModuleIndex::load(&dir) {
@@ -249,7 +288,11 @@ fn load_modules(debug: bool) {
     };
     let mut mp = Modprobe::new(index, sys::KernelInserter);
     let mut report = kmod::coldplug(&mut mp, Path::new("/sys/devices"), 8);
-    let mut wanted: Vec<String> = ALWAYS_LOAD.iter().map(|s| s.to_string()).collect();
+    let mut wanted: Vec<String> = ALWAYS_LOAD
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect();
     match std::fs::read_to_string(MODULES_LOAD) {
         Ok(text) => wanted.extend(kmod::parse_module_list(&text)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

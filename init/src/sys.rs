@@ -451,6 +451,28 @@ pub fn unmount_all() -> Vec<String> {
     failed
 }
 
+/// Mounts and unmounts the boot stick's FAT partition for [`crate::bootcfg`]: read-only,
+/// never executable, with the code pages the image carries.
+pub struct KernelStick;
+
+impl crate::bootcfg::Stick for KernelStick {
+    fn mount(&mut self, device: &Path, at: &Path) -> io::Result<()> {
+        let flags = MsFlags::MS_RDONLY | NOSUID_NODEV_NOEXEC;
+        mount(
+            Some(device),
+            at,
+            Some("vfat"),
+            flags,
+            Some(crate::bootcfg::MOUNT_OPTIONS),
+        )
+        .map_err(io::Error::from)
+    }
+
+    fn unmount(&mut self, at: &Path) -> io::Result<()> {
+        umount2(at, MntFlags::empty()).map_err(io::Error::from)
+    }
+}
+
 /// Power off (`reboot == false`) or reboot. Returns only on failure.
 pub fn power(reboot: bool) -> io::Error {
     let mode = if reboot {
