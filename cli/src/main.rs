@@ -135,7 +135,8 @@ pub enum DeploymentCmd {
 
 #[derive(Subcommand)]
 pub enum ImageCmd {
-    /// Write vmlinuz, initramfs.cpio.zst, boot.ipxe and cmdline into --out.
+    /// Write vmlinuz, initramfs.cpio.zst, boot.ipxe, cmdline and cellos-usb.img (a USB
+    /// stick image that boots on UEFI and BIOS) into --out.
     Build {
         /// Farm the node joins.
         #[arg(long)]

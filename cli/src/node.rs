@@ -28,8 +28,8 @@ pub struct ImageRequest {
     pub bin_dir: PathBuf,
 }
 
-/// Builds vmlinuz, initramfs.cpio.zst and boot.ipxe, plus `cmdline` (what a direct
-/// kernel boot passes) into `req.out`, printing progress on stderr.
+/// Builds vmlinuz, initramfs.cpio.zst, boot.ipxe and cellos-usb.img, plus `cmdline`
+/// (what a direct kernel boot passes) into `req.out`, printing progress on stderr.
 pub fn build_image(req: &ImageRequest) -> Result<Artifacts> {
     let mut bins = Vec::new();
     for (name, dest) in [("init", "/init"), ("cellosd", "/usr/bin/cellosd")] {
@@ -60,6 +60,15 @@ pub fn build_image(req: &ImageRequest) -> Result<Artifacts> {
     let a = cellos_image::build(&opts, &|line| eprintln!("image: {line}"))
         .context("image build failed")?;
     std::fs::write(req.out.join("cmdline"), format!("{}\n", a.cmdline))?;
+    if let Some(usb) = &a.usb {
+        eprintln!(
+            "image: {} ({}, {}): write it to a stick with `cellos image flash --device /dev/sdX`; \
+             farm, ledger and token can be changed later in cellos.cfg on its FAT partition",
+            usb.path.display(),
+            cellos_ledger::human_bytes(usb.size),
+            usb.stub_package
+        );
+    }
     eprintln!(
         "image: done in {:.1} s: kernel {} ({}), vmlinuz {}, initramfs {} ({} uncompressed, {} modules)",
         t.elapsed().as_secs_f64(),
