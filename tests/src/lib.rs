@@ -193,6 +193,11 @@ impl Ledger {
 
     /// A farmer's account and a farm that admits nodes with tokens of `enroll`.
     pub fn farm(&self, enroll: &SigningKey) -> FarmId {
+        self.farm_named(enroll, "e2e")
+    }
+
+    /// [`Ledger::farm`] with a name of its own (farm names are unique on a ledger).
+    pub fn farm_named(&self, enroll: &SigningKey, name: &str) -> FarmId {
         self.block_on(async {
             let mut farmer = Signer::new(keys::generate(), CHAIN);
             self.client
@@ -204,7 +209,7 @@ impl Ledger {
             let r = self
                 .client
                 .submit(&farmer.sign(TxBody::CreateFarm {
-                    name: "e2e".into(),
+                    name: name.into(),
                     prices: Prices {
                         cu: 10,
                         su: 5,
