@@ -16,8 +16,12 @@
 //! Never: trust bytes from disk or the network without a checksum, panic on
 //! client input, or acknowledge a write that a crash could lose.
 
+pub mod cipher;
 pub mod client;
+pub mod config;
+pub mod ec;
 pub mod namespace;
+pub mod object;
 pub mod record;
 pub mod resp;
 pub mod server;
