@@ -74,6 +74,11 @@ pub async fn run(cli: Cli) -> Result<()> {
             tokio::task::spawn_blocking(move || vm::build_image(&req)).await??;
             Ok(())
         }
+        Cmd::Image(ImageCmd::Flash {
+            device,
+            image,
+            force,
+        }) => tokio::task::spawn_blocking(move || vm::flash(&image, &device, force)).await?,
         Cmd::Qemu(QemuCmd::Run {
             image,
             vm,

@@ -162,6 +162,19 @@ pub enum ImageCmd {
         #[arg(long)]
         bin_dir: Option<PathBuf>,
     },
+    /// Write cellos-usb.img to a USB stick. Refuses a disk that is not removable (unless
+    /// --force), a partition, a mounted disk or one too small; syncs before it returns.
+    Flash {
+        /// The whole disk, e.g. /dev/sdb (all data on it is lost).
+        #[arg(long)]
+        device: PathBuf,
+        /// The image to write.
+        #[arg(long, default_value = "./image/cellos-usb.img")]
+        image: PathBuf,
+        /// Write even to a disk that does not say it is removable.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Args, Clone)]

@@ -82,6 +82,49 @@ pub fn build_image(req: &ImageRequest) -> Result<Artifacts> {
     Ok(a)
 }
 
+/// `cellos image flash`: checks the target (cellos_image::flash), writes the image with a
+/// progress line on stderr, syncs.
+pub fn flash(image: &Path, device: &Path, force: bool) -> Result<()> {
+    use cellos_image::flash;
+    let size = std::fs::metadata(image)
+        .with_context(|| {
+            format!(
+                "cannot read {} (build it with `cellos image build`)",
+                image.display()
+            )
+        })?
+        .len();
+    let mounts = std::fs::read_to_string("/proc/mounts").context("cannot read /proc/mounts")?;
+    let target = flash::inspect(device, Path::new("/sys/block"), &mounts)?;
+    flash::check(&target, size, force)?;
+    eprintln!(
+        "flash: writing {} ({}) to {} ({}{})",
+        image.display(),
+        cellos_ledger::human_bytes(size),
+        target.device.display(),
+        cellos_ledger::human_bytes(target.size),
+        if target.removable { ", removable" } else { "" }
+    );
+    let t = Instant::now();
+    let mut shown = Instant::now();
+    flash::write(image, &target.device, &mut |done, total| {
+        if shown.elapsed() >= Duration::from_secs(1) || done == total {
+            shown = Instant::now();
+            eprint!(
+                "\rflash: {:3}% ({} of {})",
+                done * 100 / total.max(1),
+                cellos_ledger::human_bytes(done),
+                cellos_ledger::human_bytes(total)
+            );
+        }
+    })?;
+    eprintln!(
+        "\nflash: done and synced in {:.1} s; cellos.cfg on the stick's FAT partition holds farm, ledger and token",
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 /// The disks of a VM, as given on the command line.
 #[derive(Clone, Debug)]
 pub struct Disks(pub Vec<Disk>);

@@ -40,6 +40,8 @@ pub enum Error {
         path: String,
         reason: String,
     },
+    #[error("will not write to {device}: it {reason}")]
+    Flash { device: PathBuf, reason: String },
     #[error("USB image {path}: {reason}")]
     Usb { path: PathBuf, reason: String },
     #[error("kernel tree {path}: {reason}")]

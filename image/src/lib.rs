@@ -19,6 +19,7 @@ mod boot;
 mod deb;
 mod elf;
 mod error;
+pub mod flash;
 mod gpt;
 mod initramfs;
 mod kernel;
