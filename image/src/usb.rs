@@ -207,7 +207,10 @@ pub fn write(inputs: &UsbInputs, out: &Path, progress: &dyn Fn(&str)) -> Result<
     let root = deb::unpacked(&package, inputs.cache, progress)?;
     let stub = deb::resolve(&root, STUB_PATH)?;
 
-    let parent = out.parent().unwrap_or(Path::new("."));
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
     let work = tempfile::Builder::new()
         .prefix(".usb-")
         .tempdir_in(parent)
