@@ -19,6 +19,7 @@ PACKAGES=(
   syslinux syslinux-common  # the USB image's BIOS boot (installer, gptmbr.bin)
   cpio zstd         # inspecting images
   ca-certificates curl
+  redis-tools redis-server  # redis-cli, redis-benchmark and the side-by-side server for `cellos bench shard`
 )
 
 missing=()

@@ -114,6 +114,17 @@ pub async fn run(cli: Cli) -> Result<()> {
             nodes,
             concurrency,
         }) => crate::bench::ledger(txs, nodes, concurrency).await,
+        Cmd::Bench(BenchCmd::Ec {
+            seconds,
+            size,
+            pipeline,
+        }) => crate::bench_shard::ec(seconds, size as usize, pipeline as usize).await,
+        Cmd::Bench(BenchCmd::Shard {
+            requests,
+            clients,
+            shardd,
+        }) => crate::bench_shard::shard(requests, clients, shardd).await,
+        Cmd::Store(c) => crate::store::run(c, g.json).await,
     }
 }
 

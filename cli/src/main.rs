@@ -6,11 +6,13 @@
 //! causes.
 
 mod bench;
+mod bench_shard;
 mod cmd;
 mod demo;
 mod deploy;
 mod node;
 mod output;
+mod store;
 mod units;
 
 use std::net::SocketAddr;
@@ -98,6 +100,9 @@ pub enum Cmd {
     /// Benchmarks that print numbers.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Objects erasure-coded across shard servers (store.toml).
+    #[command(subcommand)]
+    Store(store::StoreCmd),
     /// Start an embedded ledger, create a farm, build the image, boot a node in QEMU
     /// and show it registered.
     Demo {
@@ -380,6 +385,29 @@ pub enum BenchCmd {
         /// Concurrent HTTP clients.
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
+    },
+    /// Reed-Solomon (both crates), AEADs and the object pipeline, in GB/s.
+    Ec {
+        /// Seconds per figure.
+        #[arg(long, default_value_t = 0.5)]
+        seconds: f64,
+        /// Buffer coded per call, e.g. 4M.
+        #[arg(long, default_value = "4M", value_parser = units::parse_size)]
+        size: u64,
+        /// Object put and got through the whole pipeline, e.g. 256M.
+        #[arg(long, default_value = "128M", value_parser = units::parse_size)]
+        pipeline: u64,
+    },
+    /// redis-benchmark against shardd and redis-server, side by side.
+    Shard {
+        /// SET and GET requests per run at 1 KiB (a quarter of that at 64 KiB).
+        #[arg(long, default_value_t = 20_000)]
+        requests: usize,
+        #[arg(long, default_value_t = 50)]
+        clients: usize,
+        /// The shardd binary (default: next to cellos).
+        #[arg(long)]
+        shardd: Option<PathBuf>,
     },
 }
 

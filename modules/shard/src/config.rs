@@ -130,6 +130,11 @@ pub const DEFAULT_SEGMENT: usize = 4 << 20;
 /// Largest segment: a shard must fit in a shard server's value limit.
 pub const MAX_SEGMENT: usize = 64 << 20;
 
+/// A new random store key.
+pub fn generate_key() -> [u8; 32] {
+    rand::random()
+}
+
 /// Parses a 32-byte key written as 64 hex digits (whitespace around is ignored).
 pub fn parse_key(text: &str) -> Option<[u8; 32]> {
     hex::decode(text.trim()).ok()?.try_into().ok()
