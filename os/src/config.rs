@@ -35,6 +35,8 @@ pub struct BootEnv {
     pub selftest: Option<String>,
     /// [`STATE_DIR`]: no pools, this state directory.
     pub state_dir: Option<PathBuf>,
+    /// `cellos.mode=test`: short intervals (usage reports) for end-to-end tests.
+    pub test_mode: bool,
 }
 
 impl BootEnv {
@@ -88,6 +90,7 @@ impl BootEnv {
             // Only used for the timing in one console line: a bad value means "unknown".
             init_start_ms: set(INIT_START).and_then(|v| v.parse().ok()),
             uptime_every,
+            test_mode,
         })
     }
 }
@@ -130,6 +133,7 @@ mod tests {
                 boot_device: Some("/dev/sdb".into()),
                 selftest: Some("volume-quota".into()),
                 state_dir: None,
+                test_mode: true,
             }
         );
     }

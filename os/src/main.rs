@@ -14,6 +14,7 @@ mod config;
 mod host;
 mod selftest;
 mod sys;
+mod workloads;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -136,8 +137,14 @@ async fn run(env: BootEnv, client: Client, started: Instant) -> Result<()> {
     if let Some(every) = env.uptime_every {
         config.uptime_every = every;
     }
+    let api = cellos_provision::api::ApiState::new(workloads::store(&storage.state.path)?);
+    workloads::serve_api(api.clone());
+    let key = identity.signing_key().clone();
+    let pubkey = identity.public_key();
     let machine = Machine::new(HostPaths::default(), &storage);
-    let mut registrar = Registrar::new(client, machine, identity, config, |n| println!("{n}"));
+    let mut registrar = Registrar::new(client.clone(), machine, identity, config, |n| {
+        println!("{n}")
+    });
 
     let work = async {
         let reg = registrar.register().await;
@@ -146,10 +153,42 @@ async fn run(env: BootEnv, client: Client, started: Instant) -> Result<()> {
             _ => (started.elapsed().as_millis() as u64, "start"),
         };
         println!("{}", registered_line(&reg, ms, since));
-        registrar.maintain().await
+        let persistent = storage.state.persistent;
+        api.set_info(workloads::info(
+            reg.node,
+            reg.farm,
+            pubkey,
+            reg.capacity,
+            persistent,
+        ));
+        if !persistent {
+            println!("cellos: the state is in RAM (no SSD): this node runs no workloads");
+            let never = registrar.maintain().await;
+            match never {}
+        }
+        let provision = workloads::run(workloads::Wiring {
+            client,
+            key,
+            node: reg.node,
+            state_dir: storage.state.path.clone(),
+            volumes: BtrfsVolumes::new(&storage.pools, System),
+            test_mode: env.test_mode,
+        });
+        tokio::select! {
+            never = registrar.maintain() => match never {},
+            failed = provision => failed,
+        }
     };
+    // `work` only ends when provisioning cannot run at all.
     tokio::select! {
-        never = work => match never {},
+        r = work => {
+            let e = match r {
+                Err(e) => e,
+                Ok(never) => match never {},
+            };
+            println!("cellos: provisioning stopped: {e:#}");
+            return Err(e);
+        }
         () = stop(&mut sigterm, &mut sigint) => {}
     }
     println!("cellosd: stopping");

@@ -210,9 +210,11 @@ impl Ledger {
                 .client
                 .submit(&farmer.sign(TxBody::CreateFarm {
                     name: name.into(),
+                    // Storage dear enough that seconds of a small volume cost
+                    // something: usage reports in tests move real money.
                     prices: Prices {
                         cu: 10,
-                        su: 5,
+                        su: 36_000,
                         nu: 1,
                         ipu: 2,
                     },
@@ -273,6 +275,24 @@ pub fn registered(line: &str) -> (NodeId, FarmId, u64) {
             .expect("number")
     };
     (n(1) as NodeId, n(2) as FarmId, n(3))
+}
+
+/// Where cellosd serves the node API inside the guest.
+pub const NODE_API_PORT: u16 = 8646;
+
+/// Runs the release `cellos` CLI of this build as a user would; (success, stdout, stderr).
+pub fn cellos_cli(args: &[&str], url: &str, key: &Path) -> (bool, String, String) {
+    let out = std::process::Command::new(bin_dir().join("cellos"))
+        .args(args)
+        .env("CELLOS_LEDGER", url)
+        .env("CELLOS_KEY", key)
+        .output()
+        .expect("run cellos");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// A port nothing listens on right now.

@@ -173,6 +173,12 @@ impl Identity {
         keys::encryption_key(&self.key)
     }
 
+    /// The secret key, for what must act as the node without the ledger in between:
+    /// opening deployments sealed to it (the provision engine).
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.key
+    }
+
     /// A transaction signer for the ledger whose chain id is `chain_id`.
     pub fn signer(&self, chain_id: &str) -> Signer {
         Signer::new(self.key.clone(), chain_id)
