@@ -105,6 +105,7 @@ fn registrations(
                 encryption_key: keys::encryption_key(s.key()),
                 location: None,
                 enrollment: Some(token.clone()),
+                persistent: true,
             });
             (s, tx)
         })

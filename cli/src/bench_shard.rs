@@ -175,7 +175,7 @@ async fn pipeline<B: Backend>(label: &str, store: &Store<B>, data: &[u8]) -> Res
     }
     let gb = data.len() as f64 / 1e9;
     println!(
-        "{label:<44} put {:>5.2} GB/s   get {:>5.2} GB/s",
+        "{label:<52} put {:>5.2} GB/s   get {:>5.2} GB/s",
         gb / put,
         gb / get
     );
@@ -187,15 +187,23 @@ pub async fn ec(secs: f64, size: usize, pipeline_size: usize) -> Result<()> {
     tokio::task::spawn_blocking(move || ec_figures(secs, size)).await??;
     let data = payload(pipeline_size);
     println!(
-        "\nwhole pipeline at 4+2 (segments of 4 MiB: zstd -> aes-256-gcm -> reed-solomon-simd), {} MiB, all cores",
+        "\nwhole pipeline at 4+2 (4 MiB segments: zstd -> AEAD -> Reed-Solomon), {} MiB, all cores",
         pipeline_size >> 20
     );
     let addrs: Vec<SocketAddr> = (0..6)
         .map(|i| SocketAddr::from(([127, 0, 0, 1], 1 + i)))
         .collect();
-    let mems: Vec<MemBackend> = (0..6).map(|_| MemBackend::default()).collect();
-    let store = Store::new(StoreConfig::new(4, 2, [5; 32], specs(&addrs)), mems)?;
-    pipeline("in-memory backends", &store, &data).await?;
+    for erasure in RsCrate::ALL {
+        for cipher in CipherKind::ALL {
+            let mems: Vec<MemBackend> = (0..6).map(|_| MemBackend::default()).collect();
+            let mut cfg = StoreConfig::new(4, 2, [5; 32], specs(&addrs));
+            cfg.erasure = erasure;
+            cfg.cipher = cipher;
+            let store = Store::new(cfg, mems)?;
+            let label = format!("in memory, {}, {}", erasure.name(), cipher.name());
+            pipeline(&label, &store, &data).await?;
+        }
+    }
 
     let tmp = tempfile::tempdir().context("temporary directory")?;
     let mut servers = Vec::new();
@@ -208,12 +216,7 @@ pub async fn ec(secs: f64, size: usize, pipeline_size: usize) -> Result<()> {
     }
     let addrs: Vec<SocketAddr> = servers.iter().map(Server::local_addr).collect();
     let store = Store::connect(StoreConfig::new(4, 2, [5; 32], specs(&addrs)))?;
-    pipeline(
-        "6 shard servers in this process (loopback, fsync)",
-        &store,
-        &data,
-    )
-    .await?;
+    pipeline("6 shardd, loopback, fsync (defaults)", &store, &data).await?;
     for s in servers {
         s.shutdown().await;
     }

@@ -45,11 +45,12 @@ pub fn farm_row(f: &Farm) -> String {
 
 pub fn node(n: &Node) -> String {
     let mut s = format!(
-        "node {} on farm {} ({}, {})\n  key             {}\n  capacity        {}\n  reserved        {}\n  last uptime     {} (up {} s)",
+        "node {} on farm {} ({}, {}{})\n  key             {}\n  capacity        {}\n  reserved        {}\n  last uptime     {} (up {} s)",
         n.id,
         n.farm,
         n.status,
         if n.approved { "approved" } else { "waiting for approval" },
+        if n.persistent { "" } else { ", no persistent state: takes no contracts" },
         n.pubkey,
         n.capacity,
         n.reserved,

@@ -84,6 +84,7 @@ fn deployment_flow_over_http() {
                 encryption_key: keys::encryption_key(node.key()),
                 location: None,
                 enrollment: Some(token),
+                persistent: true,
             }))
             .await
             .expect("register");

@@ -190,6 +190,8 @@ pub enum TxError {
     NodeNotApproved(NodeId),
     #[error("node {node} is {status}, not up")]
     NodeNotUp { node: NodeId, status: NodeStatus },
+    #[error("node {0} keeps its state in RAM (no SSD) and takes no contracts")]
+    NodeNotPersistent(NodeId),
     #[error("enrollment token is for farm {token}, not farm {farm}")]
     EnrollWrongFarm { token: FarmId, farm: FarmId },
     #[error("enrollment token expired at {expires} (ledger time {now})")]
@@ -632,6 +634,7 @@ impl State {
                 encryption_key,
                 location,
                 enrollment,
+                persistent,
             } => {
                 let f = self.farms.get(farm).ok_or(TxError::NoFarm(*farm))?;
                 if let Some(&node) = self.node_keys.get(&signer) {
@@ -683,6 +686,7 @@ impl State {
                         interfaces: interfaces.clone(),
                         location: location.clone(),
                         encryption_key: *encryption_key,
+                        persistent: *persistent,
                         status: NodeStatus::Up,
                         last_uptime: self.time,
                         uptime_secs: 0,
@@ -722,6 +726,7 @@ impl State {
                 capacity,
                 interfaces,
                 encryption_key,
+                persistent,
             } => {
                 self.the_node(&signer, *node)?;
                 check_interfaces(interfaces)?;
@@ -729,6 +734,7 @@ impl State {
                 n.capacity = *capacity;
                 n.interfaces = interfaces.clone();
                 n.encryption_key = *encryption_key;
+                n.persistent = *persistent;
                 Ok(vec![Event::NodeUpdated { node: *node }])
             }
             TxBody::ReportUptime {
@@ -955,6 +961,9 @@ impl State {
         let n = self.node_ref(node_id)?;
         if !n.approved {
             return Err(TxError::NodeNotApproved(node_id));
+        }
+        if !n.persistent {
+            return Err(TxError::NodeNotPersistent(node_id));
         }
         if n.status != NodeStatus::Up {
             return Err(TxError::NodeNotUp {

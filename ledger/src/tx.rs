@@ -68,6 +68,10 @@ pub enum TxBody {
         encryption_key: EncryptionKey,
         location: Option<String>,
         enrollment: Option<EnrollToken>,
+        /// Whether the node keeps its state on disk; a node that does not takes no
+        /// contracts (it would lose them at reboot).
+        #[serde(default = "yes")]
+        persistent: bool,
     },
     /// Signed by the farm owner.
     ApproveNode {
@@ -83,6 +87,8 @@ pub enum TxBody {
         capacity: Resources,
         interfaces: Vec<Interface>,
         encryption_key: EncryptionKey,
+        #[serde(default = "yes")]
+        persistent: bool,
     },
     /// Signed by the node; `timestamp` must be within the skew of ledger time.
     ReportUptime {
@@ -142,6 +148,10 @@ pub enum TxBody {
     CancelContract {
         contract: ContractId,
     },
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl TxBody {

@@ -342,6 +342,8 @@ pub struct Node {
     pub interfaces: Vec<Interface>,
     pub location: Option<String>,
     pub encryption_key: EncryptionKey,
+    /// False when the node keeps its state in RAM: it takes no contracts.
+    pub persistent: bool,
     pub status: NodeStatus,
     /// Ledger time of the node's last uptime report.
     pub last_uptime: u64,

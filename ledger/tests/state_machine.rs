@@ -142,6 +142,7 @@ fn register(
             encryption_key,
             location: None,
             enrollment,
+            persistent: true,
         },
     )?;
     match ev.last() {
@@ -569,7 +570,8 @@ fn update_uptime_status_and_remove() {
                 node: id,
                 capacity: bigger,
                 interfaces: vec![],
-                encryption_key: ek
+                encryption_key: ek,
+                persistent: true
             }
         ),
         TxError::NotTheNode(id)
@@ -581,6 +583,7 @@ fn update_uptime_status_and_remove() {
             capacity: bigger,
             interfaces: vec![],
             encryption_key: ek,
+            persistent: true,
         },
     );
     assert_eq!(s.w.st.node(id).expect("node").capacity.cru, 8);
@@ -1295,4 +1298,26 @@ fn state_digest_is_deterministic() {
         w.st.digest()
     };
     assert_eq!(build(), build());
+}
+
+#[test]
+fn a_node_without_persistent_state_takes_no_contracts() {
+    let mut s = setup();
+    let ek = keys::encryption_key(s.node.key());
+    let node = s.node_id;
+    let update = move |persistent| TxBody::UpdateNode {
+        node,
+        capacity: CAP,
+        interfaces: vec![],
+        encryption_key: ek,
+        persistent,
+    };
+    s.w.ok(&mut s.node, update(false));
+    assert!(!s.w.st.node(s.node_id).expect("node").persistent);
+    assert_eq!(
+        create(&mut s, SMALL, 0, 1000),
+        Err(TxError::NodeNotPersistent(s.node_id))
+    );
+    s.w.ok(&mut s.node, update(true));
+    assert!(create(&mut s, SMALL, 0, 1000).is_ok());
 }

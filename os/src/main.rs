@@ -137,6 +137,7 @@ async fn run(env: BootEnv, client: Client, started: Instant) -> Result<()> {
     if let Some(every) = env.uptime_every {
         config.uptime_every = every;
     }
+    config.persistent = storage.state.persistent;
     let api = cellos_provision::api::ApiState::new(workloads::store(&storage.state.path)?);
     workloads::serve_api(api.clone());
     let key = identity.signing_key().clone();

@@ -142,6 +142,7 @@ async fn world() -> World {
             encryption_key: keys::encryption_key(&node_key),
             location: None,
             enrollment: None,
+            persistent: true,
         }))
         .await
         .expect("register");

@@ -62,6 +62,9 @@ pub struct Config {
     pub remeasure_every: Duration,
     /// How often the record is read while waiting for the farmer's approval (5 s).
     pub approval_poll: Duration,
+    /// Whether the node's state is on disk (told to the ledger, which gives a node
+    /// without persistent state no contracts).
+    pub persistent: bool,
 }
 
 impl Config {
@@ -72,6 +75,7 @@ impl Config {
             uptime_every: Duration::from_secs(60),
             remeasure_every: Duration::from_secs(300),
             approval_poll: Duration::from_secs(5),
+            persistent: true,
         }
     }
 }
@@ -213,6 +217,7 @@ struct Known {
     /// What the ledger's record says now.
     capacity: Capacity,
     encryption_key: EncryptionKey,
+    persistent: bool,
 }
 
 type Notify = Box<dyn FnMut(Notice) + Send>;
@@ -431,11 +436,16 @@ impl<L: Ledger, H: Host> Registrar<L, H> {
                     interfaces: n.interfaces,
                 },
                 encryption_key: n.encryption_key,
+                persistent: n.persistent,
             };
             self.update_to(&mut k, measured).await?;
             return Ok(k);
         }
-        let (farm, encryption_key) = (self.config.farm, self.identity.encryption_key());
+        let (farm, encryption_key, persistent) = (
+            self.config.farm,
+            self.identity.encryption_key(),
+            self.config.persistent,
+        );
         let register = |enrollment| TxBody::RegisterNode {
             farm,
             capacity: measured.resources,
@@ -443,6 +453,7 @@ impl<L: Ledger, H: Host> Registrar<L, H> {
             encryption_key,
             location: None,
             enrollment,
+            persistent,
         };
         let body = register(self.config.enrollment.clone());
         let receipt = match self.submit(body).await {
@@ -480,6 +491,7 @@ impl<L: Ledger, H: Host> Registrar<L, H> {
             approved,
             capacity: measured,
             encryption_key: self.identity.encryption_key(),
+            persistent,
         })
     }
 
@@ -494,7 +506,10 @@ impl<L: Ledger, H: Host> Registrar<L, H> {
 
     async fn update_to(&mut self, k: &mut Known, measured: Capacity) -> Result<(), Failure> {
         let encryption_key = self.identity.encryption_key();
-        if k.capacity == measured && k.encryption_key == encryption_key {
+        if k.capacity == measured
+            && k.encryption_key == encryption_key
+            && k.persistent == self.config.persistent
+        {
             return Ok(());
         }
         self.submit(TxBody::UpdateNode {
@@ -502,6 +517,7 @@ impl<L: Ledger, H: Host> Registrar<L, H> {
             capacity: measured.resources,
             interfaces: measured.interfaces.clone(),
             encryption_key,
+            persistent: self.config.persistent,
         })
         .await?;
         (self.notify)(Notice::CapacityUpdated {
@@ -510,6 +526,7 @@ impl<L: Ledger, H: Host> Registrar<L, H> {
         });
         k.capacity = measured;
         k.encryption_key = encryption_key;
+        k.persistent = self.config.persistent;
         Ok(())
     }
 

@@ -137,6 +137,7 @@ impl Ledger for FakeLedger {
                 capacity,
                 interfaces,
                 encryption_key,
+                persistent,
             } => {
                 let n = st
                     .nodes
@@ -146,6 +147,7 @@ impl Ledger for FakeLedger {
                 n.capacity = *capacity;
                 n.interfaces = interfaces.clone();
                 n.encryption_key = *encryption_key;
+                n.persistent = *persistent;
             }
             TxBody::ReportUptime { .. } => {}
             other => panic!("the registrar sent {other:?}"),
@@ -169,6 +171,7 @@ fn fake_node(pubkey: PublicKey, farm: FarmId, capacity: Resources, ek: Encryptio
         interfaces: vec![],
         location: None,
         encryption_key: ek,
+        persistent: true,
         status: NodeStatus::Up,
         last_uptime: 0,
         uptime_secs: 0,
