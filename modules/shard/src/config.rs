@@ -5,8 +5,8 @@
 //! m = 2                     # parity shards: m backends may be lost
 //! key_file = "store.key"    # 64 hex digits (or `key = "..."` inline); relative to this file
 //! # segment_size = 4194304  # bytes coded at a time
-//! # cipher = "aes-256-gcm"  # or "xchacha20-poly1305"
-//! # erasure = "reed-solomon-simd"  # or "reed-solomon-erasure"
+//! # cipher = "xchacha20-poly1305"     # or "aes-256-gcm"
+//! # erasure = "reed-solomon-erasure"  # or "reed-solomon-simd"
 //! # compression_level = 3   # zstd level
 //! # distinct = "backend"    # place shards on distinct backends, "node"s or "farm"s
 //!
@@ -148,8 +148,8 @@ impl StoreConfig {
             m,
             key,
             segment_size: DEFAULT_SEGMENT,
-            cipher: CipherKind::Aes256Gcm,
-            erasure: RsCrate::ReedSolomonSimd,
+            cipher: CipherKind::Xchacha20Poly1305,
+            erasure: RsCrate::ReedSolomonErasure,
             compression_level: 3,
             distinct: Distinct::Backend,
             backends,
