@@ -170,11 +170,48 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         step("the ledger knows the node:");
         println!("{}", crate::output::node(n));
     }
-    if nodes.is_empty() {
+    let Some(node_id) = nodes.first().map(|n| n.id) else {
         anyhow::bail!(
             "the console says the node registered but the ledger lists no node on farm {}",
             demo.farm
         );
+    };
+
+    // A user deploys a workload on it, as `cellos deploy` does.
+    let mut user = Signer::new(keys::generate(), c.status().await?.chain_id);
+    step(&format!(
+        "user {} creates an account and deploys a 1 GiB volume on node {node_id}",
+        user.public_key()
+    ));
+    c.submit(&user.sign(TxBody::CreateAccount {
+        encryption_key: Some(keys::encryption_key(user.key())),
+    }))
+    .await?;
+    c.submit(&user.sign(TxBody::Faucet { amount: 1_000_000 }))
+        .await?;
+    let file = data.join("volume.toml");
+    std::fs::write(
+        &file,
+        "version = 1\n[[workloads]]\nname = \"data\"\nspec.volume.size = \"1G\"\n",
+    )?;
+    let outcome = crate::deploy::deploy(
+        &c,
+        &mut user,
+        &file,
+        node_id,
+        None,
+        Duration::from_secs(300),
+    )
+    .await;
+    match outcome {
+        Ok(o) => {
+            step("the node serves the workload:");
+            println!("{}", crate::deploy::text(&o));
+        }
+        Err(e) => {
+            let _ = tokio::task::spawn_blocking(move || node::power_off(&mut vm)).await;
+            return Err(e.context("the node did not provision the demo volume"));
+        }
     }
 
     let result = if opts.once {
