@@ -1,26 +1,8 @@
-//! Sizes on the command line: `512M`, `2G`, `2GiB`, `1T` or plain bytes (binary units).
+//! Sizes on the command line: `512M`, `2G`, `2GiB`, `1T` or plain bytes (binary
+//! units), read exactly as sizes in deployment files are.
 
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| {
-        format!("bad size {s:?}: expected a number with an optional unit (K, M, G, T)")
-    })?;
-    let shift = match unit.trim().to_ascii_uppercase().as_str() {
-        "" | "B" => 0,
-        "K" | "KB" | "KIB" => 10,
-        "M" | "MB" | "MIB" => 20,
-        "G" | "GB" | "GIB" => 30,
-        "T" | "TB" | "TIB" => 40,
-        _ => {
-            return Err(format!(
-                "bad size {s:?}: unknown unit {unit:?} (use K, M, G or T)"
-            ))
-        }
-    };
-    n.checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("size {s:?} is too large"))
+    cellos_ledger::deployment::Size::parse(s).map(|size| size.0)
 }
 
 #[cfg(test)]
