@@ -99,12 +99,33 @@ pub struct Workload {
 pub enum WorkloadSpec {
     /// A btrfs subvolume with a quota on the node's SSD pool.
     Volume { size: Size },
+    /// A namespace on the node's shard server (RESP), on its HDD pool.
+    Shard {
+        size: Size,
+        #[serde(default)]
+        mode: ShardMode,
+        /// Clients must `SELECT <namespace> <password>`.
+        #[serde(default)]
+        password: Option<String>,
+    },
+}
+
+/// How a shard namespace names its values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShardMode {
+    /// Keys are the client's.
+    #[default]
+    User,
+    /// The server assigns sequential keys (what an erasure-coded store wants).
+    Seq,
 }
 
 impl WorkloadSpec {
     pub fn kind(&self) -> &'static str {
         match self {
             WorkloadSpec::Volume { .. } => "volume",
+            WorkloadSpec::Shard { .. } => "shard",
         }
     }
 
@@ -113,6 +134,10 @@ impl WorkloadSpec {
         match self {
             WorkloadSpec::Volume { size } => Resources {
                 sru: size.0,
+                ..Default::default()
+            },
+            WorkloadSpec::Shard { size, .. } => Resources {
+                hru: size.0,
                 ..Default::default()
             },
         }
@@ -199,14 +224,31 @@ impl Deployment {
             if !seen.insert(&w.name) {
                 return Err(DeploymentError::Duplicate(w.name.clone()));
             }
+            let bad = |reason: String| DeploymentError::BadWorkload {
+                name: w.name.clone(),
+                reason,
+            };
             match &w.spec {
-                WorkloadSpec::Volume { size } => {
+                WorkloadSpec::Volume { size } | WorkloadSpec::Shard { size, .. } => {
                     if size.0 < (1 << 20) || size.0 > MAX_VOLUME {
-                        return Err(DeploymentError::BadWorkload {
-                            name: w.name.clone(),
-                            reason: format!("volume size {size} is outside 1MiB..64TiB"),
-                        });
+                        return Err(bad(format!(
+                            "{} size {size} is outside 1MiB..64TiB",
+                            w.spec.kind()
+                        )));
                     }
+                }
+            }
+            if let WorkloadSpec::Shard {
+                password: Some(p), ..
+            } = &w.spec
+            {
+                if p.is_empty()
+                    || p.len() > 128
+                    || p.chars().any(|c| c.is_whitespace() || c.is_control())
+                {
+                    return Err(bad(
+                        "shard password must be 1 to 128 characters without spaces".into(),
+                    ));
                 }
             }
         }
@@ -390,6 +432,55 @@ mod tests {
             err.to_string().contains("unknown variant `container`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn shard_workloads() {
+        let text = r#"
+            version = 1
+            owner = "0000000000000000000000000000000000000000000000000000000000000000"
+            [[workloads]]
+            name = "backup"
+            spec.shard = { size = "4G", mode = "seq", password = "s3cret" }
+            [[workloads]]
+            name = "plain"
+            spec.shard.size = "1G"
+        "#;
+        let d: Deployment = toml::from_str(text).expect("toml");
+        assert!(d.validate().is_ok());
+        assert_eq!(
+            d.workloads[0].spec,
+            WorkloadSpec::Shard {
+                size: Size(4 << 30),
+                mode: ShardMode::Seq,
+                password: Some("s3cret".into())
+            }
+        );
+        assert_eq!(
+            d.workloads[1].spec,
+            WorkloadSpec::Shard {
+                size: Size(1 << 30),
+                mode: ShardMode::User,
+                password: None
+            }
+        );
+        assert_eq!(
+            d.resources(),
+            Resources {
+                hru: 5 << 30,
+                ..Default::default()
+            }
+        );
+        let mut bad = d.clone();
+        bad.workloads[0].spec = WorkloadSpec::Shard {
+            size: Size(1 << 30),
+            mode: ShardMode::User,
+            password: Some("has space".into()),
+        };
+        assert!(matches!(
+            bad.validate(),
+            Err(DeploymentError::BadWorkload { .. })
+        ));
     }
 
     #[test]

@@ -110,6 +110,20 @@ async fn run(env: BootEnv, client: Client, started: Instant) -> Result<()> {
         selftest::run(name, &volumes, pool);
     }
 
+    // Shards go on the first HDD pool (sold as HRU), else the first SSD pool.
+    let shard_dir = storage
+        .pools
+        .iter()
+        .find(|p| p.name.kind() == DiskKind::Hdd)
+        .or_else(|| storage.pools.first())
+        .map_or_else(
+            || storage.state.path.join("shards"),
+            |p| p.mount.join("shards"),
+        );
+    let shards = workloads::ShardProvisioner {
+        server: workloads::start_shards(&shard_dir).await,
+    };
+
     let identity_dir = storage.state.path.join("identity");
     let identity = tokio::select! {
         id = identity(&identity_dir) => id,
@@ -173,6 +187,7 @@ async fn run(env: BootEnv, client: Client, started: Instant) -> Result<()> {
             node: reg.node,
             state_dir: storage.state.path.clone(),
             volumes: BtrfsVolumes::new(&storage.pools, System),
+            shards,
             test_mode: env.test_mode,
         });
         tokio::select! {

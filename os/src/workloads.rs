@@ -2,7 +2,7 @@
 //! the node's local HTTP API.
 //!
 //! Each workload type is a [`Provisioner`] over a module: volumes over the storage
-//! module's btrfs subvolumes. The engine follows the ledger for contracts on this node
+//! module's btrfs subvolumes, shards over namespaces of the node's shard server. The engine follows the ledger for contracts on this node
 //! and records its progress in the state directory, so this runs the same after a
 //! crash or a reboot: it converges.
 
@@ -14,13 +14,15 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use cellos_ledger::client::Client;
-use cellos_ledger::deployment::WorkloadSpec;
+use cellos_ledger::deployment::{ShardMode, WorkloadSpec};
 use cellos_ledger::keys::Signer;
 use cellos_ledger::NodeId;
 use cellos_provision::api::{self, ApiState, NodeInfo};
 use cellos_provision::{
     Config, Engine, LedgerClient, Provisioner, Provisioners, Store, WorkloadError, WorkloadId,
 };
+use cellos_shard::namespace::{Mode, NamespaceOptions};
+use cellos_shard::server::{Config as ShardConfig, Server, ServerError};
 use cellos_storage::{VolumeName, Volumes};
 use ed25519_dalek::SigningKey;
 
@@ -42,7 +44,9 @@ impl<V: Volumes> Provisioner for VolumeProvisioner<V> {
         id: &WorkloadId,
         spec: &WorkloadSpec,
     ) -> Result<BTreeMap<String, String>, WorkloadError> {
-        let WorkloadSpec::Volume { size } = spec;
+        let WorkloadSpec::Volume { size } = spec else {
+            return Err(WorkloadError(format!("{} is not a volume", spec.kind())));
+        };
         let name = VolumeName::new(&id.node_name()).map_err(err)?;
         let v = self.volumes.create(&name, size.0).map_err(err)?;
         Ok(BTreeMap::from([
@@ -56,6 +60,117 @@ impl<V: Volumes> Provisioner for VolumeProvisioner<V> {
     fn remove(&self, id: &WorkloadId, _: &WorkloadSpec) -> Result<(), WorkloadError> {
         let name = VolumeName::new(&id.node_name()).map_err(err)?;
         self.volumes.delete(&name).map_err(err)
+    }
+}
+
+/// Where the node's shard server listens.
+pub const SHARD_PORT: u16 = 9900;
+
+/// `shard` workloads as namespaces (with their quota, mode and password) on the
+/// node's one shard server. Namespace calls are synchronous and local: no bridge to
+/// the server's tasks is needed.
+pub struct ShardProvisioner {
+    /// `None` when the server could not start; every shard workload then fails with
+    /// the reason.
+    pub server: Result<Arc<Server>, String>,
+}
+
+fn node_ipv4() -> String {
+    use cellos_capacity::Addresses;
+    cellos_capacity::sys::SystemAddresses
+        .ipv4()
+        .ok()
+        .and_then(|a| a.into_iter().find(|a| !a.cidr.starts_with("127.")))
+        .and_then(|a| a.cidr.split('/').next().map(str::to_string))
+        .unwrap_or_default()
+}
+
+impl Provisioner for ShardProvisioner {
+    fn ensure(
+        &self,
+        id: &WorkloadId,
+        spec: &WorkloadSpec,
+    ) -> Result<BTreeMap<String, String>, WorkloadError> {
+        let WorkloadSpec::Shard {
+            size,
+            mode,
+            password,
+        } = spec
+        else {
+            return Err(WorkloadError(format!("{} is not a shard", spec.kind())));
+        };
+        let server = self
+            .server
+            .as_ref()
+            .map_err(|e| WorkloadError(format!("the shard server is not running: {e}")))?;
+        let name = id.node_name();
+        let opts = NamespaceOptions {
+            mode: Some(match mode {
+                ShardMode::User => Mode::User,
+                ShardMode::Seq => Mode::Seq,
+            }),
+            max_size: size.0,
+            password: password.clone(),
+            public: false,
+        };
+        match server.create_namespace(&name, &opts) {
+            // An existing namespace is this workload from an earlier pass: keep its data.
+            Ok(_) | Err(ServerError::Exists(_)) => {}
+            Err(e) => return Err(err(e)),
+        }
+        Ok(BTreeMap::from([
+            ("address".to_string(), node_ipv4()),
+            ("port".to_string(), SHARD_PORT.to_string()),
+            ("namespace".to_string(), name),
+            ("mode".to_string(), format!("{mode:?}").to_lowercase()),
+        ]))
+    }
+
+    fn remove(&self, id: &WorkloadId, _: &WorkloadSpec) -> Result<(), WorkloadError> {
+        let server = self
+            .server
+            .as_ref()
+            .map_err(|e| WorkloadError(format!("the shard server is not running: {e}")))?;
+        match server.delete_namespace(&id.node_name()) {
+            Ok(()) | Err(ServerError::NoSuchNamespace(_)) => Ok(()),
+            Err(e) => Err(err(e)),
+        }
+    }
+}
+
+/// Starts the node's shard server on `dir`; its admin password is random, so only
+/// this process (through the library) manages namespaces.
+pub async fn start_shards(dir: &Path) -> Result<Arc<Server>, String> {
+    let mut config = ShardConfig::new(
+        dir.to_path_buf(),
+        SocketAddr::from(([0, 0, 0, 0], SHARD_PORT)),
+    );
+    config.admin_password =
+        Some(cellos_ledger::Hash::of(&cellos_ledger::keys::generate().to_bytes()).to_hex());
+    match Server::start(config).await {
+        Ok(s) => {
+            for t in s.recovered() {
+                println!(
+                    "cellos: shard data file {} had a torn tail ({}): kept {} bytes, cut {}",
+                    t.path.display(),
+                    t.reason,
+                    t.kept,
+                    t.cut
+                );
+            }
+            println!(
+                "cellos: shard server on port {SHARD_PORT}, data in {}",
+                dir.display()
+            );
+            Ok(Arc::new(s))
+        }
+        Err(e) => {
+            println!(
+                "cellos: shard server cannot start in {}: {e}",
+                dir.display()
+            );
+            Err(e.to_string())
+        }
     }
 }
 
@@ -81,6 +196,7 @@ pub struct Wiring<V: Volumes + 'static> {
     pub node: NodeId,
     pub state_dir: std::path::PathBuf,
     pub volumes: V,
+    pub shards: ShardProvisioner,
     /// Test mode reports usage every few seconds instead of every ten minutes.
     pub test_mode: bool,
 }
@@ -125,6 +241,7 @@ pub async fn run<V: Volumes + 'static>(w: Wiring<V>) -> Result<std::convert::Inf
         store(&w.state_dir)?,
         Provisioners {
             volume: Box::new(VolumeProvisioner { volumes: w.volumes }),
+            shard: Box::new(w.shards),
         },
         w.node,
         w.key,
@@ -155,7 +272,84 @@ pub fn info(
 mod tests {
     use super::*;
     use cellos_ledger::deployment::Size;
+    use cellos_shard::client::Client as ShardClient;
     use cellos_storage::fake::MemVolumes;
+
+    #[tokio::test]
+    async fn shards_are_namespaces_with_quota_and_password() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = Server::start(ShardConfig::new(
+            dir.path().to_path_buf(),
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+        ))
+        .await
+        .expect("shard server");
+        let addr = server.local_addr();
+        let p = ShardProvisioner {
+            server: Ok(Arc::new(server)),
+        };
+        let id = WorkloadId {
+            contract: 9,
+            name: "store".into(),
+        };
+        let spec = WorkloadSpec::Shard {
+            size: Size(1 << 20),
+            mode: ShardMode::User,
+            password: Some("pw".into()),
+        };
+        let data = p.ensure(&id, &spec).expect("ensure");
+        assert_eq!(data["namespace"], "c9-store");
+        assert_eq!(data["port"], SHARD_PORT.to_string());
+        let mut c = ShardClient::connect(addr, Duration::from_secs(5))
+            .await
+            .expect("connect");
+        c.select("c9-store", Some("pw"))
+            .await
+            .expect("select with the password");
+        c.set(b"k", b"v").await.expect("set");
+        // A second pass keeps the data.
+        p.ensure(&id, &spec).expect("ensure again");
+        assert_eq!(c.get(b"k").await.expect("get"), Some(b"v".to_vec()));
+        let mut other = ShardClient::connect(addr, Duration::from_secs(5))
+            .await
+            .expect("connect");
+        assert!(
+            other.select("c9-store", Some("wrong")).await.is_err(),
+            "a wrong password is refused"
+        );
+        // The quota holds.
+        assert!(
+            c.set(b"big", &vec![0u8; 2 << 20]).await.is_err(),
+            "writing past the quota fails"
+        );
+        p.remove(&id, &spec).expect("remove");
+        p.remove(&id, &spec).expect("remove again");
+        let mut after = ShardClient::connect(addr, Duration::from_secs(5))
+            .await
+            .expect("connect");
+        assert!(
+            after.select("c9-store", Some("pw")).await.is_err(),
+            "the namespace is gone"
+        );
+    }
+
+    #[test]
+    fn a_shard_server_that_did_not_start_fails_the_workload_with_the_reason() {
+        let p = ShardProvisioner {
+            server: Err("port 9900 in use".into()),
+        };
+        let id = WorkloadId {
+            contract: 1,
+            name: "s".into(),
+        };
+        let spec = WorkloadSpec::Shard {
+            size: Size(1 << 20),
+            mode: ShardMode::Seq,
+            password: None,
+        };
+        let e = p.ensure(&id, &spec).expect_err("no server");
+        assert!(e.0.contains("port 9900 in use"), "{e}");
+    }
 
     #[test]
     fn volumes_are_named_after_contract_and_workload() {

@@ -43,12 +43,14 @@ pub trait Provisioner: Send + Sync {
 /// One provisioner per workload type.
 pub struct Provisioners {
     pub volume: Box<dyn Provisioner>,
+    pub shard: Box<dyn Provisioner>,
 }
 
 impl Provisioners {
     pub fn for_spec(&self, spec: &WorkloadSpec) -> &dyn Provisioner {
         match spec {
             WorkloadSpec::Volume { .. } => self.volume.as_ref(),
+            WorkloadSpec::Shard { .. } => self.shard.as_ref(),
         }
     }
 }
@@ -58,5 +60,6 @@ impl Provisioners {
 pub fn rank(spec: &WorkloadSpec) -> u8 {
     match spec {
         WorkloadSpec::Volume { .. } => 0,
+        WorkloadSpec::Shard { .. } => 2,
     }
 }

@@ -48,7 +48,7 @@ impl Provisioner for FakeVolumes {
         if self.fail.lock().expect("lock").contains(&id.name) {
             return Err(WorkloadError("disk on fire".into()));
         }
-        let WorkloadSpec::Volume { size } = spec;
+        let (WorkloadSpec::Volume { size } | WorkloadSpec::Shard { size, .. }) = spec;
         let p = self.dir.join(id.node_name());
         std::fs::create_dir_all(&p).map_err(|e| WorkloadError(e.to_string()))?;
         Ok(BTreeMap::from([
@@ -136,7 +136,7 @@ async fn world() -> World {
                 cru: 4,
                 mru: 8 << 30,
                 sru: 100 << 30,
-                hru: 0,
+                hru: 100 << 30,
             },
             interfaces: vec![],
             encryption_key: keys::encryption_key(&node_key),
@@ -182,6 +182,7 @@ impl World {
             Store::open(&self.state).expect("store"),
             Provisioners {
                 volume: Box::new(self.volumes.clone()),
+                shard: Box::new(self.volumes.clone()),
             },
             self.node,
             self.node_key.clone(),
@@ -477,4 +478,41 @@ async fn usage_moves_escrow_and_downtime_is_free() {
         "downtime was billed: {paid_before} -> {paid_after}"
     );
     assert!(paid_after > paid_before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workloads_go_up_in_dependency_order_and_down_in_reverse() {
+    let mut w = world().await;
+    let mut d = w.deployment(&[("vol", 1 << 30)]);
+    // Listed first, but a shard comes after the volumes it may depend on.
+    d.workloads.insert(
+        0,
+        Workload {
+            name: "store".into(),
+            spec: WorkloadSpec::Shard {
+                size: Size(1 << 30),
+                mode: Default::default(),
+                password: None,
+            },
+        },
+    );
+    d.sign(w.user.key());
+    let c = w.deploy(&d).await;
+    let mut e = w.engine();
+    e.reconcile().await.expect("pass");
+    assert_eq!(w.contract(c).await.state, ContractState::Active);
+    w.client
+        .submit(&w.user.sign(TxBody::CancelContract { contract: c }))
+        .await
+        .expect("cancel");
+    e.reconcile().await.expect("pass");
+    assert_eq!(
+        w.volumes.calls(),
+        vec![
+            format!("ensure c{c}-vol"),
+            format!("ensure c{c}-store"),
+            format!("remove c{c}-store"),
+            format!("remove c{c}-vol"),
+        ]
+    );
 }
