@@ -138,6 +138,14 @@ fn show<T: Serialize>(g: &Global, value: &T, human: impl FnOnce(&T) -> String) -
     Ok(())
 }
 
+/// One line per item, or `none` when there is nothing.
+fn rows<T>(items: &[T], none: &str, row: impl Fn(&T) -> String) -> String {
+    if items.is_empty() {
+        return none.to_string();
+    }
+    items.iter().map(row).collect::<Vec<_>>().join("\n")
+}
+
 fn key_path(g: &Global) -> Result<PathBuf> {
     if let Some(k) = &g.key {
         return Ok(k.clone());
@@ -505,28 +513,13 @@ async fn node(g: &Global, c: NodeCmd) -> Result<()> {
                 .map(|s| s.parse::<NodeStatus>())
                 .transpose()
                 .map_err(anyhow::Error::msg)?;
-            let mut all = Vec::new();
-            let mut f = NodeFilter {
+            let f = NodeFilter {
                 farm,
                 status,
                 ..Default::default()
             };
-            loop {
-                let page = cl.nodes(&f).await?;
-                let Some(last) = page.last() else { break };
-                f.after = Some(last.id);
-                all.extend(page);
-            }
-            show(g, &all, |ns| {
-                if ns.is_empty() {
-                    "no nodes".to_string()
-                } else {
-                    ns.iter()
-                        .map(output::node_row)
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                }
-            })
+            let all = cl.all_nodes(&f).await?;
+            show(g, &all, |ns| rows(ns, "no nodes", output::node_row))
         }
         NodeCmd::Show { id } => show(g, &cl.node(id).await?, output::node),
     }
@@ -568,28 +561,13 @@ async fn contract(g: &Global, c: ContractCmd) -> Result<()> {
                 None
             };
             let cl = client(g)?;
-            let mut f = ContractFilter {
+            let f = ContractFilter {
                 owner,
                 node,
                 ..Default::default()
             };
-            let mut all = Vec::new();
-            loop {
-                let page = cl.contracts(&f).await?;
-                let Some(last) = page.last() else { break };
-                f.after = Some(last.id);
-                all.extend(page);
-            }
-            show(g, &all, |cs| {
-                if cs.is_empty() {
-                    "no contracts".to_string()
-                } else {
-                    cs.iter()
-                        .map(output::contract_row)
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                }
-            })
+            let all = cl.all_contracts(&f).await?;
+            show(g, &all, |cs| rows(cs, "no contracts", output::contract_row))
         }
         ContractCmd::Cancel { id } => show(
             g,

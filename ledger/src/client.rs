@@ -188,6 +188,18 @@ impl Client {
     pub async fn nodes(&self, f: &NodeFilter) -> Result<Vec<Node>, ClientError> {
         self.get_query("/v1/nodes", f).await
     }
+    /// Every node matching `f`, all pages of it.
+    pub async fn all_nodes(&self, f: &NodeFilter) -> Result<Vec<Node>, ClientError> {
+        let mut f = f.clone();
+        let mut all = Vec::new();
+        loop {
+            let page = self.nodes(&f).await?;
+            let Some(last) = page.last() else { break };
+            f.after = Some(last.id);
+            all.extend(page);
+        }
+        Ok(all)
+    }
     pub async fn node(&self, id: NodeId) -> Result<Node, ClientError> {
         self.get(&format!("/v1/nodes/{id}")).await
     }
@@ -200,6 +212,18 @@ impl Client {
     }
     pub async fn contracts(&self, f: &ContractFilter) -> Result<Vec<Contract>, ClientError> {
         self.get_query("/v1/contracts", f).await
+    }
+    /// Every contract matching `f`, all pages of it.
+    pub async fn all_contracts(&self, f: &ContractFilter) -> Result<Vec<Contract>, ClientError> {
+        let mut f = f.clone();
+        let mut all = Vec::new();
+        loop {
+            let page = self.contracts(&f).await?;
+            let Some(last) = page.last() else { break };
+            f.after = Some(last.id);
+            all.extend(page);
+        }
+        Ok(all)
     }
     pub async fn contract(&self, id: ContractId) -> Result<Contract, ClientError> {
         self.get(&format!("/v1/contracts/{id}")).await

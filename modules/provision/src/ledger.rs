@@ -60,19 +60,12 @@ impl Ledger for LedgerClient {
         Ok(self.client.status().await?.time)
     }
     async fn open_contracts(&self, node: NodeId) -> Result<Vec<Contract>, LedgerError> {
-        let mut f = ContractFilter {
+        let f = ContractFilter {
             node: Some(node),
             open: Some(true),
             ..Default::default()
         };
-        let mut all = Vec::new();
-        loop {
-            let page = self.client.contracts(&f).await?;
-            let Some(last) = page.last() else { break };
-            f.after = Some(last.id);
-            all.extend(page);
-        }
-        Ok(all)
+        Ok(self.client.all_contracts(&f).await?)
     }
     async fn account(&self, key: &PublicKey) -> Result<Account, LedgerError> {
         Ok(self.client.account(key).await?)
