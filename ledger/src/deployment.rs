@@ -242,7 +242,9 @@ impl Deployment {
                 password: Some(p), ..
             } = &w.spec
             {
+                // `*` is how shardd spells "no password": never a password.
                 if p.is_empty()
+                    || p == "*"
                     || p.len() > 128
                     || p.chars().any(|c| c.is_whitespace() || c.is_control())
                 {
@@ -472,15 +474,17 @@ mod tests {
             }
         );
         let mut bad = d.clone();
-        bad.workloads[0].spec = WorkloadSpec::Shard {
-            size: Size(1 << 30),
-            mode: ShardMode::User,
-            password: Some("has space".into()),
-        };
-        assert!(matches!(
-            bad.validate(),
-            Err(DeploymentError::BadWorkload { .. })
-        ));
+        for pw in ["has space", "*", ""] {
+            bad.workloads[0].spec = WorkloadSpec::Shard {
+                size: Size(1 << 30),
+                mode: ShardMode::User,
+                password: Some(pw.into()),
+            };
+            assert!(
+                matches!(bad.validate(), Err(DeploymentError::BadWorkload { .. })),
+                "{pw:?}"
+            );
+        }
     }
 
     #[test]

@@ -113,8 +113,9 @@ pub struct Server {
 pub const DEFAULT_NS: &str = "default";
 
 fn valid_name(name: &str) -> bool {
+    // 128: room for the provision engine's `c<contract>-<workload>` names.
     !name.is_empty()
-        && name.len() <= 64
+        && name.len() <= 128
         && !name.starts_with('.')
         && name
             .bytes()
