@@ -121,7 +121,7 @@ async fn run(env: BootEnv, client: Client, started: Instant) -> Result<()> {
             |p| p.mount.join("shards"),
         );
     let shards = workloads::ShardProvisioner {
-        server: workloads::start_shards(&shard_dir).await,
+        server: workloads::start_shards(&shard_dir),
     };
 
     let identity_dir = storage.state.path.join("identity");

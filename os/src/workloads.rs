@@ -138,16 +138,51 @@ impl Provisioner for ShardProvisioner {
     }
 }
 
-/// Starts the node's shard server on `dir`; its admin password is random, so only
-/// this process (through the library) manages namespaces.
-pub async fn start_shards(dir: &Path) -> Result<Arc<Server>, String> {
+/// Starts the node's shard server on `dir`, on a thread and runtime of its own: the
+/// provision engine blocks cellosd's thread while it runs btrfs, and clients of the
+/// shards must not wait for that. Its admin password is random, so only this process
+/// (through the library) manages namespaces.
+pub fn start_shards(dir: &Path) -> Result<Arc<Server>, String> {
     let mut config = ShardConfig::new(
         dir.to_path_buf(),
         SocketAddr::from(([0, 0, 0, 0], SHARD_PORT)),
     );
     config.admin_password =
         Some(cellos_ledger::Hash::of(&cellos_ledger::keys::generate().to_bytes()).to_hex());
-    match Server::start(config).await {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("shardd".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(format!("cannot start its runtime: {e}")));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                match Server::start(config).await {
+                    Ok(s) => {
+                        let _ = tx.send(Ok(Arc::new(s)));
+                        // Serve for as long as cellosd lives.
+                        std::future::pending::<()>().await;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                    }
+                }
+            });
+        });
+    let started = match spawned {
+        Ok(_) => rx
+            .recv()
+            .unwrap_or_else(|_| Err("its thread ended before it started".into())),
+        Err(e) => Err(format!("cannot start its thread: {e}")),
+    };
+    match &started {
         Ok(s) => {
             for t in s.recovered() {
                 println!(
@@ -162,16 +197,13 @@ pub async fn start_shards(dir: &Path) -> Result<Arc<Server>, String> {
                 "cellos: shard server on port {SHARD_PORT}, data in {}",
                 dir.display()
             );
-            Ok(Arc::new(s))
         }
-        Err(e) => {
-            println!(
-                "cellos: shard server cannot start in {}: {e}",
-                dir.display()
-            );
-            Err(e.to_string())
-        }
+        Err(e) => println!(
+            "cellos: shard server cannot start in {}: {e}",
+            dir.display()
+        ),
     }
+    started
 }
 
 /// Serves the node API in the background; failures are printed, never fatal.
