@@ -9,7 +9,7 @@
 use ed25519_dalek::{Signer as _, SigningKey};
 use serde::{Deserialize, Serialize};
 
-use crate::tx::{verify_sig, SignedTx};
+use crate::tx::{encode, verify_sig, SignedTx};
 use crate::types::*;
 
 const GENESIS_DOMAIN: &[u8] = b"cellos-genesis-v1\0";
@@ -26,9 +26,7 @@ pub struct Genesis {
 
 impl Genesis {
     pub fn hash(&self) -> Hash {
-        let mut bytes = GENESIS_DOMAIN.to_vec();
-        bytes.extend(postcard_bytes(self));
-        Hash::of(&bytes)
+        Hash::of(&encode(GENESIS_DOMAIN, self))
     }
 }
 
@@ -65,13 +63,6 @@ pub enum BlockError {
     TimeBackwards { height: u64, time: u64, prev: u64 },
 }
 
-fn postcard_bytes<T: Serialize>(v: &T) -> Vec<u8> {
-    match postcard::to_stdvec(v) {
-        Ok(b) => b,
-        Err(e) => unreachable!("postcard cannot encode a ledger type: {e}"),
-    }
-}
-
 pub fn tx_root(txs: &[SignedTx]) -> Hash {
     let mut h = blake3::Hasher::new();
     for t in txs {
@@ -82,9 +73,7 @@ pub fn tx_root(txs: &[SignedTx]) -> Hash {
 
 impl BlockHeader {
     pub fn hash(&self) -> Hash {
-        let mut bytes = BLOCK_DOMAIN.to_vec();
-        bytes.extend(postcard_bytes(self));
-        Hash::of(&bytes)
+        Hash::of(&encode(BLOCK_DOMAIN, self))
     }
 }
 

@@ -14,7 +14,7 @@ use std::fmt;
 use ed25519_dalek::{Signer as _, SigningKey};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::tx::verify_sig;
+use crate::tx::{encode, verify_sig};
 use crate::types::*;
 
 const DEPLOYMENT_DOMAIN: &[u8] = b"cellos-deployment-v1\0";
@@ -193,12 +193,7 @@ impl Deployment {
             signature: None,
             ..self.clone()
         };
-        let mut bytes = DEPLOYMENT_DOMAIN.to_vec();
-        match postcard::to_extend(&unsigned, bytes) {
-            Ok(b) => bytes = b,
-            Err(e) => unreachable!("postcard cannot encode a deployment: {e}"),
-        }
-        Hash::of(&bytes)
+        Hash::of(&encode(DEPLOYMENT_DOMAIN, &unsigned))
     }
 
     /// Checks the deployment's shape: names, sizes, counts.

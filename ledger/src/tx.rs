@@ -188,7 +188,9 @@ pub enum SignatureError {
     BadSignature(PublicKey),
 }
 
-fn encode<T: Serialize>(domain: &[u8], value: &T) -> Vec<u8> {
+/// A domain tag followed by the postcard encoding of `value`: the canonical bytes
+/// everything on the ledger is signed and hashed over.
+pub(crate) fn encode<T: Serialize>(domain: &[u8], value: &T) -> Vec<u8> {
     let out = domain.to_vec();
     // postcard only fails on types it cannot represent (maps with non-string keys
     // are fine; there are none here), never on values.
