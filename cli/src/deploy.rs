@@ -127,8 +127,22 @@ pub async fn deploy(
     let n = c.node(node).await?;
     let resources = d.resources();
     let farm = c.farm(n.farm).await?;
-    let per_hour = farm.prices.per_hour(&resources, 0).max(1);
-    let deposit = deposit.unwrap_or(per_hour.saturating_mul(24));
+    let per_hour = farm
+        .prices
+        .per_hour(&resources, 0)
+        .with_context(|| {
+            format!(
+                "{resources} at farm {}'s prices costs more per hour than an amount can hold",
+                farm.id
+            )
+        })?
+        .max(1);
+    let deposit = match deposit {
+        Some(d) => d,
+        None => per_hour.checked_mul(24).with_context(|| {
+            format!("a day at {per_hour} per hour overflows an amount; give --deposit")
+        })?,
+    };
     let blob = post(c, &d, &n).await?;
     let hash = d.hash();
     eprintln!(

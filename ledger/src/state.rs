@@ -258,8 +258,16 @@ pub enum TxError {
         len: usize,
         max: usize,
     },
-    #[error("arithmetic overflow in {0}")]
+    #[error("{0} would overflow a 64-bit amount; the transaction is refused")]
     Overflow(&'static str),
+    #[error(
+        "the price of {resources} with {ips} public IPs at farm {farm}'s prices does not fit in a 64-bit amount; the reservation is refused"
+    )]
+    PriceOverflow {
+        farm: FarmId,
+        resources: Resources,
+        ips: u32,
+    },
 }
 
 /// The whole ledger state. Ordered maps only, so its encoding (and [`State::digest`])
@@ -271,6 +279,10 @@ pub struct State {
     pub time: u64,
     /// Height of the last block applied.
     pub height: u64,
+    /// All the money there is: every balance and every escrow together. The faucet
+    /// never mints past `Amount::MAX`, so no sum of balances and escrows can
+    /// overflow (DESIGN §9, checked arithmetic).
+    supply: Amount,
     accounts: BTreeMap<PublicKey, Account>,
     farms: BTreeMap<FarmId, Farm>,
     farm_names: BTreeMap<String, FarmId>,
@@ -363,6 +375,7 @@ impl State {
             params,
             time: 0,
             height: 0,
+            supply: 0,
             accounts: BTreeMap::new(),
             farms: BTreeMap::new(),
             farm_names: BTreeMap::new(),
@@ -389,6 +402,13 @@ impl State {
 
     pub fn account(&self, k: &PublicKey) -> Option<&Account> {
         self.accounts.get(k)
+    }
+    /// All the money minted so far (every balance and escrow together).
+    pub fn supply(&self) -> Amount {
+        self.supply
+    }
+    pub fn accounts(&self) -> impl Iterator<Item = &Account> {
+        self.accounts.values()
     }
     pub fn farm(&self, id: FarmId) -> Option<&Farm> {
         self.farms.get(&id)
@@ -507,7 +527,9 @@ impl State {
                     });
                 }
                 let acct = self.acct(&signer)?;
+                let supply = add(self.supply, *amount, "the money supply")?;
                 let balance = add(acct.balance, *amount, "balance")?;
+                self.supply = supply;
                 self.acct_mut(&signer)?.balance = balance;
                 Ok(vec![Event::Transferred {
                     from: None,
@@ -526,11 +548,12 @@ impl State {
                         need: *amount,
                     });
                 }
+                let from_bal = from.balance - amount;
                 let to_bal = self.acct(to)?.balance;
                 if *to != signer {
-                    add(to_bal, *amount, "balance")?;
-                    self.acct_mut(&signer)?.balance -= amount;
-                    self.acct_mut(to)?.balance += amount;
+                    let to_bal = add(to_bal, *amount, "balance")?;
+                    self.acct_mut(&signer)?.balance = from_bal;
+                    self.acct_mut(to)?.balance = to_bal;
                 }
                 Ok(vec![Event::Transferred {
                     from: Some(signer),
@@ -866,7 +889,16 @@ impl State {
                     });
                 }
                 let farm = self.farms.get(&c.farm).ok_or(TxError::NoFarm(c.farm))?;
-                let per_hour = farm.prices.per_hour(resources, c.public_ips.len() as u32);
+                let ips = u32::try_from(c.public_ips.len())
+                    .map_err(|_| TxError::Overflow("public IPs"))?;
+                let per_hour =
+                    farm.prices
+                        .per_hour(resources, ips)
+                        .ok_or(TxError::PriceOverflow {
+                            farm: farm.id,
+                            resources: *resources,
+                            ips,
+                        })?;
                 let node_id = c.node;
                 self.node_mut(node_id)?.reserved = needed;
                 let c = self.contract_mut(*contract)?;
@@ -897,7 +929,7 @@ impl State {
                 let escrow = add(c.escrow, *amount, "escrow")?;
                 let resume = c.state == ContractState::Suspended && escrow >= c.price_per_hour;
                 let node = c.node;
-                self.acct_mut(&signer)?.balance -= amount;
+                self.acct_mut(&signer)?.balance = have - amount;
                 let now = self.time;
                 let c = self.contract_mut(*contract)?;
                 c.escrow = escrow;
@@ -994,7 +1026,14 @@ impl State {
                 asked: ips,
             });
         }
-        let per_hour = farm.prices.per_hour(&resources, ips);
+        let per_hour = farm
+            .prices
+            .per_hour(&resources, ips)
+            .ok_or(TxError::PriceOverflow {
+                farm: farm.id,
+                resources,
+                ips,
+            })?;
         if deposit < per_hour.max(1) {
             return Err(TxError::DepositTooSmall { deposit, per_hour });
         }
@@ -1021,7 +1060,7 @@ impl State {
             p.leased_by = Some(id);
             leased.push(p.ip.clone());
         }
-        self.acct_mut(&owner)?.balance -= deposit;
+        self.acct_mut(&owner)?.balance = have - deposit;
         self.node_mut(node_id)?.reserved = reserved;
         self.node_contracts.entry(node_id).or_default().insert(id);
         self.contracts.insert(
@@ -1084,12 +1123,14 @@ impl State {
                 now: self.time,
             });
         }
-        let secs = (end - start) as u128;
-        let cost = c.price_per_hour as u128 * secs / 3600
-            + c.price_per_gib as u128 * nu_bytes as u128 / GIB as u128;
-        let cost = u64::try_from(cost).unwrap_or(u64::MAX);
-        let paid = cost.min(c.escrow);
+        // Each product of two u64 fits in a u128, and each quotient is at most
+        // u128::MAX / 3600, so the sum fits too. A cost above the escrow takes the
+        // whole escrow (and suspends the contract), it never wraps.
+        let cost = u128::from(c.price_per_hour) * u128::from(end - start) / 3600
+            + u128::from(c.price_per_gib) * u128::from(nu_bytes) / u128::from(GIB);
+        let paid = u64::try_from(cost).map_or(c.escrow, |cost| cost.min(c.escrow));
         let remaining = c.escrow - paid;
+        let total_paid = add(c.paid, paid, "the contract's total paid")?;
         let suspend = remaining < c.price_per_hour.max(1);
         let farm_owner = self
             .farms
@@ -1097,7 +1138,7 @@ impl State {
             .map(|f| f.owner)
             .ok_or(TxError::NoFarm(c.farm))?;
         let farmer_balance = self.accounts.get(&farm_owner).map_or(0, |a| a.balance);
-        add(farmer_balance, paid, "balance")?;
+        let farmer_balance = add(farmer_balance, paid, "the farmer's balance")?;
         let node = c.node;
         let now = self.time;
 
@@ -1107,11 +1148,11 @@ impl State {
             balance: 0,
             encryption_key: None,
         });
-        farmer.balance += paid;
+        farmer.balance = farmer_balance;
         let c = self.contract_mut(id)?;
         c.escrow = remaining;
         c.billed_until = end;
-        c.paid = c.paid.saturating_add(paid);
+        c.paid = total_paid;
         let mut events = vec![Event::ContractBilled {
             contract: id,
             node,
@@ -1152,6 +1193,7 @@ impl State {
             }
         }
         if let Some(a) = self.accounts.get_mut(&owner) {
+            // Exact: balance + escrow <= supply <= Amount::MAX (see `supply`).
             a.balance = a.balance.saturating_add(refund);
         }
         Some(Event::ContractClosed {

@@ -227,24 +227,34 @@ pub struct Units {
 
 impl Resources {
     /// CU = max(cores, memory / 4 GiB); SU = SSD / 100 GiB + HDD / 1 TiB; both rounded
-    /// up to a thousandth of a unit.
-    pub fn units(&self) -> Units {
-        let div_up = |a: u128, b: u128| a.div_ceil(b) as u64;
-        let cu_mem = div_up(self.mru as u128 * 1000, 4 * GIB as u128);
-        let cu_milli = (self.cru.saturating_mul(1000)).max(cu_mem);
-        let su_milli = div_up(self.sru as u128 * 1000, 100 * GIB as u128)
-            .saturating_add(div_up(self.hru as u128 * 1000, 1024 * GIB as u128));
-        Units { cu_milli, su_milli }
+    /// up to a thousandth of a unit. `None` when the units do not fit in a `u64`
+    /// (a reservation that large has no price).
+    pub fn units(&self) -> Option<Units> {
+        // The divisors are at least 4 GiB, so `x * 1000 / divisor` always fits in a
+        // u64; `try_from` keeps that an argument, not an assumption.
+        let div_up =
+            |a: u64, b: u64| u64::try_from((u128::from(a) * 1000).div_ceil(u128::from(b))).ok();
+        let cu_mem = div_up(self.mru, 4 * GIB)?;
+        let cu_milli = self.cru.checked_mul(1000)?.max(cu_mem);
+        let su_milli = div_up(self.sru, 100 * GIB)?.checked_add(div_up(self.hru, 1024 * GIB)?)?;
+        Some(Units { cu_milli, su_milli })
     }
 }
 
 impl Prices {
-    /// What a reservation of `r` with `ips` public addresses costs per hour, rounded up.
-    pub fn per_hour(&self, r: &Resources, ips: u32) -> Amount {
-        let u = r.units();
-        let milli = u.cu_milli as u128 * self.cu as u128 + u.su_milli as u128 * self.su as u128;
-        let total = milli.div_ceil(1000) + ips as u128 * self.ipu as u128;
-        u64::try_from(total).unwrap_or(u64::MAX)
+    /// What a reservation of `r` with `ips` public addresses costs per hour, rounded
+    /// up. `None` when the price does not fit in an [`Amount`]: such a reservation
+    /// cannot be priced, and the ledger refuses it rather than charge a wrapped or
+    /// capped number.
+    pub fn per_hour(&self, r: &Resources, ips: u32) -> Option<Amount> {
+        let u = r.units()?;
+        // Each product of two u64 fits in a u128; only the sums can overflow.
+        let milli = (u128::from(u.cu_milli) * u128::from(self.cu))
+            .checked_add(u128::from(u.su_milli) * u128::from(self.su))?;
+        let total = milli
+            .div_ceil(1000)
+            .checked_add(u128::from(ips) * u128::from(self.ipu))?;
+        Amount::try_from(total).ok()
     }
 }
 
@@ -498,17 +508,17 @@ mod tests {
         };
         assert_eq!(
             r.units(),
-            Units {
+            Some(Units {
                 cu_milli: 2000,
                 su_milli: 1000
-            }
+            })
         );
         let mem_heavy = Resources {
             cru: 1,
             mru: 16 * GIB,
             ..Default::default()
         };
-        assert_eq!(mem_heavy.units().cu_milli, 4000);
+        assert_eq!(mem_heavy.units().map(|u| u.cu_milli), Some(4000));
         let p = Prices {
             cu: 10,
             su: 5,
@@ -516,13 +526,44 @@ mod tests {
             ipu: 3,
         };
         // 2 CU * 10 + 1 SU * 5 + 2 IPs * 3
-        assert_eq!(p.per_hour(&r, 2), 31);
+        assert_eq!(p.per_hour(&r, 2), Some(31));
         // A tiny reservation still costs something: rounded up.
         let tiny = Resources {
             sru: GIB,
             ..Default::default()
         };
-        assert_eq!(p.per_hour(&tiny, 0), 1);
+        assert_eq!(p.per_hour(&tiny, 0), Some(1));
+    }
+
+    #[test]
+    fn prices_that_do_not_fit_are_none_never_wrapped() {
+        let max = Prices {
+            cu: u64::MAX,
+            su: u64::MAX,
+            nu: u64::MAX,
+            ipu: u64::MAX,
+        };
+        let huge = Resources {
+            cru: u64::MAX / 1000,
+            mru: u64::MAX,
+            sru: u64::MAX,
+            hru: u64::MAX,
+        };
+        // The report of issue 11: this wrapped to 1 (the u128 sum overflowed).
+        assert_eq!(max.per_hour(&huge, 0), None);
+        assert_eq!(max.per_hour(&Resources::default(), 2), None);
+        let too_many_cores = Resources {
+            cru: u64::MAX,
+            ..Default::default()
+        };
+        assert_eq!(too_many_cores.units(), None);
+        assert_eq!(Prices::default().per_hour(&too_many_cores, 0), None);
+        // The largest price that fits is still exact.
+        let one_ip = Prices {
+            ipu: u64::MAX,
+            ..Default::default()
+        };
+        assert_eq!(one_ip.per_hour(&Resources::default(), 1), Some(u64::MAX));
     }
 
     #[test]
