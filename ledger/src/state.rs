@@ -178,6 +178,12 @@ pub enum TxError {
     IpLeased { ip: String, contract: ContractId },
     #[error("node key {key} is already registered as node {node}")]
     NodeKeyTaken { key: PublicKey, node: NodeId },
+    #[error(
+        "node key {key} belonged to node {node}, which is decommissioned; its key never registers again (give the machine a new identity: wipe its state disk)"
+    )]
+    NodeKeyRetired { key: PublicKey, node: NodeId },
+    #[error("node {0} is decommissioned, and decommissioning is final")]
+    NodeDecommissioned(NodeId),
     #[error("node {0} does not exist")]
     NoNode(NodeId),
     #[error("signer is not node {0}")]
@@ -361,6 +367,15 @@ fn check_cidr(ip: &str) -> Result<(), TxError> {
     let max = if addr.is_ipv4() { 32 } else { 128 };
     if len > max {
         return Err(bad("prefix too long"));
+    }
+    Ok(())
+}
+
+/// Decommissioning is final (README, "Decommissioned nodes"): nothing changes a
+/// decommissioned node again, and its key never registers again.
+fn live(n: &Node) -> Result<(), TxError> {
+    if n.status == NodeStatus::Decommissioned {
+        return Err(TxError::NodeDecommissioned(n.id));
     }
     Ok(())
 }
@@ -661,7 +676,15 @@ impl State {
             } => {
                 let f = self.farms.get(farm).ok_or(TxError::NoFarm(*farm))?;
                 if let Some(&node) = self.node_keys.get(&signer) {
-                    return Err(TxError::NodeKeyTaken { key: signer, node });
+                    let retired = self
+                        .nodes
+                        .get(&node)
+                        .is_some_and(|n| n.status == NodeStatus::Decommissioned);
+                    return Err(if retired {
+                        TxError::NodeKeyRetired { key: signer, node }
+                    } else {
+                        TxError::NodeKeyTaken { key: signer, node }
+                    });
                 }
                 check_interfaces(interfaces)?;
                 if let Some(l) = location {
@@ -725,6 +748,7 @@ impl State {
             TxBody::ApproveNode { node } => {
                 let n = self.node_ref(*node)?;
                 self.owned_farm(&signer, n.farm)?;
+                live(n)?;
                 if n.approved {
                     return Err(TxError::AlreadyApproved(*node));
                 }
@@ -732,7 +756,7 @@ impl State {
                 Ok(vec![Event::NodeApproved { node: *node }])
             }
             TxBody::RemoveNode { node } => {
-                self.node_or_farmer(&signer, *node)?;
+                live(self.node_or_farmer(&signer, *node)?)?;
                 let open: Vec<ContractId> = self.open_contracts_on(*node).map(|c| c.id).collect();
                 let mut events: Vec<Event> = open
                     .into_iter()
@@ -751,7 +775,7 @@ impl State {
                 encryption_key,
                 persistent,
             } => {
-                self.the_node(&signer, *node)?;
+                live(self.the_node(&signer, *node)?)?;
                 check_interfaces(interfaces)?;
                 let n = self.node_mut(*node)?;
                 n.capacity = *capacity;
@@ -765,7 +789,7 @@ impl State {
                 timestamp,
                 uptime_secs,
             } => {
-                self.the_node(&signer, *node)?;
+                live(self.the_node(&signer, *node)?)?;
                 let skew = self.params.uptime_skew_secs;
                 if timestamp.abs_diff(self.time) > skew {
                     return Err(TxError::UptimeSkew {
@@ -789,7 +813,7 @@ impl State {
                 Ok(events)
             }
             TxBody::SetNodeStatus { node, status } => {
-                self.node_or_farmer(&signer, *node)?;
+                live(self.node_or_farmer(&signer, *node)?)?;
                 if *status == NodeStatus::Decommissioned {
                     return Err(TxError::UseRemoveNode);
                 }

@@ -700,6 +700,91 @@ fn update_uptime_status_and_remove() {
     assert_eq!(s.w.st.farm(s.farm).expect("farm").free_ips(), 2);
 }
 
+/// Issue 11, item 8: the farmer's SetNodeStatus up + ApproveNode revived a removed
+/// node. Decommissioning is final: nothing brings the node back, and its key never
+/// registers again; the machine comes back only as a new node with a new key.
+#[test]
+fn decommissioning_is_final() {
+    let mut s = setup();
+    let id = s.node_id;
+    let ek = keys::encryption_key(s.node.key());
+    s.w.ok(&mut s.node, TxBody::RemoveNode { node: id });
+    let revivals = [
+        (
+            true,
+            TxBody::SetNodeStatus {
+                node: id,
+                status: NodeStatus::Up,
+            },
+        ),
+        (
+            false,
+            TxBody::SetNodeStatus {
+                node: id,
+                status: NodeStatus::Standby,
+            },
+        ),
+        (true, TxBody::ApproveNode { node: id }),
+        (true, TxBody::RemoveNode { node: id }),
+        (
+            false,
+            TxBody::UpdateNode {
+                node: id,
+                capacity: CAP,
+                interfaces: vec![],
+                encryption_key: ek,
+                persistent: true,
+            },
+        ),
+        (
+            false,
+            TxBody::ReportUptime {
+                node: id,
+                timestamp: s.w.t,
+                uptime_secs: 1,
+            },
+        ),
+    ];
+    for (by_farmer, body) in revivals {
+        let name = body.name();
+        let who = if by_farmer {
+            &mut s.farmer
+        } else {
+            &mut s.node
+        };
+        assert_eq!(
+            s.w.err(who, body),
+            TxError::NodeDecommissioned(id),
+            "{name} on a decommissioned node"
+        );
+    }
+    let n = s.w.st.node(id).expect("node");
+    assert_eq!((n.status, n.approved), (NodeStatus::Decommissioned, false));
+    assert_eq!(
+        create(&mut s, SMALL, 0, 1000),
+        Err(TxError::NodeNotApproved(id))
+    );
+    // The same key cannot register again, not even with the farm's consent.
+    let e = register(&mut s.w, &mut s.node, s.farm, None).expect_err("re-registration");
+    assert_eq!(
+        e,
+        TxError::NodeKeyRetired {
+            key: s.node.public_key(),
+            node: id
+        }
+    );
+    assert!(e.to_string().contains("never registers again"), "{e}");
+    // A new identity is a new node.
+    let mut fresh = signer();
+    let new_id = register(&mut s.w, &mut fresh, s.farm, None).expect("a new node");
+    assert_ne!(new_id, id);
+    assert_eq!(s.w.st.node(new_id).expect("node").status, NodeStatus::Up);
+    assert_eq!(
+        s.w.st.node(id).expect("node").status,
+        NodeStatus::Decommissioned
+    );
+}
+
 #[test]
 fn contract_reserves_capacity_ips_and_escrow() {
     let mut s = setup();
