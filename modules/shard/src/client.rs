@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::namespace::NamespaceOptions;
 use crate::resp::{self, Limits, Reply};
 
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +58,8 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects; the session starts on the `default` namespace.
+    /// Connects; the session starts on the `default` namespace of a stand-alone
+    /// server, on none on a strict one (SELECT first).
     pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Client, ClientError> {
         let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
@@ -152,6 +154,69 @@ impl Client {
             None => self.ok_call(&[b"SELECT", ns.as_bytes()]).await?,
         };
         Ok(())
+    }
+
+    /// Logs in as the admin (needed for the `ns_*` calls when the server has an
+    /// admin password).
+    pub async fn auth(&mut self, admin_password: &str) -> Result<(), ClientError> {
+        self.ok_call(&[b"AUTH", admin_password.as_bytes()])
+            .await
+            .map(|_| ())
+    }
+
+    /// Creates a namespace with its settings in one step (NSNEW), so it is never
+    /// reachable without its password.
+    pub async fn ns_new(&mut self, name: &str, opts: &NamespaceOptions) -> Result<(), ClientError> {
+        let max = opts.max_size.to_string();
+        let mode = opts.mode.map(|m| m.to_string());
+        let mut args: Vec<&[u8]> = vec![b"NSNEW", name.as_bytes(), b"maxsize", max.as_bytes()];
+        if let Some(p) = &opts.password {
+            args.extend([&b"password"[..], p.as_bytes()]);
+        }
+        if let Some(m) = &mode {
+            args.extend([&b"mode"[..], m.as_bytes()]);
+        }
+        if opts.public {
+            args.extend([&b"public"[..], b"1"]);
+        }
+        self.ok_call(&args).await.map(|_| ())
+    }
+
+    pub async fn ns_del(&mut self, name: &str) -> Result<(), ClientError> {
+        self.ok_call(&[b"NSDEL", name.as_bytes()]).await.map(|_| ())
+    }
+
+    /// Changes one setting of a namespace (NSSET): `maxsize` (bytes), `password`
+    /// (`*` clears it), `public` (`0`/`1`) or `mode` (`user`/`seq`, while empty).
+    pub async fn ns_set(&mut self, name: &str, prop: &str, value: &str) -> Result<(), ClientError> {
+        self.ok_call(&[b"NSSET", name.as_bytes(), prop.as_bytes(), value.as_bytes()])
+            .await
+            .map(|_| ())
+    }
+
+    /// NSINFO: `field: value` lines (entries, data_size_bytes, data_limits_bytes, ...).
+    pub async fn ns_info(&mut self, name: &str) -> Result<String, ClientError> {
+        match self.ok_call(&[b"NSINFO", name.as_bytes()]).await? {
+            Reply::Bulk(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
+            r => Err(self.unexpected("NSINFO", r)),
+        }
+    }
+
+    pub async fn ns_list(&mut self) -> Result<Vec<String>, ClientError> {
+        let r = self.ok_call(&[b"NSLIST"]).await?;
+        if let Reply::Array(items) = &r {
+            let names: Option<Vec<String>> = items
+                .iter()
+                .map(|i| match i {
+                    Reply::Bulk(b) => Some(String::from_utf8_lossy(b).into_owned()),
+                    _ => None,
+                })
+                .collect();
+            if let Some(names) = names {
+                return Ok(names);
+            }
+        }
+        Err(self.unexpected("NSLIST", r))
     }
 
     pub async fn ping(&mut self) -> Result<(), ClientError> {

@@ -20,6 +20,7 @@ pub mod cipher;
 pub mod client;
 pub mod config;
 pub mod ec;
+mod guard;
 pub mod namespace;
 pub mod object;
 pub mod record;

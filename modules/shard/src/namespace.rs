@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 
 use crate::record::{self, Kind, HEADER};
@@ -366,7 +367,8 @@ impl Namespace {
     pub fn password_ok(&self, password: Option<&str>) -> bool {
         match (&self.lock().settings.password_hash, password) {
             (None, _) => true,
-            (Some(h), Some(p)) => *h == password_hash(p),
+            // Constant time: how much of a guess's hash matches must not show.
+            (Some(h), Some(p)) => bool::from(h.as_bytes().ct_eq(password_hash(p).as_bytes())),
             (Some(_), None) => false,
         }
     }
@@ -382,6 +384,15 @@ impl Namespace {
     /// Stores `value`; in user mode under `key`, in seq mode under a new key
     /// (`key` must be empty), which is returned. Returns once durable.
     pub async fn set(&self, key: &[u8], value: &[u8], max_value: usize) -> Result<Vec<u8>> {
+        let (key, upto) = self.append_set(key, value, max_value)?;
+        self.make_durable(upto).await?;
+        Ok(key)
+    }
+
+    /// [`set`](Self::set) without the wait: appends (blocking file I/O, so a server
+    /// calls it off its async threads) and returns the key and the point to pass
+    /// to [`make_durable`](Self::make_durable) before acknowledging.
+    pub fn append_set(&self, key: &[u8], value: &[u8], max_value: usize) -> Result<(Vec<u8>, u64)> {
         let ns = || self.name.clone();
         if value.len() > max_value.min(record::MAX_VALUE) {
             return Err(NsError::ValueTooLarge {
@@ -441,12 +452,20 @@ impl Namespace {
             st.appended += total;
             (if seq { key.to_vec() } else { Vec::new() }, st.appended)
         };
-        self.make_durable(upto).await?;
-        Ok(key_out)
+        Ok((key_out, upto))
     }
 
     /// Deletes `key`; returns whether it existed. Returns once durable.
     pub async fn del(&self, key: &[u8]) -> Result<bool> {
+        match self.append_del(key)? {
+            Some(upto) => self.make_durable(upto).await.map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// [`del`](Self::del) without the wait, like [`append_set`](Self::append_set):
+    /// `None` when the key does not exist.
+    pub fn append_del(&self, key: &[u8]) -> Result<Option<u64>> {
         let upto = {
             let mut guard = self.lock();
             let st = self.writable(&mut guard)?;
@@ -455,7 +474,7 @@ impl Namespace {
                 Index::Seq(_) => self.seq_live(st, key)?.map(|l| l.live_bytes()),
             };
             let Some(size) = size else {
-                return Ok(false);
+                return Ok(None);
             };
             let value = size.to_le_bytes();
             let total = (HEADER + key.len() + value.len()) as u64;
@@ -471,8 +490,7 @@ impl Namespace {
             st.appended += total;
             st.appended
         };
-        self.make_durable(upto).await?;
-        Ok(true)
+        Ok(Some(upto))
     }
 
     /// The value under `key`, its checksum verified.
@@ -756,7 +774,7 @@ impl Namespace {
     }
 
     /// Waits until every byte up to `upto` (on the `appended` clock) is on disk.
-    async fn make_durable(&self, upto: u64) -> Result<()> {
+    pub async fn make_durable(&self, upto: u64) -> Result<()> {
         loop {
             // Registered before the state is read, so the leader's notify cannot be
             // missed between reading `syncing` and waiting.

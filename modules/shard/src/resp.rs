@@ -4,8 +4,11 @@
 //! bulk strings (what redis-cli and redis-benchmark send) and inline commands
 //! (what a person types into `nc`). Input is hostile: every length is checked
 //! against [`Limits`] before anything is allocated, and a malformed frame is a
-//! [`ProtocolError`], never a panic. The client side parses replies for our own
-//! client ([`crate::client`]).
+//! [`ProtocolError`], never a panic. [`CommandParser`] keeps its place inside a
+//! frame between reads, so a client that dribbles a large frame a byte at a time
+//! costs one pass over its bytes, not one re-parse and copy of the whole partial
+//! frame per read. The client side parses replies for our own client
+//! ([`crate::client`]).
 
 use std::fmt;
 
@@ -19,6 +22,9 @@ pub struct Limits {
     pub max_args: usize,
     /// Longest header line or inline command, in bytes.
     pub max_line: usize,
+    /// Most payload bytes one command may carry (the sum of its bulk lengths):
+    /// what one connection can make the server hold.
+    pub max_frame: usize,
 }
 
 impl Default for Limits {
@@ -27,6 +33,7 @@ impl Default for Limits {
             max_bulk: 16 << 20,
             max_args: 64,
             max_line: 64 << 10,
+            max_frame: 17 << 20,
         }
     }
 }
@@ -39,9 +46,6 @@ pub struct ProtocolError(pub String);
 fn perr(msg: impl Into<String>) -> ProtocolError {
     ProtocolError(msg.into())
 }
-
-/// A parsed command's arguments and the bytes it used; `None` while incomplete.
-type Parsed = Result<Option<(Vec<Vec<u8>>, usize)>, ProtocolError>;
 
 /// Finds the CRLF-terminated line starting at `at`; returns (line, index after CRLF).
 fn line(buf: &[u8], at: usize, max: usize) -> Result<Option<(&[u8], usize)>, ProtocolError> {
@@ -67,78 +71,229 @@ fn int(l: &[u8]) -> Result<i64, ProtocolError> {
         .ok_or_else(|| perr(format!("invalid length {:?}", String::from_utf8_lossy(l))))
 }
 
-/// Parses one command from the front of `buf`.
-///
-/// Returns `Ok(None)` when more bytes are needed, `Ok(Some((args, used)))` for a
-/// complete command (an empty `args` for a blank inline line), or an error when
-/// the frame is invalid and the connection must be closed.
-pub fn parse_command(buf: &[u8], limits: &Limits) -> Parsed {
-    let Some(&first) = buf.first() else {
-        return Ok(None);
-    };
-    if first != b'*' {
-        return parse_inline(buf, limits);
-    }
-    let Some((hdr, mut at)) = line(buf, 1, limits.max_line)? else {
-        return Ok(None);
-    };
-    let n = int(hdr)?;
-    if n <= 0 {
-        return Ok(Some((Vec::new(), at)));
-    }
-    let n = usize::try_from(n).map_err(|_| perr("invalid multibulk length"))?;
-    if n > limits.max_args {
-        return Err(perr(format!(
-            "{n} arguments, at most {} allowed",
-            limits.max_args
-        )));
-    }
-    let mut args = Vec::with_capacity(n);
-    for _ in 0..n {
-        match buf.get(at) {
-            None => return Ok(None),
-            Some(b'$') => {}
-            Some(&b) => {
-                return Err(perr(format!("expected '$', got {:?}", char::from(b))));
-            }
-        }
-        let Some((hdr, start)) = line(buf, at + 1, limits.max_line)? else {
-            return Ok(None);
-        };
-        let len = int(hdr)?;
-        let len = usize::try_from(len).map_err(|_| perr("invalid bulk length"))?;
-        if len > limits.max_bulk {
-            return Err(perr(format!(
-                "bulk of {len} bytes, at most {} allowed",
-                limits.max_bulk
-            )));
-        }
-        let end = start + len;
-        if buf.len() < end + 2 {
-            return Ok(None);
-        }
-        if &buf[end..end + 2] != b"\r\n" {
-            return Err(perr("bulk string not terminated by CRLF"));
-        }
-        args.push(buf[start..end].to_vec());
-        at = end + 2;
-    }
-    Ok(Some((args, at)))
+/// A command: its name and arguments.
+pub type Command = Vec<Vec<u8>>;
+
+/// Where the parser is inside the current frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Between commands.
+    Start,
+    /// Reading an inline command (`PING hello\r\n`) into `line`.
+    Inline,
+    /// After `*`: reading the argument count into `line`.
+    Count,
+    /// Expecting `$` and a bulk length; `left` arguments still to come.
+    BulkHeader { left: usize },
+    /// Reading a bulk length line into `line`.
+    BulkLen { left: usize },
+    /// Copying `need` more payload bytes into the last argument.
+    Body { left: usize, need: usize },
+    /// Expecting the CRLF after a payload; `seen` of its 2 bytes read.
+    BodyEnd { left: usize, seen: u8 },
 }
 
-fn parse_inline(buf: &[u8], limits: &Limits) -> Parsed {
-    let Some((l, used)) = line(buf, 0, limits.max_line)? else {
-        return Ok(None);
-    };
-    let args: Vec<Vec<u8>> = l
-        .split(|b| b.is_ascii_whitespace())
-        .filter(|w| !w.is_empty())
-        .map(<[u8]>::to_vec)
-        .collect();
-    if args.len() > limits.max_args {
-        return Err(perr("too many arguments"));
+/// An incremental command parser (server side): bytes are fed as they arrive and
+/// each is looked at once. A payload is copied once, into its argument, which
+/// grows with the bytes received (never to a claimed length before they arrive);
+/// a frame sent a byte at a time costs what it costs sent at once, and a header
+/// line or a claimed length past [`Limits`] is refused as soon as it is seen.
+#[derive(Debug)]
+pub struct CommandParser {
+    limits: Limits,
+    step: Step,
+    line: Vec<u8>,
+    args: Vec<Vec<u8>>,
+    /// Payload bytes the current frame's bulk headers claimed so far.
+    claimed: usize,
+}
+
+impl CommandParser {
+    pub fn new(limits: Limits) -> CommandParser {
+        CommandParser {
+            limits,
+            step: Step::Start,
+            line: Vec::new(),
+            args: Vec::new(),
+            claimed: 0,
+        }
     }
-    Ok(Some((args, used)))
+
+    /// True while a command has been started but not completed.
+    pub fn in_frame(&self) -> bool {
+        self.step != Step::Start
+    }
+
+    /// Bytes of memory the partial command holds (capacities, not lengths).
+    pub fn held(&self) -> usize {
+        self.line.capacity() + self.args.iter().map(Vec::capacity).sum::<usize>()
+    }
+
+    /// Consumes bytes from the front of `input` until one command is complete.
+    ///
+    /// Returns the bytes used and the command, if one completed (blank inline
+    /// lines and empty arrays are skipped); when no command completed, all of
+    /// `input` was used. After an error the connection must be closed.
+    pub fn feed(&mut self, input: &[u8]) -> Result<(usize, Option<Command>), ProtocolError> {
+        let mut at = 0;
+        while at < input.len() {
+            let rest = &input[at..];
+            match self.step {
+                Step::Start => {
+                    if rest[0] == b'*' {
+                        self.step = Step::Count;
+                        at += 1;
+                    } else {
+                        self.step = Step::Inline;
+                    }
+                }
+                Step::Inline => {
+                    let (used, done) = self.take_line(rest)?;
+                    at += used;
+                    if done {
+                        let args: Vec<Vec<u8>> = self
+                            .line
+                            .split(|b| b.is_ascii_whitespace())
+                            .filter(|w| !w.is_empty())
+                            .map(<[u8]>::to_vec)
+                            .collect();
+                        if args.len() > self.limits.max_args {
+                            return Err(perr("too many arguments"));
+                        }
+                        self.reset();
+                        if !args.is_empty() {
+                            return Ok((at, Some(args)));
+                        }
+                    }
+                }
+                Step::Count => {
+                    let (used, done) = self.take_line(rest)?;
+                    at += used;
+                    if done {
+                        let n = int(&self.line)?;
+                        self.line.clear();
+                        if n <= 0 {
+                            self.reset();
+                            continue;
+                        }
+                        let n = usize::try_from(n).map_err(|_| perr("invalid multibulk length"))?;
+                        if n > self.limits.max_args {
+                            return Err(perr(format!(
+                                "{n} arguments, at most {} allowed",
+                                self.limits.max_args
+                            )));
+                        }
+                        self.args = Vec::with_capacity(n);
+                        self.step = Step::BulkHeader { left: n };
+                    }
+                }
+                Step::BulkHeader { left } => {
+                    if rest[0] != b'$' {
+                        return Err(perr(format!("expected '$', got {:?}", char::from(rest[0]))));
+                    }
+                    at += 1;
+                    self.step = Step::BulkLen { left };
+                }
+                Step::BulkLen { left } => {
+                    let (used, done) = self.take_line(rest)?;
+                    at += used;
+                    if done {
+                        let len = int(&self.line)?;
+                        self.line.clear();
+                        let len = usize::try_from(len).map_err(|_| perr("invalid bulk length"))?;
+                        if len > self.limits.max_bulk {
+                            return Err(perr(format!(
+                                "bulk of {len} bytes, at most {} allowed",
+                                self.limits.max_bulk
+                            )));
+                        }
+                        self.claimed += len;
+                        if self.claimed > self.limits.max_frame {
+                            return Err(perr(format!(
+                                "command of more than {} bytes",
+                                self.limits.max_frame
+                            )));
+                        }
+                        self.args.push(Vec::new());
+                        self.step = Step::Body { left, need: len };
+                    }
+                }
+                Step::Body { left, need } => {
+                    let take = need.min(rest.len());
+                    if let Some(arg) = self.args.last_mut() {
+                        // Grow geometrically but never past the claimed length, so
+                        // memory follows the bytes that arrived.
+                        let want = arg.len() + take;
+                        if want > arg.capacity() {
+                            let cap =
+                                (arg.len() + need).min(want.max(arg.capacity() * 2).max(4096));
+                            arg.reserve_exact(cap - arg.len());
+                        }
+                        arg.extend_from_slice(&rest[..take]);
+                    }
+                    at += take;
+                    self.step = if take == need {
+                        Step::BodyEnd { left, seen: 0 }
+                    } else {
+                        Step::Body {
+                            left,
+                            need: need - take,
+                        }
+                    };
+                }
+                Step::BodyEnd { left, seen } => {
+                    let want = if seen == 0 { b'\r' } else { b'\n' };
+                    if rest[0] != want {
+                        return Err(perr("bulk string not terminated by CRLF"));
+                    }
+                    at += 1;
+                    if seen == 0 {
+                        self.step = Step::BodyEnd { left, seen: 1 };
+                    } else if left > 1 {
+                        self.step = Step::BulkHeader { left: left - 1 };
+                    } else {
+                        let args = std::mem::take(&mut self.args);
+                        self.reset();
+                        return Ok((at, Some(args)));
+                    }
+                }
+            }
+        }
+        Ok((at, None))
+    }
+
+    /// Appends the bytes of `rest` up to a LF to `line`; returns (bytes used,
+    /// whether the line is complete). A trailing CR is dropped.
+    fn take_line(&mut self, rest: &[u8]) -> Result<(usize, bool), ProtocolError> {
+        let (chunk, done) = match rest.iter().position(|&b| b == b'\n') {
+            Some(nl) => (&rest[..nl], true),
+            None => (rest, false),
+        };
+        if self.line.len() + chunk.len() > self.limits.max_line {
+            return Err(perr("line too long"));
+        }
+        self.line.extend_from_slice(chunk);
+        if done {
+            if self.line.last() == Some(&b'\r') {
+                self.line.pop();
+            }
+            Ok((chunk.len() + 1, true))
+        } else {
+            Ok((chunk.len(), false))
+        }
+    }
+
+    fn reset(&mut self) {
+        self.step = Step::Start;
+        self.claimed = 0;
+        self.args = Vec::new();
+        // A long inline command must not pin its buffer for the connection's life.
+        if self.line.capacity() > 1024 {
+            self.line = Vec::new();
+        } else {
+            self.line.clear();
+        }
+    }
 }
 
 /// A reply, as the server sends it and the client reads it.
@@ -280,41 +435,102 @@ mod tests {
         v
     }
 
-    #[test]
-    fn parses_arrays_in_pieces() {
-        let l = Limits::default();
-        let full = cmd(&[b"SET", b"key", b"va\r\nlue"]);
-        for cut in 0..full.len() {
-            assert_eq!(parse_command(&full[..cut], &l).unwrap(), None, "cut {cut}");
+    /// Feeds `data` in pieces of `step` bytes; returns the commands completed.
+    fn feed_all(
+        p: &mut CommandParser,
+        data: &[u8],
+        step: usize,
+    ) -> Result<Vec<Vec<Vec<u8>>>, ProtocolError> {
+        let mut out = Vec::new();
+        for chunk in data.chunks(step.max(1)) {
+            let mut at = 0;
+            while at < chunk.len() {
+                let (used, cmd) = p.feed(&chunk[at..])?;
+                at += used;
+                out.extend(cmd);
+            }
         }
-        let (args, used) = parse_command(&full, &l).unwrap().unwrap();
-        assert_eq!(used, full.len());
-        assert_eq!(
-            args,
-            vec![b"SET".to_vec(), b"key".to_vec(), b"va\r\nlue".to_vec()]
-        );
+        Ok(out)
     }
 
     #[test]
-    fn parses_inline() {
-        let (args, used) = parse_command(b"PING  hello\r\nGET", &Limits::default())
-            .unwrap()
-            .unwrap();
-        assert_eq!(args, vec![b"PING".to_vec(), b"hello".to_vec()]);
+    fn parses_arrays_in_pieces() {
+        let full = cmd(&[b"SET", b"key", b"va\r\nlue"]);
+        for step in 1..=full.len() {
+            let mut p = CommandParser::new(Limits::default());
+            let cmds = feed_all(&mut p, &full, step).unwrap();
+            assert_eq!(
+                cmds,
+                vec![vec![
+                    b"SET".to_vec(),
+                    b"key".to_vec(),
+                    b"va\r\nlue".to_vec()
+                ]],
+                "step {step}"
+            );
+            assert!(!p.in_frame());
+        }
+        let mut p = CommandParser::new(Limits::default());
+        assert_eq!(
+            feed_all(&mut p, &full[..full.len() - 1], 3).unwrap(),
+            Vec::<Vec<Vec<u8>>>::new()
+        );
+        assert!(p.in_frame());
+    }
+
+    #[test]
+    fn parses_inline_and_pipelines() {
+        let mut p = CommandParser::new(Limits::default());
+        let (used, args) = p.feed(b"PING  hello\r\nGET").unwrap();
+        assert_eq!(args, Some(vec![b"PING".to_vec(), b"hello".to_vec()]));
         assert_eq!(used, 13);
+        let cmds = feed_all(&mut p, b"GET k\r\n\r\n*0\r\n*1\r\n$4\r\nPING\r\n", 100).unwrap();
+        assert_eq!(
+            cmds,
+            vec![vec![b"GET".to_vec(), b"k".to_vec()], vec![b"PING".to_vec()]]
+        );
     }
 
     #[test]
     fn refuses_oversize_before_reading() {
         let l = Limits {
             max_bulk: 10,
+            max_frame: 15,
             ..Limits::default()
         };
-        assert!(parse_command(b"*1\r\n$11\r\n", &l).is_err());
-        assert!(parse_command(b"*100\r\n", &l).is_err());
-        assert!(parse_command(b"*1\r\n$-5\r\n", &l).is_err());
-        assert!(parse_command(b"*1\r\n$2\r\nabXY", &l).is_err());
-        assert!(parse_command(b"*1\r\n+2\r\n", &l).is_err());
+        for bad in [
+            &b"*1\r\n$11\r\n"[..],
+            b"*100\r\n",
+            b"*1\r\n$-5\r\n",
+            b"*1\r\n$2\r\nabXY",
+            b"*1\r\n+2\r\n",
+            // Two bulks within max_bulk but past max_frame together.
+            b"*2\r\n$10\r\n0123456789\r\n$6\r\n",
+        ] {
+            let mut p = CommandParser::new(l);
+            assert!(
+                feed_all(&mut p, bad, 1).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let mut p = CommandParser::new(Limits { max_line: 8, ..l });
+        assert!(feed_all(&mut p, b"PING 123456789", 1).is_err());
+    }
+
+    /// A claimed 8 MiB bulk dribbled a byte at a time holds only what arrived.
+    #[test]
+    fn memory_follows_the_bytes_received() {
+        let mut p = CommandParser::new(Limits::default());
+        feed_all(&mut p, b"*2\r\n$3\r\nSET\r\n$8388608\r\n", 1).unwrap();
+        assert!(p.held() < 1024, "{}", p.held());
+        feed_all(&mut p, &[7u8; 100_000], 1).unwrap();
+        assert!(p.held() >= 100_000 && p.held() < 300_000, "{}", p.held());
+        feed_all(&mut p, &vec![7u8; 8388608 - 100_000], 65536).unwrap();
+        assert!(p.held() <= 8388608 + 1024, "{}", p.held());
+        let cmds = feed_all(&mut p, b"\r\n", 1).unwrap();
+        assert_eq!(cmds[0][1].len(), 8388608);
+        assert!(!p.in_frame());
     }
 
     #[test]
@@ -337,8 +553,8 @@ mod tests {
     proptest! {
         #[test]
         fn never_panics_on_garbage(data in proptest::collection::vec(any::<u8>(), 0..512)) {
-            let l = Limits { max_bulk: 100, max_args: 8, max_line: 64 };
-            let _ = parse_command(&data, &l);
+            let l = Limits { max_bulk: 100, max_args: 8, max_line: 64, max_frame: 200 };
+            let _ = feed_all(&mut CommandParser::new(l), &data, 7);
             let _ = parse_reply(&data, &l);
         }
 
@@ -346,9 +562,10 @@ mod tests {
         fn any_command_round_trips(parts in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 1..8)) {
             let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
             let wire = cmd(&refs);
-            let (args, used) = parse_command(&wire, &Limits::default()).unwrap().unwrap();
-            prop_assert_eq!(args, parts);
-            prop_assert_eq!(used, wire.len());
+            for step in [1, 5, wire.len()] {
+                let cmds = feed_all(&mut CommandParser::new(Limits::default()), &wire, step).unwrap();
+                prop_assert_eq!(&cmds, &vec![parts.clone()]);
+            }
         }
     }
 }
