@@ -149,8 +149,8 @@ pub async fn ledger(n_txs: usize, n_nodes: usize, conc: usize) -> Result<()> {
     );
 
     let mut farmer = Signer::new(keys::generate(), chain);
-    c.submit(&farmer.sign(TxBody::CreateAccount {
-        encryption_key: None,
+    c.submit(&farmer.sign(TxBody::Faucet {
+        amount: EXISTENTIAL_DEPOSIT,
     }))
     .await?;
     let ek = keys::generate();

@@ -400,14 +400,33 @@ fn key(g: &Global, c: KeyCmd) -> Result<()> {
 async fn account(g: &Global, c: AccountCmd) -> Result<()> {
     match c {
         AccountCmd::Create => {
-            let k = load_key(g)?;
-            let r = submit(
-                g,
-                TxBody::CreateAccount {
-                    encryption_key: Some(keys::encryption_key(&k)),
-                },
-            )
-            .await?;
+            let c = client(g)?;
+            let mut s = signer(g, &c).await?;
+            let pk = s.public_key();
+            // An account exists once money reached it (ledger README, "Accounts"):
+            // on a dev ledger the faucet opens it with the existential deposit;
+            // anywhere else someone must transfer at least that to the key first.
+            match c.account(&pk).await {
+                Ok(_) => {}
+                Err(e) if e.status() == Some(404) => {
+                    if !c.status().await?.dev_mode {
+                        bail!(
+                            "account {pk} does not exist yet: an account is opened by a transfer of at least {EXISTENTIAL_DEPOSIT} to its key"
+                        );
+                    }
+                    c.submit(&s.sign(TxBody::Faucet {
+                        amount: EXISTENTIAL_DEPOSIT,
+                    }))
+                    .await
+                    .context("the faucet refused to open the account")?;
+                }
+                Err(e) => return Err(e).context("looking up the account"),
+            }
+            let encryption_key = Some(keys::encryption_key(s.key()));
+            let r = c
+                .submit(&s.sign(TxBody::CreateAccount { encryption_key }))
+                .await
+                .context("CreateAccount was refused")?;
             show(g, &r, receipt_text)
         }
         AccountCmd::Fund { amount } => {

@@ -44,6 +44,11 @@ pub async fn setup_farm(c: &Client) -> Result<DemoFarm> {
         "farmer {} creates an account",
         farmer.public_key()
     ));
+    // An account is opened by money: the dev faucet brings the existential deposit.
+    c.submit(&farmer.sign(TxBody::Faucet {
+        amount: EXISTENTIAL_DEPOSIT,
+    }))
+    .await?;
     c.submit(&farmer.sign(TxBody::CreateAccount {
         encryption_key: Some(keys::encryption_key(farmer.key())),
     }))
@@ -183,12 +188,12 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         "user {} creates an account and deploys a 1 GiB volume on node {node_id}",
         user.public_key()
     ));
+    c.submit(&user.sign(TxBody::Faucet { amount: 1_000_000 }))
+        .await?;
     c.submit(&user.sign(TxBody::CreateAccount {
         encryption_key: Some(keys::encryption_key(user.key())),
     }))
     .await?;
-    c.submit(&user.sign(TxBody::Faucet { amount: 1_000_000 }))
-        .await?;
     let file = data.join("volume.toml");
     std::fs::write(
         &file,

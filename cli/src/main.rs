@@ -260,11 +260,13 @@ pub enum KeyCmd {
 
 #[derive(Subcommand)]
 pub enum AccountCmd {
-    /// Create the account of --key on the ledger.
+    /// Record the encryption key of --key's account (on a dev ledger, open the
+    /// account first with the existential deposit from the faucet).
     Create,
     /// Show an account (default: the one of --key).
     Show { pubkey: Option<String> },
-    /// Mint funds to the account of --key (dev-mode ledgers only).
+    /// Mint funds to the account of --key, opening it if it has none (dev-mode
+    /// ledgers only).
     Fund { amount: u64 },
 }
 

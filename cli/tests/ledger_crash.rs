@@ -32,8 +32,8 @@ fn acknowledged_transactions_survive_sigkill() {
             let (c, chain, acked) = (c.clone(), chain.clone(), acked.clone());
             workers.push(tokio::spawn(async move {
                 let mut s = Signer::new(keys::generate(), chain);
-                if c.submit(&s.sign(TxBody::CreateAccount {
-                    encryption_key: None,
+                if c.submit(&s.sign(TxBody::Faucet {
+                    amount: EXISTENTIAL_DEPOSIT,
                 }))
                 .await
                 .is_err()
@@ -84,8 +84,8 @@ fn acknowledged_transactions_survive_sigkill() {
         }
         // And the ledger keeps working after the crash.
         let mut s = Signer::new(keys::generate(), c.status().await.expect("status").chain_id);
-        c.submit(&s.sign(TxBody::CreateAccount {
-            encryption_key: None,
+        c.submit(&s.sign(TxBody::Faucet {
+            amount: EXISTENTIAL_DEPOSIT,
         }))
         .await
         .expect("submit after restart");

@@ -40,7 +40,11 @@ fn deployment_flow_over_http() {
         let mut farmer = signer(&c).await;
         let mut user = signer(&c).await;
         let chain = farmer.chain_id().to_string();
-        for s in [&mut farmer, &mut user] {
+        // Accounts are opened by money (the dev faucet), then record their key.
+        for (s, funds) in [(&mut farmer, EXISTENTIAL_DEPOSIT), (&mut user, 100_000)] {
+            c.submit(&s.sign(TxBody::Faucet { amount: funds }))
+                .await
+                .expect("faucet");
             let ek = keys::encryption_key(s.key());
             c.submit(&s.sign(TxBody::CreateAccount {
                 encryption_key: Some(ek),
@@ -48,9 +52,6 @@ fn deployment_flow_over_http() {
             .await
             .expect("account");
         }
-        c.submit(&user.sign(TxBody::Faucet { amount: 100_000 }))
-            .await
-            .expect("faucet");
         let enroll = keys::generate();
         let r = c
             .submit(&farmer.sign(TxBody::CreateFarm {
@@ -284,8 +285,8 @@ fn bad_input_gets_a_clear_4xx() {
 
         let c = Client::new(url).expect("client");
         let mut s = signer(&c).await;
-        let good = s.sign(TxBody::CreateAccount {
-            encryption_key: None,
+        let good = s.sign(TxBody::Faucet {
+            amount: EXISTENTIAL_DEPOSIT,
         });
         let mut v = serde_json::to_value(&good).expect("json");
         v["tx"]["surprise"] = serde_json::json!(true);
@@ -377,11 +378,14 @@ fn cli_tour() {
     assert_eq!(mode.expect("key file"), 0o600);
     let (ok, _, err) = cellos(&["key", "new"], &ledger.url, &key);
     assert!(!ok && err.contains("already exists"), "{err}");
+    // On a dev ledger `account create` opens the account with the existential
+    // deposit from the faucet and records the key's encryption key.
     run(&["account", "create"]);
     run(&["account", "fund", "5000"]);
     let acct: serde_json::Value =
         serde_json::from_str(&run(&["--json", "account", "show"])).expect("json");
-    assert_eq!(acct["balance"], 5000);
+    assert_eq!(acct["balance"], EXISTENTIAL_DEPOSIT + 5000);
+    assert!(acct["encryption_key"].is_string(), "{acct}");
     let enroll = dir.path().join("enroll.key");
     run(&[
         "farm",

@@ -99,6 +99,10 @@ pub enum Event {
         state: ContractState,
         refund: Amount,
     },
+    /// CreateAccount recorded the account's encryption key.
+    AccountKeySet {
+        account: PublicKey,
+    },
 }
 
 impl Event {
@@ -148,17 +152,23 @@ pub enum TxError {
     WrongChain { got: String, want: String },
     #[error("nonce {got} is not above the signer's last nonce {last} (replayed or out of order)")]
     StaleNonce { got: u64, last: u64 },
-    #[error("account {0} does not exist (send CreateAccount first)")]
+    #[error(
+        "account {0} does not exist: an account is opened by a transfer of at least {EXISTENTIAL_DEPOSIT} to its key (on a dev ledger, by a faucet of at least that)"
+    )]
     NoAccount(PublicKey),
-    #[error("account {0} already exists")]
-    AccountExists(PublicKey),
+    #[error(
+        "{amount} is below the existential deposit of {EXISTENTIAL_DEPOSIT}, so it cannot open account {account}"
+    )]
+    BelowExistentialDeposit { account: PublicKey, amount: Amount },
     #[error("the faucet is only available in dev mode")]
     FaucetDisabled,
     #[error("faucet amount {got} is above the limit {max}")]
     FaucetTooMuch { got: Amount, max: Amount },
     #[error("amount must be above zero")]
     ZeroAmount,
-    #[error("insufficient balance: have {have}, need {need}")]
+    #[error(
+        "insufficient balance: have {have}, need {need} (the amount plus the existential deposit of {EXISTENTIAL_DEPOSIT} that stays in every account)"
+    )]
     InsufficientBalance { have: Amount, need: Amount },
     #[error("farm {0} does not exist")]
     NoFarm(FarmId),
@@ -495,11 +505,9 @@ impl State {
             });
         }
         let signer = tx.signer;
-        // Transactions that may come from a key with no account yet.
-        let may_create = matches!(
-            tx.body,
-            TxBody::CreateAccount { .. } | TxBody::RegisterNode { .. }
-        );
+        // Transactions that may come from a key with no account yet: a node's first
+        // registration, and on a dev ledger the faucet (which opens the account).
+        let may_create = matches!(tx.body, TxBody::Faucet { .. } | TxBody::RegisterNode { .. });
         if !may_create && !self.accounts.contains_key(&signer) {
             return Err(TxError::NoAccount(signer));
         }
@@ -514,19 +522,10 @@ impl State {
     fn dispatch(&mut self, signer: PublicKey, body: &TxBody) -> Result<Vec<Event>, TxError> {
         match body {
             TxBody::CreateAccount { encryption_key } => {
-                if self.accounts.contains_key(&signer) {
-                    return Err(TxError::AccountExists(signer));
-                }
-                self.accounts.insert(
-                    signer,
-                    Account {
-                        pubkey: signer,
-                        nonce: 0,
-                        balance: 0,
-                        encryption_key: *encryption_key,
-                    },
-                );
-                Ok(vec![Event::AccountCreated { account: signer }])
+                // Only a funded account gets here (`apply` checks that it exists):
+                // CreateAccount records its encryption key, it opens nothing.
+                self.acct_mut(&signer)?.encryption_key = *encryption_key;
+                Ok(vec![Event::AccountKeySet { account: signer }])
             }
             TxBody::Faucet { amount } => {
                 if !self.params.dev_mode {
@@ -541,40 +540,38 @@ impl State {
                         max: self.params.faucet_max,
                     });
                 }
-                let acct = self.acct(&signer)?;
                 let supply = add(self.supply, *amount, "the money supply")?;
-                let balance = add(acct.balance, *amount, "balance")?;
+                let mut events = self.open_account(signer, *amount)?;
+                let balance = self.acct(&signer)?.balance;
+                let balance = add(balance, *amount, "balance")?;
                 self.supply = supply;
                 self.acct_mut(&signer)?.balance = balance;
-                Ok(vec![Event::Transferred {
+                events.push(Event::Transferred {
                     from: None,
                     to: signer,
                     amount: *amount,
-                }])
+                });
+                Ok(events)
             }
             TxBody::Transfer { to, amount } => {
                 if *amount == 0 {
                     return Err(TxError::ZeroAmount);
                 }
-                let from = self.acct(&signer)?;
-                if from.balance < *amount {
-                    return Err(TxError::InsufficientBalance {
-                        have: from.balance,
-                        need: *amount,
-                    });
-                }
-                let from_bal = from.balance - amount;
-                let to_bal = self.acct(to)?.balance;
+                let from_bal = self.spend(&signer, *amount)?;
+                let to_bal = self.accounts.get(to).map_or(0, |a| a.balance);
+                let to_bal = add(to_bal, *amount, "balance")?;
+                let mut events = Vec::new();
                 if *to != signer {
-                    let to_bal = add(to_bal, *amount, "balance")?;
+                    events = self.open_account(*to, *amount)?;
                     self.acct_mut(&signer)?.balance = from_bal;
                     self.acct_mut(to)?.balance = to_bal;
                 }
-                Ok(vec![Event::Transferred {
+                events.push(Event::Transferred {
                     from: Some(signer),
                     to: *to,
                     amount: *amount,
-                }])
+                });
+                Ok(events)
             }
             TxBody::CreateFarm {
                 name,
@@ -943,17 +940,11 @@ impl State {
                 if !c.is_open() {
                     return Err(self.wrong_state(c, "open"));
                 }
-                let have = self.acct(&signer)?.balance;
-                if have < *amount {
-                    return Err(TxError::InsufficientBalance {
-                        have,
-                        need: *amount,
-                    });
-                }
+                let left = self.spend(&signer, *amount)?;
                 let escrow = add(c.escrow, *amount, "escrow")?;
                 let resume = c.state == ContractState::Suspended && escrow >= c.price_per_hour;
                 let node = c.node;
-                self.acct_mut(&signer)?.balance = have - amount;
+                self.acct_mut(&signer)?.balance = left;
                 let now = self.time;
                 let c = self.contract_mut(*contract)?;
                 c.escrow = escrow;
@@ -1061,13 +1052,7 @@ impl State {
         if deposit < per_hour.max(1) {
             return Err(TxError::DepositTooSmall { deposit, per_hour });
         }
-        let have = self.acct(&owner)?.balance;
-        if have < deposit {
-            return Err(TxError::InsufficientBalance {
-                have,
-                need: deposit,
-            });
-        }
+        let left = self.spend(&owner, deposit)?;
         // All checks passed: mutate.
         let id = self.next_contract;
         self.next_contract = id.checked_add(1).ok_or(TxError::Overflow("contract id"))?;
@@ -1084,7 +1069,7 @@ impl State {
             p.leased_by = Some(id);
             leased.push(p.ip.clone());
         }
-        self.acct_mut(&owner)?.balance = have - deposit;
+        self.acct_mut(&owner)?.balance = left;
         self.node_mut(node_id)?.reserved = reserved;
         self.node_contracts.entry(node_id).or_default().insert(id);
         self.contracts.insert(
@@ -1226,6 +1211,41 @@ impl State {
             state,
             refund,
         })
+    }
+
+    /// Opens the account of `key` with `amount` on its way in, if it has none. The
+    /// caller credits `amount` afterwards; nothing is changed when this fails.
+    fn open_account(&mut self, key: PublicKey, amount: Amount) -> Result<Vec<Event>, TxError> {
+        if self.accounts.contains_key(&key) {
+            return Ok(Vec::new());
+        }
+        if amount < EXISTENTIAL_DEPOSIT {
+            return Err(TxError::BelowExistentialDeposit {
+                account: key,
+                amount,
+            });
+        }
+        self.accounts.insert(
+            key,
+            Account {
+                pubkey: key,
+                nonce: 0,
+                balance: 0,
+                encryption_key: None,
+            },
+        );
+        Ok(vec![Event::AccountCreated { account: key }])
+    }
+
+    /// The balance `who` is left with after paying `amount`, which must leave the
+    /// existential deposit in the account.
+    fn spend(&self, who: &PublicKey, amount: Amount) -> Result<Amount, TxError> {
+        let have = self.acct(who)?.balance;
+        let need = add(amount, EXISTENTIAL_DEPOSIT, "the amount to pay")?;
+        if have < need {
+            return Err(TxError::InsufficientBalance { have, need });
+        }
+        Ok(have - amount)
     }
 
     // ---- lookups that produce the right error --------------------------------------

@@ -13,6 +13,13 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Units of the ledger's currency are plain integers; there are no fractions.
 pub type Amount = u64;
+
+/// The least an account holds (README, "Accounts"). An account exists once a
+/// transfer (or, on a dev ledger, a faucet) of at least this much reaches its key,
+/// and its own spending never takes it below this: every account on the ledger has
+/// cost someone this much, for good. Node accounts, which `RegisterNode` opens, are
+/// the exception; they start empty.
+pub const EXISTENTIAL_DEPOSIT: Amount = 1_000;
 pub type FarmId = u32;
 pub type NodeId = u32;
 pub type ContractId = u64;

@@ -80,17 +80,22 @@ fn signer() -> Signer {
 }
 
 fn account(w: &mut World, funds: Amount) -> Signer {
-    let mut s = signer();
+    let mut s = Signer::new(keys::generate(), "test");
     let ek = keys::encryption_key(s.key());
+    // An account is opened by money: the faucet brings `funds` to spend on top of
+    // the existential deposit that stays in it.
+    w.ok(
+        &mut s,
+        TxBody::Faucet {
+            amount: funds + EXISTENTIAL_DEPOSIT,
+        },
+    );
     w.ok(
         &mut s,
         TxBody::CreateAccount {
             encryption_key: Some(ek),
         },
     );
-    if funds > 0 {
-        w.ok(&mut s, TxBody::Faucet { amount: funds });
-    }
     s
 }
 
@@ -232,19 +237,28 @@ fn accept(s: &mut Setup, c: ContractId) {
 
 #[test]
 fn accounts_faucet_and_transfer() {
+    const ED: Amount = EXISTENTIAL_DEPOSIT;
     let mut w = World::new(true);
     let mut a = account(&mut w, 500);
     let mut b = account(&mut w, 0);
-    assert_eq!(w.balance(&a), 500);
-    assert!(matches!(
-        w.err(
-            &mut a,
-            TxBody::CreateAccount {
-                encryption_key: None
-            }
-        ),
-        TxError::AccountExists(_)
-    ));
+    assert_eq!(w.balance(&a), ED + 500);
+    // CreateAccount again only records another encryption key.
+    let ev = w.ok(
+        &mut a,
+        TxBody::CreateAccount {
+            encryption_key: None,
+        },
+    );
+    assert_eq!(
+        ev,
+        vec![Event::AccountKeySet {
+            account: a.public_key()
+        }]
+    );
+    assert_eq!(
+        w.st.account(&a.public_key()).expect("a").encryption_key,
+        None
+    );
     w.ok(
         &mut a,
         TxBody::Transfer {
@@ -252,7 +266,8 @@ fn accounts_faucet_and_transfer() {
             amount: 200,
         },
     );
-    assert_eq!((w.balance(&a), w.balance(&b)), (300, 200));
+    assert_eq!((w.balance(&a), w.balance(&b)), (ED + 300, ED + 200));
+    // The existential deposit stays: b can spend 200, not 201.
     assert_eq!(
         w.err(
             &mut b,
@@ -262,10 +277,18 @@ fn accounts_faucet_and_transfer() {
             }
         ),
         TxError::InsufficientBalance {
-            have: 200,
-            need: 201
+            have: ED + 200,
+            need: ED + 201
         }
     );
+    w.ok(
+        &mut b,
+        TxBody::Transfer {
+            to: a.public_key(),
+            amount: 200,
+        },
+    );
+    assert_eq!(w.balance(&b), ED);
     assert_eq!(
         w.err(
             &mut b,
@@ -276,37 +299,127 @@ fn accounts_faucet_and_transfer() {
         ),
         TxError::ZeroAmount
     );
-    let stranger = signer();
-    assert!(matches!(
-        w.err(
-            &mut a,
-            TxBody::Transfer {
-                to: stranger.public_key(),
-                amount: 1
-            }
-        ),
-        TxError::NoAccount(_)
-    ));
     assert!(matches!(
         w.err(&mut a, TxBody::Faucet { amount: u64::MAX }),
         TxError::FaucetTooMuch { .. }
     ));
-    // A key without an account can do nothing but create one (or register a node).
-    let mut nobody = signer();
+}
+
+/// Issue 11, item 9: 30,000 CreateAccount transactions from fresh keys were all
+/// accepted. An account exists only once money reached it: a transfer (or a dev
+/// faucet) of at least the existential deposit, which then stays in it.
+#[test]
+fn accounts_exist_only_once_funded() {
+    const ED: Amount = EXISTENTIAL_DEPOSIT;
+    let mut w = World::new(false);
+    let mut fresh = signer();
+    let ek = keys::encryption_key(fresh.key());
+    let e = w.err(
+        &mut fresh,
+        TxBody::CreateAccount {
+            encryption_key: Some(ek),
+        },
+    );
+    assert_eq!(e, TxError::NoAccount(fresh.public_key()));
+    assert!(e.to_string().contains("opened by a transfer"), "{e}");
+    assert!(w.st.account(&fresh.public_key()).is_none());
+    // Nor does anything else open an account for a key nobody paid for.
+    for body in [
+        TxBody::CreateFarm {
+            name: "free".into(),
+            prices: PRICES,
+            enrollment_key: None,
+        },
+        TxBody::Faucet { amount: ED },
+    ] {
+        w.err(&mut fresh, body);
+        assert!(w.st.account(&fresh.public_key()).is_none());
+    }
+
+    // A non-dev ledger mints nothing, so take the money from a dev ledger's faucet;
+    // the transfer rules are the same on every ledger.
+    let mut w = World::new(true);
+    let mut payer = account(&mut w, 10 * ED);
+    let e = w.err(
+        &mut payer,
+        TxBody::Transfer {
+            to: fresh.public_key(),
+            amount: ED - 1,
+        },
+    );
+    assert_eq!(
+        e,
+        TxError::BelowExistentialDeposit {
+            account: fresh.public_key(),
+            amount: ED - 1
+        }
+    );
+    assert!(w.st.account(&fresh.public_key()).is_none());
+    let ev = w.ok(
+        &mut payer,
+        TxBody::Transfer {
+            to: fresh.public_key(),
+            amount: ED,
+        },
+    );
+    assert_eq!(
+        ev[0],
+        Event::AccountCreated {
+            account: fresh.public_key()
+        }
+    );
+    assert_eq!(w.balance(&fresh), ED);
+    // Now the key can record its encryption key and act, but not spend the deposit.
+    w.ok(
+        &mut fresh,
+        TxBody::CreateAccount {
+            encryption_key: Some(ek),
+        },
+    );
+    assert_eq!(
+        w.st.account(&fresh.public_key())
+            .expect("opened")
+            .encryption_key,
+        Some(ek)
+    );
     assert!(matches!(
-        w.err(&mut nobody, TxBody::Faucet { amount: 1 }),
-        TxError::NoAccount(_)
+        w.err(
+            &mut fresh,
+            TxBody::Transfer {
+                to: payer.public_key(),
+                amount: 1
+            }
+        ),
+        TxError::InsufficientBalance { .. }
     ));
+    // On a dev ledger the faucet opens an account, with at least the deposit.
+    let mut dev = signer();
+    assert_eq!(
+        w.err(&mut dev, TxBody::Faucet { amount: ED - 1 }),
+        TxError::BelowExistentialDeposit {
+            account: dev.public_key(),
+            amount: ED - 1
+        }
+    );
+    let ev = w.ok(&mut dev, TxBody::Faucet { amount: ED });
+    assert!(matches!(ev[0], Event::AccountCreated { .. }));
+    assert_eq!(w.balance(&dev), ED);
 }
 
 #[test]
 fn faucet_only_in_dev_mode() {
     let mut w = World::new(false);
-    let mut a = account(&mut w, 0);
+    let mut a = signer();
     assert_eq!(
-        w.err(&mut a, TxBody::Faucet { amount: 1 }),
+        w.err(
+            &mut a,
+            TxBody::Faucet {
+                amount: EXISTENTIAL_DEPOSIT
+            }
+        ),
         TxError::FaucetDisabled
     );
+    assert!(w.st.account(&a.public_key()).is_none());
 }
 
 #[test]
@@ -341,7 +454,7 @@ fn nonces_only_go_up_and_chain_id_is_checked() {
         w.apply_signed(&t),
         Err(TxError::WrongChain { .. })
     ));
-    assert_eq!(w.balance(&a), 1);
+    assert_eq!(w.balance(&a), EXISTENTIAL_DEPOSIT + 1);
 }
 
 #[test]
@@ -868,8 +981,8 @@ fn contract_rejections() {
     assert_eq!(
         create(&mut s, SMALL, 0, 10_000_000),
         Err(TxError::InsufficientBalance {
-            have: 1_000_000 - 10_000,
-            need: 10_000_000
+            have: EXISTENTIAL_DEPOSIT + 1_000_000 - 10_000,
+            need: 10_000_000 + EXISTENTIAL_DEPOSIT
         })
     );
     assert!(matches!(
@@ -1033,7 +1146,7 @@ fn cancel_releases_capacity_and_ips_and_refunds() {
         }]
     );
     assert_eq!(s.w.balance(&s.user), before - paid);
-    assert_eq!(s.w.balance(&s.farmer), paid);
+    assert_eq!(s.w.balance(&s.farmer), EXISTENTIAL_DEPOSIT + paid);
     assert!(s.w.st.node(s.node_id).expect("n").reserved.is_zero());
     assert_eq!(s.w.st.farm(s.farm).expect("f").free_ips(), 2);
     assert!(s.w.st.open_contracts_on(s.node_id).next().is_none());
@@ -1117,7 +1230,7 @@ fn usage_billing_is_windowed_and_idempotent() {
             until: t1 + 3600
         }]
     );
-    assert_eq!(s.w.balance(&s.farmer), 145);
+    assert_eq!(s.w.balance(&s.farmer), EXISTENTIAL_DEPOSIT + 145);
     let k = s.w.st.contract(c).expect("c");
     assert_eq!(
         (k.escrow, k.paid, k.billed_until),
@@ -1168,7 +1281,7 @@ fn usage_billing_is_windowed_and_idempotent() {
             nu_bytes: 0,
         },
     );
-    assert_eq!(s.w.balance(&s.farmer), 145 + 62);
+    assert_eq!(s.w.balance(&s.farmer), EXISTENTIAL_DEPOSIT + 145 + 62);
 }
 
 #[test]
@@ -1374,8 +1487,8 @@ fn state_digest_is_deterministic() {
             chain_id: "test".into(),
             signer: keys::public_key(&key),
             nonce: 1,
-            body: TxBody::CreateAccount {
-                encryption_key: None,
+            body: TxBody::Faucet {
+                amount: EXISTENTIAL_DEPOSIT,
             },
         }
         .sign(&key);

@@ -8,7 +8,7 @@ use std::time::Duration;
 use cellos_ledger::client::Client;
 use cellos_ledger::keys::{self, Signer};
 use cellos_ledger::server::{Config, Server};
-use cellos_ledger::{ChainParams, EnrollToken, Event, FarmId, Prices, TxBody};
+use cellos_ledger::{ChainParams, EnrollToken, Event, FarmId, Prices, TxBody, EXISTENTIAL_DEPOSIT};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
@@ -49,8 +49,8 @@ async fn farm(l: &Ledger) -> (Signer, FarmId, EnrollToken) {
     let mut farmer = Signer::new(keys::generate(), l.chain_id.clone());
     let enroll = keys::generate();
     l.client
-        .submit(&farmer.sign(TxBody::CreateAccount {
-            encryption_key: None,
+        .submit(&farmer.sign(TxBody::Faucet {
+            amount: EXISTENTIAL_DEPOSIT,
         }))
         .await
         .expect("account");

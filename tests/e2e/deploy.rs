@@ -139,14 +139,14 @@ fn vm_deploy_cancel_reject_bill_and_reboot() {
     let mut user = Signer::new(keys::generate(), chain);
     ledger.block_on(async {
         let ek = keys::encryption_key(user.key());
+        c.submit(&user.sign(TxBody::Faucet { amount: 1_000_000 }))
+            .await
+            .expect("faucet");
         c.submit(&user.sign(TxBody::CreateAccount {
             encryption_key: Some(ek),
         }))
         .await
         .expect("account");
-        c.submit(&user.sign(TxBody::Faucet { amount: 1_000_000 }))
-            .await
-            .expect("faucet");
     });
     let mut d = Deployment {
         owner: user.public_key(),

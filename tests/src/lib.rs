@@ -200,9 +200,10 @@ impl Ledger {
     pub fn farm_named(&self, enroll: &SigningKey, name: &str) -> FarmId {
         self.block_on(async {
             let mut farmer = Signer::new(keys::generate(), CHAIN);
+            // An account is opened by money: the dev faucet brings the deposit.
             self.client
-                .submit(&farmer.sign(TxBody::CreateAccount {
-                    encryption_key: None,
+                .submit(&farmer.sign(TxBody::Faucet {
+                    amount: EXISTENTIAL_DEPOSIT,
                 }))
                 .await
                 .expect("farmer account");

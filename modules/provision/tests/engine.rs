@@ -101,7 +101,12 @@ async fn world() -> World {
     let client = Client::new(&url).expect("client");
     let mut farmer = Signer::new(keys::generate(), CHAIN);
     let mut user = Signer::new(keys::generate(), CHAIN);
-    for s in [&mut farmer, &mut user] {
+    // Accounts are opened by money (the dev faucet), then record their key.
+    for (s, funds) in [(&mut farmer, EXISTENTIAL_DEPOSIT), (&mut user, 1_000_000)] {
+        client
+            .submit(&s.sign(TxBody::Faucet { amount: funds }))
+            .await
+            .expect("faucet");
         let ek = keys::encryption_key(s.key());
         client
             .submit(&s.sign(TxBody::CreateAccount {
@@ -110,10 +115,6 @@ async fn world() -> World {
             .await
             .expect("account");
     }
-    client
-        .submit(&user.sign(TxBody::Faucet { amount: 1_000_000 }))
-        .await
-        .expect("faucet");
     client
         .submit(&farmer.sign(TxBody::CreateFarm {
             name: "f".into(),
@@ -462,7 +463,11 @@ async fn usage_moves_escrow_and_downtime_is_free() {
         .account(&w.farmer.public_key())
         .await
         .expect("farmer");
-    assert_eq!(farmer.balance, k.paid, "usage goes to the farm owner");
+    assert_eq!(
+        farmer.balance,
+        EXISTENTIAL_DEPOSIT + k.paid,
+        "usage goes to the farm owner"
+    );
 
     // The node is off for 3 s; a new engine bills only from its own start.
     drop(e);

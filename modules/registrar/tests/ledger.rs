@@ -9,7 +9,8 @@ use cellos_ledger::client::Client;
 use cellos_ledger::keys::{self, Signer};
 use cellos_ledger::server::{Config as ServerConfig, Server};
 use cellos_ledger::{
-    ChainParams, EnrollToken, Event, FarmId, Interface, Prices, Resources, TxBody, GIB,
+    ChainParams, EnrollToken, Event, FarmId, Interface, Prices, Resources, TxBody,
+    EXISTENTIAL_DEPOSIT, GIB,
 };
 use cellos_registrar::{Capacity, Config, Host, Notice, Registrar};
 use ed25519_dalek::SigningKey;
@@ -50,11 +51,11 @@ async fn farm(l: &Ledger, name: &str) -> Farmer {
     let mut signer = Signer::new(keys::generate(), l.chain_id.clone());
     let enroll_key = keys::generate();
     l.client
-        .submit(&signer.sign(TxBody::CreateAccount {
-            encryption_key: None,
+        .submit(&signer.sign(TxBody::Faucet {
+            amount: EXISTENTIAL_DEPOSIT,
         }))
         .await
-        .expect("create the farmer's account");
+        .expect("open the farmer's account");
     let r = l
         .client
         .submit(&signer.sign(TxBody::CreateFarm {
