@@ -8,7 +8,7 @@ use cellos_ledger::chain::{replay, Receipt};
 use cellos_ledger::client::{Client, ContractFilter, NodeFilter};
 use cellos_ledger::keys::{self, Signer};
 use cellos_ledger::server::{self, Server};
-use cellos_ledger::store::{MemStore, RedbStore, Store};
+use cellos_ledger::store::{MemStore, RedbStore, Store, StoreError};
 use cellos_ledger::*;
 use serde::Serialize;
 
@@ -209,6 +209,7 @@ async fn ledger(g: &Global, c: LedgerCmd) -> Result<()> {
             chain_id,
             blob_limit,
             grace,
+            accept_rollback,
         } => {
             let mut params = ChainParams::new(chain_id, dev);
             params.grace_secs = grace;
@@ -218,6 +219,9 @@ async fn ledger(g: &Global, c: LedgerCmd) -> Result<()> {
                 params,
                 blob_limit: usize::try_from(blob_limit).context("blob limit too large")?,
             };
+            if accept_rollback {
+                accept_rollback_in(&data)?;
+            }
             let srv = Server::bind(cfg).await.context("cannot start the ledger")?;
             let addr = srv.local_addr()?;
             tracing::info!(
@@ -301,16 +305,36 @@ fn progress(done: u64, total: u64) {
     }
 }
 
+/// The operator's decision to serve a store whose chain went back (ledger README,
+/// "Rollback"): the head record is reset to the store's head.
+fn accept_rollback_in(data: &Path) -> Result<()> {
+    let path = data.join("ledger.redb");
+    if !path.exists() {
+        return Ok(());
+    }
+    let (_store, accepted) = RedbStore::open_accepting_rollback(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match accepted {
+        Some(r) => tracing::warn!("--accept-rollback: {r}; serving the store's chain"),
+        None => tracing::info!("--accept-rollback: the store's head is the one recorded"),
+    }
+    Ok(())
+}
+
 fn verify_dir(g: &Global, dir: &Path) -> Result<()> {
     let path = dir.join("ledger.redb");
     if !path.exists() {
         bail!("{} holds no ledger (no ledger.redb)", dir.display());
     }
-    let store = RedbStore::open(&path).with_context(|| {
-        format!(
+    let store = RedbStore::open(&path).map_err(|e| match e {
+        // The store opened fine, and it is the wrong chain: say only that.
+        StoreError::RolledBack { .. } | StoreError::HeadMismatch { .. } => {
+            anyhow::Error::new(e).context("the chain does not verify")
+        }
+        e => anyhow::Error::new(e).context(format!(
             "cannot open {} (is the ledger still running?)",
             path.display()
-        )
+        )),
     })?;
     let r = replay(&store, true, &mut progress).context("the chain does not verify")?;
     print_verify(g, &r)

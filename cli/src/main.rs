@@ -239,6 +239,11 @@ pub enum LedgerCmd {
         /// (fixed when the chain is created).
         #[arg(long, default_value_t = 7 * 24 * 3600)]
         grace: u64,
+        /// Serve a store whose chain is shorter than the one this ledger acknowledged
+        /// (damaged pages in ledger.redb's latest commit, or an older copy put back):
+        /// the lost blocks are given up and the head record reset to the store's head.
+        #[arg(long)]
+        accept_rollback: bool,
     },
     /// Replay the whole chain: every hash, every signature, every state transition.
     ///

@@ -4,6 +4,13 @@
 //! trait so that a replicated backend (etcd) can stand beside the embedded one: what
 //! it must guarantee is that `append` is durable when it returns, and that blocks
 //! come back in order, complete, exactly as written.
+//!
+//! The embedded store also keeps a head record outside the database (`ledger.head`
+//! beside `ledger.redb`): the height and hash of the last block it acknowledged. When
+//! the pages of redb's latest commit are damaged, redb opens the commit before it and
+//! the chain would silently lose acknowledged blocks; the head record turns that into
+//! an error at open that names the lost blocks, until an operator accepts the loss
+//! (README, "Rollback").
 
 use crate::block::{Block, BlockEvents, Genesis};
 use crate::types::Hash;
@@ -28,6 +35,36 @@ pub enum StoreError {
     OutOfOrder { got: u64, height: u64 },
     #[error("the store already holds a chain")]
     AlreadyInitialized,
+    #[error(
+        "{path}: the store went back from block {recorded} to block {store}: {} acknowledged but gone (damaged pages in the latest commit make redb open an older one). Refusing to serve a shorter chain: restore ledger.redb from a copy, or accept the loss with `cellos ledger serve --accept-rollback`",
+        lost(*store, *recorded)
+    )]
+    RolledBack {
+        path: String,
+        recorded: u64,
+        store: u64,
+    },
+    #[error(
+        "{path}: block {height} is {found}, but the head record says the ledger acknowledged {recorded} at that height: this is not the chain it served. Restore ledger.redb, or accept this chain with `cellos ledger serve --accept-rollback`"
+    )]
+    HeadMismatch {
+        path: String,
+        height: u64,
+        recorded: Hash,
+        found: Hash,
+    },
+    #[error("head record {path}: {reason}")]
+    HeadRecord { path: String, reason: String },
+}
+
+/// "block 7 was" or "blocks 5 to 7 were".
+fn lost(store: u64, recorded: u64) -> String {
+    let first = store.saturating_add(1);
+    if first >= recorded {
+        format!("block {recorded} was")
+    } else {
+        format!("blocks {first} to {recorded} were")
+    }
 }
 
 pub trait Store: Send + Sync {
@@ -47,7 +84,7 @@ pub trait Store: Send + Sync {
 }
 
 #[cfg(feature = "server")]
-pub use self::redb_store::RedbStore;
+pub use self::redb_store::{RedbStore, Rollback};
 
 /// A store in memory: for chains fetched over HTTP to be verified, and for tests.
 #[derive(Default)]
@@ -119,7 +156,11 @@ impl Store for MemStore {
 
 #[cfg(feature = "server")]
 mod redb_store {
-    use std::path::Path;
+    use std::fs::{self, File, OpenOptions};
+    use std::io::Read;
+    use std::os::unix::fs::FileExt;
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
 
     use redb::{Database, Durability, ReadableTable, TableDefinition};
 
@@ -151,13 +192,61 @@ mod redb_store {
     }
 
     /// The embedded store: one redb file. redb commits with `Durability::Immediate`
-    /// fsync before returning and survive a crash at any point.
+    /// fsync before returning and survive a crash at any point. Beside it, the head
+    /// record says how far the chain went (see the module docs).
     pub struct RedbStore {
         db: Database,
+        head: Mutex<HeadFile>,
+    }
+
+    /// A rollback an operator accepted: the head record said `recorded`, the store
+    /// ends at `store`.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct Rollback {
+        pub recorded: u64,
+        pub store: u64,
+    }
+
+    impl std::fmt::Display for Rollback {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            if self.recorded > self.store {
+                write!(
+                    f,
+                    "the chain goes back from block {} to block {}: {} lost",
+                    self.recorded,
+                    self.store,
+                    lost(self.store, self.recorded)
+                )
+            } else {
+                write!(
+                    f,
+                    "block {} is not the one the ledger acknowledged; the store's chain is kept",
+                    self.recorded
+                )
+            }
+        }
     }
 
     impl RedbStore {
+        /// Opens (or creates) the store at `path`. Fails when the store's head is
+        /// behind the head record (a rollback) or is another block at the recorded
+        /// height.
         pub fn open(path: &Path) -> Result<Self, StoreError> {
+            let (store, _) = Self::open_checked(path, false)?;
+            Ok(store)
+        }
+
+        /// Opens the store like [`RedbStore::open`], but accepts a store whose head
+        /// went back or changed: the head record is reset to the store's head, and
+        /// what was lost is returned. An operator's decision
+        /// (`cellos ledger serve --accept-rollback`), never a default.
+        pub fn open_accepting_rollback(
+            path: &Path,
+        ) -> Result<(Self, Option<Rollback>), StoreError> {
+            Self::open_checked(path, true)
+        }
+
+        fn open_checked(path: &Path, accept: bool) -> Result<(Self, Option<Rollback>), StoreError> {
             let db = Database::create(path).map_err(|e| StoreError::Open {
                 path: path.display().to_string(),
                 source: Box::new(e),
@@ -172,8 +261,220 @@ mod redb_store {
                 w.open_table(BLOBS).map_err(io)?;
             }
             w.commit().map_err(io)?;
-            Ok(RedbStore { db })
+            let head_path = path.with_extension("head");
+            let head = HeadFile::open(&head_path)?;
+            let store = RedbStore {
+                db,
+                head: Mutex::new(head),
+            };
+            let accepted = store.check_head(path, accept)?;
+            Ok((store, accepted))
         }
+
+        fn head(&self) -> std::sync::MutexGuard<'_, HeadFile> {
+            // Plain values; a panic elsewhere cannot leave them half-written.
+            self.head.lock().unwrap_or_else(|p| p.into_inner())
+        }
+
+        /// The hash of the block at `height` (the zero hash for height 0).
+        fn block_hash(&self, height: u64) -> Result<Hash, StoreError> {
+            if height == 0 {
+                return Ok(Hash([0; 32]));
+            }
+            let found = self.blocks(height, 1)?;
+            match found.first() {
+                Some(b) if b.header.height == height => Ok(b.hash()),
+                _ => Err(StoreError::Corrupt {
+                    what: "block",
+                    key: height.to_string(),
+                    reason: "missing below the store's head".into(),
+                }),
+            }
+        }
+
+        /// Compares the store's head with the head record (see the module docs).
+        fn check_head(&self, path: &Path, accept: bool) -> Result<Option<Rollback>, StoreError> {
+            let height = self.height()?;
+            let recorded = self.head().latest;
+            let Some((rec_height, rec_hash)) = recorded else {
+                // A new store, or one from before head records: start one now.
+                let hash = self.block_hash(height)?;
+                self.head().write(height, hash)?;
+                return Ok(None);
+            };
+            let path = path.display().to_string();
+            let problem = if height < rec_height {
+                Some(StoreError::RolledBack {
+                    path,
+                    recorded: rec_height,
+                    store: height,
+                })
+            } else {
+                let found = self.block_hash(rec_height)?;
+                (found != rec_hash).then_some(StoreError::HeadMismatch {
+                    path,
+                    height: rec_height,
+                    recorded: rec_hash,
+                    found,
+                })
+            };
+            match problem {
+                Some(e) if !accept => Err(e),
+                Some(_) => {
+                    let hash = self.block_hash(height)?;
+                    self.head().write(height, hash)?;
+                    Ok(Some(Rollback {
+                        recorded: rec_height,
+                        store: height,
+                    }))
+                }
+                None => {
+                    if height > rec_height {
+                        // The last append committed but its head record was not
+                        // written (a crash in between): catch up.
+                        let hash = self.block_hash(height)?;
+                        self.head().write(height, hash)?;
+                    }
+                    Ok(None)
+                }
+            }
+        }
+    }
+
+    /// The head record: two 72-byte slots, 4 KiB apart, each {magic, sequence
+    /// number, height, block hash, checksum}. An update overwrites the older slot in
+    /// place and fdatasyncs, so a torn write damages at most that slot, and the other
+    /// still holds the previous head. The valid slot with the higher sequence number
+    /// is the record (heights may go down, when an operator accepts a rollback).
+    struct HeadFile {
+        path: PathBuf,
+        file: File,
+        latest: Option<(u64, Hash)>,
+        /// The slot the latest record is in (the next write goes to the other).
+        slot: usize,
+        seq: u64,
+    }
+
+    const HEAD_MAGIC: &[u8; 16] = b"cellos-head-v1\0\0";
+    const HEAD_SLOT: usize = 72;
+    const HEAD_SLOT_STRIDE: u64 = 4096;
+    const HEAD_FILE_LEN: u64 = 2 * HEAD_SLOT_STRIDE;
+
+    /// A valid slot: (sequence number, height, block hash).
+    type Slot = (u64, u64, Hash);
+
+    fn encode_slot(seq: u64, height: u64, hash: &Hash) -> [u8; HEAD_SLOT] {
+        let mut b = [0u8; HEAD_SLOT];
+        b[..16].copy_from_slice(HEAD_MAGIC);
+        b[16..24].copy_from_slice(&seq.to_le_bytes());
+        b[24..32].copy_from_slice(&height.to_le_bytes());
+        b[32..64].copy_from_slice(&hash.0);
+        let check = blake3::hash(&b[..64]);
+        b[64..].copy_from_slice(&check.as_bytes()[..8]);
+        b
+    }
+
+    fn decode_slot(b: &[u8]) -> Option<Slot> {
+        let b: &[u8; HEAD_SLOT] = b.get(..HEAD_SLOT)?.try_into().ok()?;
+        let check = blake3::hash(&b[..64]);
+        if &b[..16] != HEAD_MAGIC || b[64..] != check.as_bytes()[..8] {
+            return None;
+        }
+        let seq = u64::from_le_bytes(b[16..24].try_into().ok()?);
+        let height = u64::from_le_bytes(b[24..32].try_into().ok()?);
+        let hash = Hash(b[32..64].try_into().ok()?);
+        Some((seq, height, hash))
+    }
+
+    impl HeadFile {
+        /// Opens the head record at `path`, creating an empty one (atomically: a
+        /// temporary file, fsync, rename, fsync of the directory) if there is none.
+        fn open(path: &Path) -> Result<Self, StoreError> {
+            let err = |what: &str, e: std::io::Error| StoreError::HeadRecord {
+                path: path.display().to_string(),
+                reason: format!("{what}: {e}"),
+            };
+            if !path.exists() {
+                let tmp = path.with_extension("head.tmp");
+                let f = File::create(&tmp).map_err(|e| err("creating", e))?;
+                f.set_len(HEAD_FILE_LEN)
+                    .and_then(|()| f.sync_all())
+                    .map_err(|e| err("writing", e))?;
+                fs::rename(&tmp, path).map_err(|e| err("renaming into place", e))?;
+                sync_dir(path).map_err(|e| err("syncing its directory", e))?;
+            }
+            let mut file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map_err(|e| err("opening", e))?;
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes)
+                .map_err(|e| err("reading", e))?;
+            let slots = [0usize, 1].map(|i| {
+                let off = i * HEAD_SLOT_STRIDE as usize;
+                bytes.get(off..).and_then(decode_slot)
+            });
+            let empty = |i: usize| {
+                let off = i * HEAD_SLOT_STRIDE as usize;
+                bytes
+                    .get(off..off + HEAD_SLOT)
+                    .is_none_or(|b| b.iter().all(|&x| x == 0))
+            };
+            if slots.iter().all(Option::is_none) && !(empty(0) && empty(1)) {
+                return Err(StoreError::HeadRecord {
+                    path: path.display().to_string(),
+                    reason: "both slots are damaged, so the last acknowledged block is unknown; check ledger.redb with `cellos ledger verify --data`, then remove this file to start a new record".into(),
+                });
+            }
+            let (slot, latest) = match slots {
+                [Some(a), Some(b)] if b.0 > a.0 => (1, Some(b)),
+                [Some(a), _] => (0, Some(a)),
+                [None, Some(b)] => (1, Some(b)),
+                [None, None] => (1, None),
+            };
+            Ok(HeadFile {
+                path: path.to_path_buf(),
+                file,
+                latest: latest.map(|(_, height, hash)| (height, hash)),
+                slot,
+                seq: latest.map_or(0, |(seq, _, _)| seq),
+            })
+        }
+
+        /// Records `height` and `hash` as the head, durably, in the other slot.
+        fn write(&mut self, height: u64, hash: Hash) -> Result<(), StoreError> {
+            let slot = self.slot ^ 1;
+            let seq = self
+                .seq
+                .checked_add(1)
+                .ok_or_else(|| StoreError::HeadRecord {
+                    path: self.path.display().to_string(),
+                    reason: "sequence number exhausted".into(),
+                })?;
+            self.file
+                .write_all_at(
+                    &encode_slot(seq, height, &hash),
+                    slot as u64 * HEAD_SLOT_STRIDE,
+                )
+                .and_then(|()| self.file.sync_data())
+                .map_err(|e| StoreError::HeadRecord {
+                    path: self.path.display().to_string(),
+                    reason: format!("writing block {height}: {e}"),
+                })?;
+            self.slot = slot;
+            self.seq = seq;
+            self.latest = Some((height, hash));
+            Ok(())
+        }
+    }
+
+    fn sync_dir(path: &Path) -> std::io::Result<()> {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        File::open(dir)?.sync_all()
     }
 
     impl Store for RedbStore {
@@ -220,7 +521,9 @@ mod redb_store {
                 let mut ev = w.open_table(EVENTS).map_err(io)?;
                 ev.insert(block.header.height, e.as_slice()).map_err(io)?;
             }
-            w.commit().map_err(io)
+            w.commit().map_err(io)?;
+            // Only now is the block acknowledged; record it outside the database.
+            self.head().write(block.header.height, block.hash())
         }
 
         fn height(&self) -> Result<u64, StoreError> {
