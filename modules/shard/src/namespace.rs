@@ -2,9 +2,14 @@
 //!
 //! Layout: `<root>/<name>/namespace.json` (settings) and `data-NNNNNNNN.log` files
 //! of [`record`]s. Only the last data file is written; it is closed (fsynced) and a
-//! new one started when it would grow past the size limit. Nothing is rewritten
-//! in place, so a crash can only leave a torn tail on the last file, which
-//! [`Namespace::open`] cuts off and reports.
+//! new one started when it would grow past the size limit. A crash can only leave
+//! a torn tail on the last file, which [`Namespace::open`] cuts off and reports.
+//! Anything else that fails its checks (bit rot) is damage: it is reported, kept
+//! on disk, skipped by resynchronising on the next valid record, and the key it
+//! held (when its header names one) answers GET and CHECK with an error instead
+//! of an older value. Closed files are compacted in the background (see
+//! [`compact`]): live records are copied to a new file that replaces the old one
+//! by rename. README.md has the crash analysis.
 //!
 //! Durability: a write is acknowledged only once `fdatasync` covers it. Writers
 //! append under a short lock, then wait in [`Namespace::make_durable`]: the first
@@ -15,19 +20,24 @@
 //! one, the kernel may have dropped the dirty pages, so no later write is trusted.
 //!
 //! Modes: `user` keeps a `BTreeMap` from key to location. `seq` assigns each value
-//! a key that *is* its location (`file << 40 | offset`, 8 bytes big-endian), so the
-//! index holds only the set of deleted locations.
+//! a key that *is* its original location (`file << 40 | offset`, 8 bytes
+//! big-endian), so the index holds only the set of deleted locations, plus, for a
+//! compacted file, where each moved record went.
+
+mod compact;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 
-use crate::record::{self, Kind, HEADER};
+pub use self::compact::{CompactPolicy, CompactReport};
+use crate::record::{self, Item, Kind, HEADER};
 use crate::sys::{self, IoError};
 
 /// How keys are chosen in a namespace.
@@ -145,6 +155,18 @@ pub struct Truncation {
     pub reason: &'static str,
 }
 
+/// A damaged stretch of a data file found on open (or by compaction): kept on
+/// disk, skipped, reported. Every valid record after it is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    pub path: PathBuf,
+    pub start: u64,
+    pub end: u64,
+    pub reason: &'static str,
+    /// The key of the damaged record, when its header was intact (unverified).
+    pub key: Option<Vec<u8>>,
+}
+
 /// What NSINFO shows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Info {
@@ -159,19 +181,29 @@ pub struct Info {
     pub password: bool,
     pub public: bool,
     pub data_files: usize,
+    /// Damaged stretches in the data files, and their bytes.
+    pub damaged: u64,
+    pub damaged_bytes: u64,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Loc {
     file: u32,
     offset: u64,
     key_len: u32,
     val_len: u32,
+    /// The key's latest record is damaged: reads fail its checksum. Its bytes
+    /// belong to a damaged stretch, which the file's `live` counts already.
+    bad: bool,
 }
 
 impl Loc {
     fn live_bytes(&self) -> u64 {
         u64::from(self.key_len) + u64::from(self.val_len)
+    }
+
+    fn total(&self) -> u64 {
+        HEADER as u64 + self.live_bytes()
     }
 }
 
@@ -202,6 +234,86 @@ struct DataFile {
     path: PathBuf,
     file: Arc<File>,
     len: u64,
+    /// Bytes compaction would keep: records the index refers to and damaged
+    /// stretches. Never more than the truth (compaction's "nothing dead here"
+    /// relies on it); `len - live` is what a rewrite reclaims.
+    live: u64,
+    /// Damaged stretches, in file order.
+    bad: Vec<Stretch>,
+    /// Seq mode, a compacted file: (key offset, current offset) of every record
+    /// from the first one that moved on, in order. Records before `moved[0].1`
+    /// are where their key says.
+    moved: Vec<(u64, u64)>,
+    /// Compaction found damage here that open did not: index entries may point
+    /// into it, so the file is not rewritten before the next open.
+    frozen: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Stretch {
+    start: u64,
+    end: u64,
+    reason: &'static str,
+    key: Option<Box<[u8]>>,
+    /// Seq mode: key offsets it may have held (between its valid neighbours).
+    keys: (u64, u64),
+}
+
+impl Stretch {
+    /// Seq mode: the key offset its header names, if that is plausible (a key
+    /// of this file between the stretch's neighbours).
+    fn seq_key(&self, fid: u32) -> Option<u64> {
+        let (kf, orig) = seq_loc(self.key.as_deref()?)?;
+        (kf == fid && self.keys.0 <= orig && orig < self.keys.1).then_some(orig)
+    }
+}
+
+impl DataFile {
+    fn new(path: PathBuf, file: Arc<File>, len: u64) -> DataFile {
+        DataFile {
+            path,
+            file,
+            len,
+            live: 0,
+            bad: Vec::new(),
+            moved: Vec::new(),
+            frozen: false,
+        }
+    }
+
+    /// Seq mode: where the record keyed `orig` (an offset in this file) is now,
+    /// if it can be anywhere.
+    fn seq_offset(&self, orig: u64) -> Option<u64> {
+        match self.moved.first() {
+            Some(&(_, first)) if orig >= first => self
+                .moved
+                .binary_search_by_key(&orig, |m| m.0)
+                .ok()
+                .map(|i| self.moved[i].1),
+            _ => Some(orig),
+        }
+    }
+
+    /// Seq mode: the offset of the first record keyed `orig` or later (this
+    /// file's id is `fid`).
+    fn seq_resume(&self, fid: u32, orig: u64) -> u64 {
+        if let Some(b) = self.bad.iter().find(|b| b.seq_key(fid) == Some(orig)) {
+            return b.start;
+        }
+        match self.moved.first() {
+            Some(&(_, first)) if orig >= first => {
+                let i = self.moved.partition_point(|m| m.0 < orig);
+                self.moved.get(i).map_or(self.len, |m| m.1)
+            }
+            _ => orig,
+        }
+    }
+
+    fn bad_at(&self, offset: u64) -> Option<&Stretch> {
+        self.bad
+            .iter()
+            .find(|b| b.start <= offset && offset < b.end)
+    }
 }
 
 struct State {
@@ -217,18 +329,31 @@ struct State {
     failed: Option<String>,
     deleted: bool,
     scratch: Vec<u8>,
+    policy: CompactPolicy,
+    /// Dead bytes in closed files when the last compaction pass ended.
+    dead_after_pass: u64,
 }
 
 pub struct Namespace {
     name: String,
     dir: PathBuf,
     max_file: u64,
-    state: Mutex<State>,
+    /// Shared with the background compaction thread.
+    state: Arc<Mutex<State>>,
     synced: Notify,
+    compaction: Arc<compact::Control>,
 }
 
 fn data_name(id: usize) -> String {
     format!("data-{id:08}.log")
+}
+
+/// Data file id of a `data-NNNNNNNN.log` name.
+fn data_id(name: &str) -> Option<usize> {
+    let digits = name.strip_prefix("data-")?.strip_suffix(".log")?;
+    (digits.len() == 8 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
 }
 
 impl Namespace {
@@ -253,17 +378,15 @@ impl Namespace {
             max_file,
             State::new(
                 settings,
-                vec![DataFile {
-                    path,
-                    file: Arc::new(file),
-                    len: 0,
-                }],
+                vec![DataFile::new(path, Arc::new(file), 0)],
+                max_file,
             ),
         ))
     }
 
-    /// Opens an existing namespace: rebuilds the index from the data files and
-    /// cuts any torn or garbage tail, returning what was cut.
+    /// Opens an existing namespace: rebuilds the index from the data files,
+    /// cuts a torn tail off the last file (returning what was cut), and keeps
+    /// and reports (see [`Namespace::damage`]) any other damage.
     pub fn open(root: &Path, name: &str, max_file: u64) -> Result<(Self, Vec<Truncation>)> {
         let dir = root.join(name);
         let spath = dir.join("namespace.json");
@@ -273,17 +396,19 @@ impl Namespace {
                 path: spath.clone(),
                 error: e.to_string(),
             })?;
-        let mut names: Vec<String> = sys::list_dir(&dir)?
-            .into_iter()
-            .filter(|n| n.starts_with("data-") && n.ends_with(".log"))
-            .collect();
+        let entries = sys::list_dir(&dir)?;
+        compact::remove_leftovers(name, &dir, &entries)?;
+        let mut names: Vec<&String> = entries.iter().filter(|n| data_id(n).is_some()).collect();
+        let first = data_name(0);
         if names.is_empty() {
-            names.push(data_name(0));
+            names.push(&first);
         }
-        let mut st = State::new(settings, Vec::new());
+        let seq = settings.mode == Mode::Seq;
+        let mut st = State::new(settings, Vec::new(), max_file);
         let mut cuts = Vec::new();
-        for (id, fname) in names.iter().enumerate() {
-            if *fname != data_name(id) {
+        let last = names.len() - 1;
+        for (id, fname) in names.into_iter().enumerate() {
+            if data_id(fname) != Some(id) {
                 return Err(NsError::Settings {
                     ns: name.into(),
                     path: dir.join(fname),
@@ -294,33 +419,96 @@ impl Namespace {
                 });
             }
             let path = dir.join(fname);
-            let file = sys::open_rw(&path)?;
-            let end = record::scan(&file, &path, |off, kind, key, value| {
-                st.replay(id as u32, off, kind, key, value);
+            let file = Arc::new(sys::open_rw(&path)?);
+            st.files.push(DataFile::new(path.clone(), file.clone(), 0));
+            let fid = id as u32;
+            // Seq mode: damaged stretches take the key offsets between their
+            // valid neighbours; `lo` is just past the last valid record's key.
+            let (mut lo, mut open_from) = (0u64, 0usize);
+            let mut fault = None;
+            let end = record::scan(&file, &path, |item| match item {
+                Item::Record {
+                    offset,
+                    kind,
+                    key,
+                    value,
+                } => {
+                    let present = match (seq, kind) {
+                        (true, Kind::Del) => st
+                            .seq_find(key)
+                            .unwrap_or_else(|e| {
+                                fault.get_or_insert(e);
+                                None
+                            })
+                            .is_some(),
+                        _ => true,
+                    };
+                    st.replay(fid, offset, kind, key, value, present);
+                    st.files[id].len = offset + (HEADER + key.len() + value.len()) as u64;
+                    if let (true, Kind::Set, Some((kf, orig))) = (seq, kind, seq_loc(key)) {
+                        let f = &mut st.files[id];
+                        if kf == fid {
+                            if orig != offset || !f.moved.is_empty() {
+                                f.moved.push((orig, offset));
+                            }
+                            for b in &mut f.bad[open_from..] {
+                                b.keys.1 = orig;
+                            }
+                            open_from = f.bad.len();
+                            lo = orig + 1;
+                        }
+                    }
+                }
+                Item::Bad(b) => {
+                    st.replay_bad(fid, b, lo);
+                    st.files[id].len = b.end;
+                }
             })?;
-            if let Some(reason) = end.reason {
-                sys::truncate(&file, &path, end.good_len)?;
-                let cut = Truncation {
-                    path: path.clone(),
-                    kept: end.good_len,
-                    cut: end.file_len - end.good_len,
-                    reason,
-                };
-                tracing::warn!(
-                    "namespace {name}: {}: {reason} at offset {}: cut {} bytes, kept every record before it",
-                    path.display(),
-                    cut.kept,
-                    cut.cut
-                );
-                cuts.push(cut);
+            if let Some(e) = fault {
+                return Err(e.into());
             }
-            st.files.push(DataFile {
-                path,
-                file: Arc::new(file),
-                len: end.good_len,
-            });
+            let mut len = end.file_len;
+            if let Some(tail) = end.tail {
+                if id == last {
+                    sys::truncate(&file, &path, tail.start)?;
+                    len = tail.start;
+                    let cut = Truncation {
+                        path: path.clone(),
+                        kept: tail.start,
+                        cut: tail.end - tail.start,
+                        reason: tail.reason,
+                    };
+                    tracing::warn!(
+                        "namespace {name}: {}: {} at offset {} with nothing valid after it: a torn tail, cut {} bytes",
+                        path.display(),
+                        cut.reason,
+                        cut.kept,
+                        cut.cut
+                    );
+                    cuts.push(cut);
+                } else {
+                    st.replay_bad(fid, &tail, lo);
+                }
+            }
+            let f = &mut st.files[id];
+            f.len = len;
+            for b in &f.bad {
+                tracing::warn!(
+                    "namespace {name}: {}: damaged bytes {}..{} ({}{}): skipped and kept, every record after them is kept",
+                    path.display(),
+                    b.start,
+                    b.end,
+                    b.reason,
+                    b.key
+                        .as_ref()
+                        .map(|k| format!(", key {:?}", String::from_utf8_lossy(k)))
+                        .unwrap_or_default()
+                );
+            }
         }
-        Ok((Self::from_state(name, dir, max_file, st), cuts))
+        let ns = Self::from_state(name, dir, max_file, st);
+        ns.compact_if_due(&mut ns.lock());
+        Ok((ns, cuts))
     }
 
     fn from_state(name: &str, dir: PathBuf, max_file: u64, state: State) -> Self {
@@ -328,9 +516,27 @@ impl Namespace {
             name: name.to_owned(),
             dir,
             max_file,
-            state: Mutex::new(state),
+            state: Arc::new(Mutex::new(state)),
             synced: Notify::new(),
+            compaction: Arc::default(),
         }
+    }
+
+    /// Damaged stretches in the data files: where, why, and the key when known.
+    pub fn damage(&self) -> Vec<Damage> {
+        let st = self.lock();
+        st.files
+            .iter()
+            .flat_map(|f| {
+                f.bad.iter().map(|b| Damage {
+                    path: f.path.clone(),
+                    start: b.start,
+                    end: b.end,
+                    reason: b.reason,
+                    key: b.key.as_ref().map(|k| k.to_vec()),
+                })
+            })
+            .collect()
     }
 
     pub fn name(&self) -> &str {
@@ -447,7 +653,7 @@ impl Namespace {
             };
             st.scratch = buf;
             wrote?;
-            st.replay(file_id as u32, offset, Kind::Set, key, value);
+            st.replay(file_id as u32, offset, Kind::Set, key, value, true);
             st.last_mut().len += total;
             st.appended += total;
             (if seq { key.to_vec() } else { Vec::new() }, st.appended)
@@ -485,7 +691,7 @@ impl Namespace {
             record::encode(Kind::Del, key, &value, &mut buf);
             let f = st.last();
             sys::write_at(&f.file, &f.path, &buf, offset)?;
-            st.replay(file_id as u32, offset, Kind::Del, key, &value);
+            st.replay(file_id as u32, offset, Kind::Del, key, &value, true);
             st.last_mut().len += total;
             st.appended += total;
             st.appended
@@ -498,7 +704,7 @@ impl Namespace {
         let Some((file, path, loc)) = self.locate(key)? else {
             return Ok(None);
         };
-        let body = self.read_record(&file, &path, loc)?;
+        let body = self.read_record(&file, &path, loc, key)?;
         Ok(Some(body[loc.key_len as usize..].to_vec()))
     }
 
@@ -507,7 +713,7 @@ impl Namespace {
     pub fn check(&self, key: &[u8]) -> Result<bool> {
         match self.locate(key)? {
             None => Ok(false),
-            Some((file, path, loc)) => self.read_record(&file, &path, loc).map(|_| true),
+            Some((file, path, loc)) => self.read_record(&file, &path, loc, key).map(|_| true),
         }
     }
 
@@ -516,7 +722,11 @@ impl Namespace {
         let st = &mut *guard;
         Ok(match &st.index {
             Index::User(m) => m.contains_key(key),
-            Index::Seq(_) => self.seq_live(st, key)?.is_some(),
+            Index::Seq(_) => match self.seq_live(st, key) {
+                // It was written; its record is damaged (GET and CHECK say so).
+                Err(NsError::Corrupt { .. }) => true,
+                r => r?.is_some(),
+            },
         })
     }
 
@@ -538,7 +748,7 @@ impl Namespace {
     }
 
     /// Reads and verifies a whole record; returns key + value.
-    fn read_record(&self, file: &File, path: &Path, loc: Loc) -> Result<Vec<u8>> {
+    fn read_record(&self, file: &File, path: &Path, loc: Loc, key: &[u8]) -> Result<Vec<u8>> {
         let corrupt = |reason| NsError::Corrupt {
             ns: self.name.clone(),
             path: path.to_path_buf(),
@@ -556,6 +766,9 @@ impl Namespace {
         if !record::verify(&raw, &h, &body) {
             return Err(corrupt("checksum mismatch"));
         }
+        if body[..h.key_len as usize] != *key {
+            return Err(corrupt("the record holds another key"));
+        }
         Ok(body)
     }
 
@@ -568,36 +781,33 @@ impl Namespace {
             ns: self.name.clone(),
             key: String::from_utf8_lossy(key).into_owned(),
         };
-        let (file, offset) = seq_loc(key).ok_or_else(bad)?;
+        let (file, orig) = seq_loc(key).ok_or_else(bad)?;
         let Some(f) = st.files.get(file as usize) else {
             return Ok(None);
         };
-        if offset + HEADER as u64 > f.len
-            || deleted.contains(&u64::from_be_bytes(seq_key(file, offset)))
-        {
+        if deleted.contains(&u64::from_be_bytes(seq_key(file, orig))) {
             return Ok(None);
         }
-        let mut raw = [0u8; HEADER];
-        sys::read_at(&f.file, &f.path, &mut raw, offset)?;
-        match record::decode_header(&raw) {
-            Some(h) if h.kind == Kind::Set && h.key_len == 8 && offset + h.total() <= f.len => {
-                let mut k = [0u8; 8];
-                sys::read_at(&f.file, &f.path, &mut k, offset + HEADER as u64)?;
-                Ok((k == key).then_some(Loc {
-                    file,
-                    offset,
-                    key_len: 8,
-                    val_len: h.val_len,
-                }))
-            }
-            _ => Ok(None),
+        if let Some(loc) = st.seq_find(key)? {
+            return Ok(Some(loc));
+        }
+        // Not found: if a damaged stretch may have held it, say so.
+        match f.bad.iter().find(|b| b.keys.0 <= orig && orig < b.keys.1) {
+            Some(b) => Err(NsError::Corrupt {
+                ns: self.name.clone(),
+                path: f.path.clone(),
+                offset: b.start,
+                reason: "the record is in a damaged stretch",
+            }),
+            None => Ok(None),
         }
     }
 
     /// Up to `count` keys after `cursor`; returns (next cursor, keys), the next
     /// cursor being `0` when the scan is complete. User mode: keys in byte order,
     /// the cursor is the hex of the last key returned. Seq mode: keys in write
-    /// order, the cursor is a location (decimal), so redis-cli --scan works.
+    /// order, the cursor is the next key (decimal), so redis-cli --scan works and
+    /// a compaction between two calls does not disturb it.
     pub fn scan(&self, cursor: &[u8], count: usize) -> Result<(Vec<u8>, Vec<Vec<u8>>)> {
         let bad = || NsError::BadSeqKey {
             ns: self.name.clone(),
@@ -636,7 +846,11 @@ impl Namespace {
                     .ok()
                     .and_then(|s| s.parse().ok())
                     .ok_or_else(bad)?;
-                let (mut file, mut offset) = seq_loc(&c.to_be_bytes()).ok_or_else(bad)?;
+                let (mut file, orig) = seq_loc(&c.to_be_bytes()).ok_or_else(bad)?;
+                let mut offset = match guard.files.get(file as usize) {
+                    Some(f) => f.seq_resume(file, orig),
+                    None => 0,
+                };
                 let mut keys = Vec::new();
                 loop {
                     let Some(f) = guard.files.get(file as usize) else {
@@ -647,9 +861,21 @@ impl Namespace {
                         offset = 0;
                         continue;
                     }
-                    if keys.len() == count {
-                        let next = u64::from_be_bytes(seq_key(file, offset));
-                        return Ok((next.to_string().into_bytes(), keys));
+                    if let Some(b) = f.bad_at(offset) {
+                        // A damaged value whose header names its key is listed:
+                        // GET and CHECK report the damage, a repair can find it.
+                        if let Some(orig) = b.seq_key(file) {
+                            if keys.len() == count {
+                                let next = u64::from_be_bytes(seq_key(file, orig));
+                                return Ok((next.to_string().into_bytes(), keys));
+                            }
+                            let key = seq_key(file, orig);
+                            if !matches!(self.seq_live(&guard, &key), Ok(None)) {
+                                keys.push(key.to_vec());
+                            }
+                        }
+                        offset = b.end;
+                        continue;
                     }
                     let mut raw = [0u8; HEADER];
                     sys::read_at(&f.file, &f.path, &mut raw, offset)?;
@@ -659,9 +885,16 @@ impl Namespace {
                         offset,
                         reason: "invalid header",
                     })?;
-                    let key = seq_key(file, offset);
-                    if h.kind == Kind::Set && self.seq_live(&guard, &key)?.is_some() {
-                        keys.push(key.to_vec());
+                    if h.kind == Kind::Set && h.key_len == 8 {
+                        let mut key = [0u8; 8];
+                        sys::read_at(&f.file, &f.path, &mut key, offset + HEADER as u64)?;
+                        if keys.len() == count {
+                            let next = u64::from_be_bytes(key);
+                            return Ok((next.to_string().into_bytes(), keys));
+                        }
+                        if matches!(self.seq_live(&guard, &key), Ok(Some(_))) {
+                            keys.push(key.to_vec());
+                        }
                     }
                     offset += h.total();
                 }
@@ -681,6 +914,13 @@ impl Namespace {
             password: st.settings.password_hash.is_some(),
             public: st.settings.public,
             data_files: st.files.len(),
+            damaged: st.files.iter().map(|f| f.bad.len() as u64).sum(),
+            damaged_bytes: st
+                .files
+                .iter()
+                .flat_map(|f| &f.bad)
+                .map(|b| b.end - b.start)
+                .sum(),
         }
     }
 
@@ -734,6 +974,7 @@ impl Namespace {
     /// Marks the namespace deleted and removes its directory.
     pub fn delete(&self) -> Result<()> {
         self.lock().deleted = true;
+        self.compaction.stop_and_join();
         sys::remove_dir(&self.dir)?;
         if let Some(root) = self.dir.parent() {
             sys::sync_dir(root)?;
@@ -760,11 +1001,8 @@ impl Namespace {
         let path = self.dir.join(data_name(id));
         let file = sys::open_rw(&path)?;
         sys::sync_dir(&self.dir)?;
-        st.files.push(DataFile {
-            path,
-            file: Arc::new(file),
-            len: 0,
-        });
+        st.files.push(DataFile::new(path, Arc::new(file), 0));
+        self.compact_if_due(st);
         Ok(())
     }
 
@@ -818,6 +1056,14 @@ impl Namespace {
     }
 }
 
+impl Drop for Namespace {
+    /// Stops a background compaction (it leaves the old file in place) so that
+    /// nothing writes into the directory once the namespace is gone.
+    fn drop(&mut self) {
+        self.compaction.stop_and_join();
+    }
+}
+
 struct Leader<'a>(&'a Namespace);
 
 impl Drop for Leader<'_> {
@@ -837,8 +1083,10 @@ impl Index {
 }
 
 impl State {
-    fn new(settings: Settings, files: Vec<DataFile>) -> State {
+    fn new(settings: Settings, files: Vec<DataFile>, max_file: u64) -> State {
         State {
+            policy: CompactPolicy::for_file_size(max_file),
+            dead_after_pass: 0,
             index: Index::empty(settings.mode),
             settings,
             files,
@@ -865,42 +1113,167 @@ impl State {
     }
 
     /// Applies one record to the index and counters (on open and after a write).
-    fn replay(&mut self, file: u32, offset: u64, kind: Kind, key: &[u8], value: &[u8]) {
+    /// `value_present`: for a seq tombstone, whether the value it deletes is
+    /// still on disk (compaction may have dropped it and kept the tombstone).
+    fn replay(
+        &mut self,
+        file: u32,
+        offset: u64,
+        kind: Kind,
+        key: &[u8],
+        value: &[u8],
+        value_present: bool,
+    ) {
+        let total = (HEADER + key.len() + value.len()) as u64;
         match (&mut self.index, kind) {
-            (Index::User(m), Kind::Set) => {
+            (Index::User(_), Kind::Set) => {
                 let loc = Loc {
                     file,
                     offset,
                     key_len: key.len() as u32,
                     val_len: value.len() as u32,
+                    bad: false,
                 };
-                match m.insert(key.into(), loc) {
-                    Some(old) => self.live_bytes -= old.live_bytes(),
-                    None => self.entries += 1,
-                }
-                self.live_bytes += loc.live_bytes();
+                self.set_loc_user(key, loc);
+                add_live(&mut self.files, file, total);
             }
             (Index::User(m), Kind::Del) => {
                 if let Some(old) = m.remove(key) {
                     self.entries -= 1;
                     self.live_bytes -= old.live_bytes();
+                    unref(&mut self.files, &old);
                 }
             }
             (Index::Seq(_), Kind::Set) => {
                 self.entries += 1;
                 self.live_bytes += (key.len() + value.len()) as u64;
+                add_live(&mut self.files, file, total);
             }
             (Index::Seq(deleted), Kind::Del) => {
                 let Ok(k) = <[u8; 8]>::try_from(key) else {
                     return;
                 };
-                if deleted.insert(u64::from_be_bytes(k)) {
+                if deleted.insert(u64::from_be_bytes(k)) && value_present {
                     let size = <[u8; 8]>::try_from(value).map_or(0, u64::from_le_bytes);
                     self.entries = self.entries.saturating_sub(1);
                     self.live_bytes = self.live_bytes.saturating_sub(size);
+                    // The deleted value's file; if the value sat in a damaged
+                    // stretch this under-counts, which is the safe direction.
+                    if let Some((kf, _)) = seq_loc(&k) {
+                        if let Some(f) = self.files.get_mut(kf as usize) {
+                            f.live = f.live.saturating_sub(HEADER as u64 + size);
+                        }
+                    }
                 }
             }
         }
+    }
+
+    /// Seq mode: where the SET record keyed `key` is, if its header and key are
+    /// there (deleted or not).
+    fn seq_find(&self, key: &[u8]) -> sys::Result<Option<Loc>> {
+        let Some((file, orig)) = seq_loc(key) else {
+            return Ok(None);
+        };
+        let Some(f) = self.files.get(file as usize) else {
+            return Ok(None);
+        };
+        let Some(offset) = f.seq_offset(orig).filter(|o| o + HEADER as u64 <= f.len) else {
+            return Ok(None);
+        };
+        let mut raw = [0u8; HEADER];
+        sys::read_at(&f.file, &f.path, &mut raw, offset)?;
+        match record::decode_header(&raw) {
+            Some(h) if h.kind == Kind::Set && h.key_len == 8 && offset + h.total() <= f.len => {
+                let mut k = [0u8; 8];
+                sys::read_at(&f.file, &f.path, &mut k, offset + HEADER as u64)?;
+                Ok((k == key).then_some(Loc {
+                    file,
+                    offset,
+                    key_len: 8,
+                    val_len: h.val_len,
+                    bad: false,
+                }))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// User mode: points `key` at `loc`, keeping the counters right.
+    fn set_loc_user(&mut self, key: &[u8], loc: Loc) {
+        let Index::User(m) = &mut self.index else {
+            return;
+        };
+        match m.insert(key.into(), loc) {
+            Some(old) => {
+                self.live_bytes -= old.live_bytes();
+                unref(&mut self.files, &old);
+            }
+            None => self.entries += 1,
+        }
+        self.live_bytes += loc.live_bytes();
+    }
+
+    /// Applies a damaged stretch found on open: it is kept (counted live) and
+    /// reported; a key its header names now answers with the damage, not with
+    /// whatever older record it had. `lo`: in seq mode, the first key offset it
+    /// may have held (the end of the range is set by the next valid record).
+    fn replay_bad(&mut self, file: u32, bad: &record::Bad, lo: u64) {
+        add_live(&mut self.files, file, bad.end - bad.start);
+        match (&self.index, &bad.record) {
+            (Index::User(_), Some((h, key))) => {
+                let loc = Loc {
+                    file,
+                    offset: bad.start,
+                    key_len: h.key_len,
+                    val_len: h.val_len,
+                    bad: true,
+                };
+                self.set_loc_user(key, loc);
+            }
+            (Index::Seq(_), Some((h, _))) if h.kind == Kind::Set && h.key_len == 8 => {
+                self.entries += 1;
+                self.live_bytes += 8 + u64::from(h.val_len);
+            }
+            _ => {}
+        }
+        if let Some(f) = self.files.get_mut(file as usize) {
+            f.bad.push(Stretch {
+                start: bad.start,
+                end: bad.end,
+                reason: bad.reason,
+                key: bad
+                    .record
+                    .as_ref()
+                    .map(|(_, k)| k.clone().into_boxed_slice()),
+                keys: (lo, u64::MAX),
+            });
+        }
+    }
+
+    /// Bytes of dead records in closed files, and the closed files' size.
+    fn dead_closed(&self) -> (u64, u64) {
+        let closed = &self.files[..self.files.len() - 1];
+        let total: u64 = closed.iter().map(|f| f.len).sum();
+        let live: u64 = closed.iter().map(|f| f.live.min(f.len)).sum();
+        (total - live, total)
+    }
+}
+
+fn add_live(files: &mut [DataFile], file: u32, bytes: u64) {
+    if let Some(f) = files.get_mut(file as usize) {
+        f.live += bytes;
+    }
+}
+
+/// The record at `old` is no longer referred to by the index.
+fn unref(files: &mut [DataFile], old: &Loc) {
+    if old.bad {
+        // Part of a damaged stretch, which stays live.
+        return;
+    }
+    if let Some(f) = files.get_mut(old.file as usize) {
+        f.live = f.live.saturating_sub(old.total());
     }
 }
 
