@@ -20,6 +20,7 @@
 //! | `NSSET ns maxsize\|password\|public\|mode value` | change a setting (admin) |
 //! | `NSINFO ns` | settings and usage (admin, or a session that opened `ns`) |
 //! | `NSLIST` | names (admin) |
+//! | `NSCOMPACT ns` | compact its closed data files now; bytes before and after (admin) |
 //! | `COMMAND ..`, `CONFIG GET ..`, `INFO` | harmless answers for redis-cli and redis-benchmark |
 //!
 //! Two modes. Stand-alone (the default), every connection starts on an open
@@ -787,8 +788,10 @@ async fn handle(shared: &Arc<Shared>, s: &mut Session, args: Vec<Vec<u8>>) -> Re
             // Counts say something about tenants: only for the admin.
             if s.admin {
                 let (clients, refused, evicted) = shared.conns.stats();
+                let all: Vec<Arc<Namespace>> = shared.read_map().values().cloned().collect();
+                let damaged = io!(move || all.iter().map(|ns| ns.info().damaged).sum::<u64>());
                 info.push_str(&format!(
-                    "# Clients\r\nconnected_clients:{clients}\r\nrefused_connections:{refused}\r\nevicted_connections:{evicted}\r\nbuffered_bytes:{}\r\nfailed_logins:{}\r\n# Keyspace\r\nnamespaces:{}\r\n",
+                    "# Clients\r\nconnected_clients:{clients}\r\nrefused_connections:{refused}\r\nevicted_connections:{evicted}\r\nbuffered_bytes:{}\r\nfailed_logins:{}\r\n# Keyspace\r\nnamespaces:{}\r\ndamaged_records:{damaged}\r\n",
                     shared.budget.used(),
                     shared.auth.failures(),
                     shared.read_map().len()
@@ -857,7 +860,7 @@ async fn handle(shared: &Arc<Shared>, s: &mut Session, args: Vec<Vec<u8>>) -> Re
             s.ns = ns;
             Reply::ok()
         }
-        b"NSNEW" | b"NSDEL" | b"NSSET" | b"NSLIST" if !s.admin => Reply::Error(
+        b"NSNEW" | b"NSDEL" | b"NSSET" | b"NSLIST" | b"NSCOMPACT" if !s.admin => Reply::Error(
             "DENIED namespace administration needs AUTH with the admin password".into(),
         ),
         b"NSNEW" => {
@@ -898,6 +901,23 @@ async fn handle(shared: &Arc<Shared>, s: &mut Session, args: Vec<Vec<u8>>) -> Re
                 Err(e) => Reply::err(e),
             }
         }
+        b"NSCOMPACT" => {
+            need!(a.len() == 1);
+            let name = text(&a[0]);
+            let Some(ns) = shared.get(&name) else {
+                return Reply::err(ServerError::NoSuchNamespace(name));
+            };
+            match io!(move || ns.compact()) {
+                Ok(r) => Reply::Bulk(
+                    format!(
+                        "files_rewritten: {}\ndisk_before_bytes: {}\ndisk_after_bytes: {}\n",
+                        r.files_rewritten, r.disk_before, r.disk_after
+                    )
+                    .into_bytes(),
+                ),
+                Err(e) => Reply::err(e),
+            }
+        }
         b"NSINFO" => {
             need!(a.len() == 1);
             let name = text(&a[0]);
@@ -915,7 +935,7 @@ async fn handle(shared: &Arc<Shared>, s: &mut Session, args: Vec<Vec<u8>>) -> Re
             let i = io!(move || ns.info());
             Reply::Bulk(
                 format!(
-                    "# namespace\nname: {}\nmode: {}\nentries: {}\ndata_size_bytes: {}\ndisk_size_bytes: {}\ndata_limits_bytes: {}\npassword: {}\npublic: {}\ndata_files: {}\n",
+                    "# namespace\nname: {}\nmode: {}\nentries: {}\ndata_size_bytes: {}\ndisk_size_bytes: {}\ndata_limits_bytes: {}\npassword: {}\npublic: {}\ndata_files: {}\ndamaged_records: {}\ndamaged_bytes: {}\n",
                     i.name,
                     i.mode,
                     i.entries,
@@ -924,7 +944,9 @@ async fn handle(shared: &Arc<Shared>, s: &mut Session, args: Vec<Vec<u8>>) -> Re
                     i.max_size,
                     if i.password { "yes" } else { "no" },
                     if i.public { "yes" } else { "no" },
-                    i.data_files
+                    i.data_files,
+                    i.damaged,
+                    i.damaged_bytes
                 )
                 .into_bytes(),
             )

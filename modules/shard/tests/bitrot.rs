@@ -14,6 +14,7 @@ use std::time::Duration;
 use cellos_shard::client::Client;
 use cellos_shard::namespace::{Mode, Namespace, NamespaceOptions, NsError};
 use cellos_shard::record::{self, Item};
+use cellos_shard::resp::Reply;
 
 const MAXV: usize = 1 << 20;
 const MAX_FILE: u64 = 8192;
@@ -274,6 +275,16 @@ async fn shardd_serves_every_undamaged_key_after_bit_rot() {
     );
     assert_eq!(data_files(&ns_dir), files);
     let mut c = Client::connect(addr, T).await.unwrap();
+    // The damage is visible to the operator.
+    let info = c.ns_info("default").await.unwrap();
+    assert!(info.contains("damaged_records: 2\n"), "{info}");
+    match c.call(&[b"INFO"]).await.unwrap() {
+        Reply::Bulk(b) => {
+            let info = String::from_utf8_lossy(&b);
+            assert!(info.contains("damaged_records:2\r\n"), "{info}");
+        }
+        r => panic!("INFO: {r:?}"),
+    }
     for i in 0..300 {
         let k = format!("key{i:03}").into_bytes();
         if k == in_old || k == in_active {
