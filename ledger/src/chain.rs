@@ -6,11 +6,21 @@
 //! durable before any of its transactions is acknowledged; if the store fails, the
 //! in-memory state is rebuilt from the store so it never runs ahead of disk.
 //!
+//! Readers never wait for a commit. The chain keeps two copies of its state: the
+//! published [`Snapshot`] (durable, what a [`View`] hands out) and the committer's
+//! working copy. A commit applies the batch to the working copy, writes and fsyncs
+//! the block with no lock held, and only then publishes the working copy (a pointer
+//! swap under a lock held for nanoseconds). The copy that was published before is
+//! one block behind; the next commit replays that block on it and makes it the
+//! working copy. So the state is applied twice but never cloned (unless a reader
+//! still holds the old snapshot when the next commit starts), and readers see only
+//! durable blocks.
+//!
 //! [`replay`] rebuilds a state from blocks; with `check_signatures` it is also the
 //! verifier: every hash link, every ledger and transaction signature, every
 //! transaction's success and every recorded event are checked again.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
@@ -136,12 +146,90 @@ pub fn replay(
     })
 }
 
+/// The state after a durable block, with the chain's genesis and that block's hash:
+/// what queries answer from.
+#[derive(Clone)]
+pub struct Snapshot {
+    genesis: Arc<Genesis>,
+    state: State,
+    head: Hash,
+}
+
+impl Snapshot {
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    pub fn genesis(&self) -> &Genesis {
+        &self.genesis
+    }
+
+    pub fn head(&self) -> Hash {
+        self.head
+    }
+
+    /// Applies a block this chain committed (its transactions all applied then).
+    fn replay_block(&mut self, block: &Block) -> Result<(), TxError> {
+        self.state
+            .begin_block(block.header.height, block.header.time);
+        for stx in &block.txs {
+            self.state.apply(&VerifiedTx::trusted(stx.clone()))?;
+        }
+        self.head = block.hash();
+        Ok(())
+    }
+}
+
+/// The latest published [`Snapshot`], for readers on any thread. Loading one takes a
+/// lock held only to copy a pointer; it never waits for a block to be written.
+#[derive(Clone)]
+pub struct View(Arc<RwLock<Arc<Snapshot>>>);
+
+impl View {
+    fn new(s: Arc<Snapshot>) -> Self {
+        View(Arc::new(RwLock::new(s)))
+    }
+
+    /// The state after the last durable block.
+    pub fn load(&self) -> Arc<Snapshot> {
+        // Only a pointer is ever written under this lock; a poisoned one holds a
+        // complete snapshot all the same.
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn publish(&self, s: Arc<Snapshot>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = s;
+    }
+}
+
+/// The working copy `spare`, brought up to `current` by replaying the block it lacks.
+fn working<'a>(
+    spare: &'a mut Arc<Snapshot>,
+    lag: &mut Option<Block>,
+    current: &Snapshot,
+) -> &'a mut Snapshot {
+    // Clones only when a reader still holds the snapshot published before.
+    let work = Arc::make_mut(spare);
+    if let Some(block) = lag.take() {
+        if work.replay_block(&block).is_err() {
+            // Cannot happen: the block applied to the same state before. Fall back
+            // to a copy rather than commit on a state that differs.
+            *work = current.clone();
+        }
+    }
+    work
+}
+
 pub struct Chain {
     store: Arc<dyn Store>,
     key: SigningKey,
-    genesis: Genesis,
-    state: State,
-    head: Hash,
+    /// Durable and published: what [`Chain::state`] and the view answer from.
+    current: Arc<Snapshot>,
+    /// The committer's working copy: `current` itself, or the copy published
+    /// before it, which lacks the block in `lag`.
+    spare: Arc<Snapshot>,
+    lag: Option<Block>,
+    view: View,
 }
 
 impl Chain {
@@ -179,25 +267,51 @@ impl Chain {
             }
         }
         let r = replay(store.as_ref(), false, &mut |_, _| {})?;
+        let current = Arc::new(Snapshot {
+            genesis: Arc::new(r.genesis),
+            state: r.state,
+            head: r.head,
+        });
         Ok(Chain {
             store,
             key,
-            genesis: r.genesis,
-            state: r.state,
-            head: r.head,
+            spare: current.clone(),
+            view: View::new(current.clone()),
+            current,
+            lag: None,
         })
     }
 
     pub fn state(&self) -> &State {
-        &self.state
+        &self.current.state
     }
 
     pub fn genesis(&self) -> &Genesis {
-        &self.genesis
+        &self.current.genesis
     }
 
     pub fn head(&self) -> Hash {
-        self.head
+        self.current.head
+    }
+
+    /// A handle on the published state for readers (see the module docs).
+    pub fn view(&self) -> View {
+        self.view.clone()
+    }
+
+    /// Resets both copies to what the store holds, after a failed append.
+    fn reload(&mut self) -> Result<(), ChainError> {
+        self.spare = self.current.clone();
+        self.lag = None;
+        let r = replay(self.store.as_ref(), false, &mut |_, _| {})?;
+        self.current = Arc::new(Snapshot {
+            genesis: self.current.genesis.clone(),
+            state: r.state,
+            head: r.head,
+        });
+        self.spare = self.current.clone();
+        self.view.publish(self.current.clone());
+        Ok(())
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -213,14 +327,15 @@ impl Chain {
         batch: Vec<VerifiedTx>,
         now: u64,
     ) -> Result<Vec<Result<Receipt, TxError>>, ChainError> {
-        let (prev_height, prev_time) = (self.state.height, self.state.time);
+        let work = working(&mut self.spare, &mut self.lag, &self.current);
+        let (prev_height, prev_time) = (work.state.height, work.state.time);
         let height = prev_height + 1;
-        let mut events = self.state.begin_block(height, now);
-        let time = self.state.time;
+        let mut events = work.state.begin_block(height, now);
+        let time = work.state.time;
         let mut results = Vec::with_capacity(batch.len());
         let mut included = Vec::with_capacity(batch.len());
         for vtx in batch {
-            match self.state.apply(&vtx) {
+            match work.state.apply(&vtx) {
                 Ok(ev) => {
                     events.extend(ev.iter().cloned());
                     results.push(Ok(Receipt {
@@ -235,32 +350,34 @@ impl Chain {
         }
         if included.is_empty() && events.is_empty() {
             // Nothing happened: no block. begin_block changed only height and time.
-            self.state.height = prev_height;
-            self.state.time = prev_time;
+            work.state.height = prev_height;
+            work.state.time = prev_time;
             return Ok(results);
         }
-        let block = Block::seal(height, self.head, time, included, &self.key);
+        let block = Block::seal(height, work.head, time, included, &self.key);
+        work.head = block.hash();
         let record = BlockEvents {
             height,
             time,
             events,
         };
+        // Readers keep answering from `current` while this fsyncs.
         if let Err(e) = self.store.append(&block, &record) {
-            // The state ran ahead of the disk: rebuild it from what is durable.
-            let r = replay(self.store.as_ref(), false, &mut |_, _| {})?;
-            self.state = r.state;
-            self.head = r.head;
+            // The working copy ran ahead of the disk: rebuild from what is durable.
+            self.reload()?;
             return Err(e.into());
         }
-        self.head = block.hash();
+        std::mem::swap(&mut self.current, &mut self.spare);
+        self.view.publish(self.current.clone());
+        self.lag = Some(block);
         Ok(results)
     }
 
     /// Commits an empty block when time alone changes the state (a grace period
     /// ran out). Returns whether a block was written.
     pub fn tick(&mut self, now: u64) -> Result<bool, ChainError> {
-        let before = self.state.height;
+        let before = self.state().height;
         self.commit(Vec::new(), now)?;
-        Ok(self.state.height != before)
+        Ok(self.state().height != before)
     }
 }

@@ -4,7 +4,8 @@
 //! parallel), then hand them to one committer thread that owns the write side of the
 //! chain. The committer takes everything queued, applies it and writes one block with
 //! one fsync (group commit), and only then answers each sender. Queries read the
-//! committed state under a read lock; blocks, events and blobs come from the store.
+//! last published snapshot ([`crate::chain::View`]), which a commit and its fsync
+//! never hold up; blocks, events and blobs come from the store.
 //!
 //! Every malformed request gets a 4xx with a JSON `{"error": ...}` that says what is
 //! wrong; nothing a client sends can panic the server.
@@ -12,7 +13,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
@@ -26,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
 use crate::block::{Block, BlockEvents, Genesis};
-use crate::chain::{Chain, ChainError, Receipt};
+use crate::chain::{Chain, ChainError, Receipt, Snapshot, View};
 use crate::keys;
 use crate::store::{RedbStore, Store};
 use crate::tx::{SignedTx, VerifiedTx};
@@ -74,6 +75,25 @@ pub struct Config {
     pub blob_limit: usize,
 }
 
+impl Default for Config {
+    /// What `cellos ledger serve` uses when given no flags.
+    fn default() -> Self {
+        Config {
+            data: PathBuf::from("./ledger-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8645)),
+            params: ChainParams::new("cellos-local", false),
+            blob_limit: 4 << 20,
+        }
+    }
+}
+
+fn create_data_dir(data: &std::path::Path) -> Result<(), ServerError> {
+    std::fs::create_dir_all(data).map_err(|source| ServerError::DataDir {
+        path: data.to_path_buf(),
+        source,
+    })
+}
+
 pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -86,7 +106,8 @@ struct Pending {
 }
 
 struct Shared {
-    chain: RwLock<Chain>,
+    /// The published state; the committer thread owns the chain itself.
+    view: View,
     store: Arc<dyn Store>,
     queue: std_mpsc::SyncSender<Pending>,
     height: watch::Receiver<u64>,
@@ -94,13 +115,9 @@ struct Shared {
 }
 
 impl Shared {
-    fn chain(&self) -> RwLockReadGuard<'_, Chain> {
-        // A poisoned lock means the committer panicked mid-apply; the state may be
-        // half-applied, so stop serving rather than answer from it.
-        match self.chain.read() {
-            Ok(g) => g,
-            Err(_) => std::process::abort(),
-        }
+    /// The state after the last durable block. Never waits for a commit.
+    fn chain(&self) -> Arc<Snapshot> {
+        self.view.load()
     }
 }
 
@@ -114,17 +131,24 @@ impl Server {
     /// Opens (or creates) the chain under `cfg.data` and binds the listener. The
     /// ledger's key is `ledger.key` in the data directory, created on first start.
     pub async fn bind(cfg: Config) -> Result<Server, ServerError> {
-        std::fs::create_dir_all(&cfg.data).map_err(|source| ServerError::DataDir {
-            path: cfg.data.clone(),
-            source,
-        })?;
-        let (key, _) = keys::load_or_create(&cfg.data.join("ledger.key"))?;
+        create_data_dir(&cfg.data)?;
         let store: Arc<dyn Store> = Arc::new(RedbStore::open(&cfg.data.join("ledger.redb"))?);
+        Self::bind_with_store(cfg, store).await
+    }
+
+    /// [`Server::bind`] on a store of the caller's: a replicated one, or a test's.
+    /// The ledger's key and its other files stay in `cfg.data`.
+    pub async fn bind_with_store(
+        cfg: Config,
+        store: Arc<dyn Store>,
+    ) -> Result<Server, ServerError> {
+        create_data_dir(&cfg.data)?;
+        let (key, _) = keys::load_or_create(&cfg.data.join("ledger.key"))?;
         let chain = Chain::open(store.clone(), key, cfg.params.clone(), unix_now())?;
         let (htx, hrx) = watch::channel(chain.state().height);
         let (qtx, qrx) = std_mpsc::sync_channel(QUEUE);
         let shared = Arc::new(Shared {
-            chain: RwLock::new(chain),
+            view: chain.view(),
             store,
             queue: qtx,
             height: hrx,
@@ -133,7 +157,14 @@ impl Server {
         let s2 = shared.clone();
         std::thread::Builder::new()
             .name("ledger-commit".into())
-            .spawn(move || committer(s2, qrx, htx))
+            .spawn(move || {
+                let run = std::panic::AssertUnwindSafe(|| committer(s2, chain, qrx, htx));
+                if std::panic::catch_unwind(run).is_err() {
+                    // Crash-only: a committer that panicked commits nothing more,
+                    // so stop; the next start rebuilds the state from the store.
+                    std::process::abort();
+                }
+            })
             .map_err(|source| ServerError::DataDir {
                 path: cfg.data.clone(),
                 source,
@@ -168,7 +199,14 @@ impl Server {
     }
 }
 
-fn committer(shared: Arc<Shared>, rx: std_mpsc::Receiver<Pending>, height: watch::Sender<u64>) {
+/// Owns the chain: applies each batch, writes its block (the fsync runs here, with
+/// no lock held), publishes the new state and only then answers the senders.
+fn committer(
+    shared: Arc<Shared>,
+    mut chain: Chain,
+    rx: std_mpsc::Receiver<Pending>,
+    height: watch::Sender<u64>,
+) {
     loop {
         let first = match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(p) => Some(p),
@@ -183,14 +221,9 @@ fn committer(shared: Arc<Shared>, rx: std_mpsc::Receiver<Pending>, height: watch
             }
         }
         let (txs, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.tx, p.reply)).unzip();
-        let mut chain = match shared.chain.write() {
-            Ok(g) => g,
-            Err(_) => std::process::abort(),
-        };
         match chain.commit(txs, unix_now()) {
             Ok(results) => {
                 let h = chain.state().height;
-                drop(chain);
                 height.send_replace(h);
                 for (reply, r) in replies.into_iter().zip(results) {
                     let _ = reply.send(r.map_err(|e| {
@@ -199,7 +232,6 @@ fn committer(shared: Arc<Shared>, rx: std_mpsc::Receiver<Pending>, height: watch
                 }
             }
             Err(e) => {
-                drop(chain);
                 tracing::error!("commit failed, nothing in this batch was acknowledged: {e}");
                 for reply in replies {
                     let _ = reply.send(Err(ApiError::new(
