@@ -202,7 +202,7 @@ impl Server {
 /// Owns the chain: applies each batch, writes its block (the fsync runs here, with
 /// no lock held), publishes the new state and only then answers the senders.
 fn committer(
-    shared: Arc<Shared>,
+    _shared: Arc<Shared>,
     mut chain: Chain,
     rx: std_mpsc::Receiver<Pending>,
     height: watch::Sender<u64>,
