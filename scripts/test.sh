@@ -13,6 +13,8 @@ cargo clippy --workspace --all-targets --release -- -D warnings
 echo "== cargo build --release (the node binaries the images carry)"
 cargo build --release --workspace
 echo "== unit and host integration tests"
-cargo test --workspace --release --exclude cellos-tests
+cargo test --workspace --release --exclude cellos-tests --exclude cellos-fuzz
+echo "== fuzz corpora and crash regressions, replayed (scripts/fuzz.sh fuzzes)"
+cargo test --release -p cellos-fuzz
 echo "== end-to-end tests (QEMU); figures are printed"
 cargo test --release -p cellos-tests -- --show-output

@@ -140,7 +140,9 @@ struct Reply {
 
 fn parse_reply(packet: &[u8], xid: u32, mac: [u8; 6]) -> Option<Reply> {
     let m = Message::decode(&mut Decoder::new(packet)).ok()?;
-    if m.xid() != xid || m.chaddr().get(..6) != Some(&mac[..]) {
+    // `chaddr()` slices the 16-byte field by the packet's own `hlen`, and panics
+    // when a server claims more than 16 (found by fuzzing: it took PID 1 down).
+    if m.xid() != xid || m.hlen() > 16 || m.chaddr().get(..6) != Some(&mac[..]) {
         return None;
     }
     let opts = m.opts();
@@ -445,6 +447,21 @@ mod tests {
         assert!(parse_reply(&packet, 6, MAC).is_none());
         assert!(parse_reply(&packet, 5, [0; 6]).is_none());
         assert!(parse_reply(b"garbage", 5, MAC).is_none());
+    }
+
+    #[test]
+    fn a_hardware_length_past_the_field_is_ignored() {
+        let s = FakeServer::default();
+        let m = base(5, MAC, Ipv4Addr::UNSPECIFIED, true);
+        let mut packet = s.reply(&m, MessageType::Offer);
+        for hlen in [17, 38, 255] {
+            packet[2] = hlen;
+            assert!(parse_reply(&packet, 5, MAC).is_none(), "hlen {hlen}");
+        }
+        // The exchange goes on with the next, well-formed reply.
+        let mut s = FakeServer::default();
+        s.queue.push_back(packet);
+        assert!(acquire(&mut s, MAC, 5, "").is_ok());
     }
 
     #[test]
