@@ -110,7 +110,7 @@ for t in "${targets[@]}"; do
                 [[ -e $corpus/$f ]] && continue
                 [[ -e $fresh/$f ]] || continue
                 name=$(sha1sum "$min/$f" | cut -c1-16)
-                if ! timeout 60 cargo afl tmin -i "$min/$f" -o "$corpus/min-$name" -t "$timeout_ms" \
+                if ! timeout 20 cargo afl tmin -i "$min/$f" -o "$corpus/min-$name" -t "$timeout_ms" \
                     -- "$bin" "$t" >>"$out/tmin.log" 2>&1; then
                     cp "$min/$f" "$corpus/min-$name"
                 fi

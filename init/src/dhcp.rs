@@ -164,7 +164,7 @@ fn parse_reply(packet: &[u8], xid: u32, mac: [u8; 6]) -> Option<Reply> {
         _ => Vec::new(),
     };
     let domain = match opts.get(OptionCode::DomainName) {
-        Some(DhcpOption::DomainName(d)) if !d.is_empty() => Some(d.clone()),
+        Some(DhcpOption::DomainName(d)) => search_domain(d),
         _ => None,
     };
     let secs = |code, default: u64| match opts.get(code) {
@@ -191,6 +191,20 @@ fn parse_reply(packet: &[u8], xid: u32, mac: [u8; 6]) -> Option<Reply> {
             t2,
         },
     })
+}
+
+/// The domain option as a resolv.conf `search` list: DNS names (letters, digits, `-`,
+/// `_`, `.`) separated by spaces, trailing NULs (some servers send C strings) dropped.
+/// Anything else is refused: a newline would let the server add resolv.conf lines of
+/// its choosing (found by fuzzing).
+fn search_domain(d: &str) -> Option<String> {
+    let d = d.trim_end_matches('\0').trim();
+    let name = |w: &str| {
+        w.len() <= 253
+            && w.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    };
+    (!d.is_empty() && d.split(' ').all(|w| !w.is_empty() && name(w))).then(|| d.to_string())
 }
 
 /// Wait for a reply of one of `kinds` to `xid` until `wait` has passed.
@@ -462,6 +476,38 @@ mod tests {
         let mut s = FakeServer::default();
         s.queue.push_back(packet);
         assert!(acquire(&mut s, MAC, 5, "").is_ok());
+    }
+
+    #[test]
+    fn a_domain_that_is_not_a_search_list_is_dropped() {
+        let s = FakeServer::default();
+        let m = base(5, MAC, Ipv4Addr::UNSPECIFIED, true);
+        let with_domain = |d: &str| {
+            let mut r = Message::decode(&mut Decoder::new(&s.reply(&m, MessageType::Offer)))
+                .expect("decode");
+            r.opts_mut().insert(DhcpOption::DomainName(d.into()));
+            let packet = r.to_vec().expect("encode");
+            parse_reply(&packet, 5, MAC).expect("reply").lease.domain
+        };
+        assert_eq!(with_domain("lab.example"), Some("lab.example".into()));
+        assert_eq!(with_domain("lab.example\0"), Some("lab.example".into()));
+        assert_eq!(
+            with_domain("a.example b_2.example"),
+            Some("a.example b_2.example".into())
+        );
+        for bad in [
+            "lan\nnameserver 6.6.6.6",
+            "\n",
+            "x\ry",
+            "a\0b",
+            "",
+            "  ",
+            "a  b",
+            "ex ample;",
+        ] {
+            assert_eq!(with_domain(bad), None, "{bad:?}");
+        }
+        assert_eq!(with_domain(&"a".repeat(254)), None);
     }
 
     #[test]
