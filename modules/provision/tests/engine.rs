@@ -497,7 +497,7 @@ async fn workloads_go_up_in_dependency_order_and_down_in_reverse() {
             spec: WorkloadSpec::Shard {
                 size: Size(1 << 30),
                 mode: Default::default(),
-                password: None,
+                password: Some("pw".into()),
             },
         },
     );
