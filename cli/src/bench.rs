@@ -134,6 +134,7 @@ pub async fn ledger(n_txs: usize, n_nodes: usize, conc: usize) -> Result<()> {
         listen: "127.0.0.1:0".parse()?,
         params: ChainParams::new(chain, true),
         blob_limit: 1 << 20,
+        ..Default::default()
     })
     .await?;
     let addr = srv.local_addr()?;

@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use cellos_ledger::chain::{replay, Receipt};
 use cellos_ledger::client::{Client, ContractFilter, NodeFilter};
 use cellos_ledger::keys::{self, Signer};
+use cellos_ledger::mailbox::Policy;
 use cellos_ledger::server::{self, Server};
 use cellos_ledger::store::{MemStore, RedbStore, Store, StoreError};
 use cellos_ledger::*;
@@ -165,7 +166,14 @@ fn load_key(g: &Global) -> Result<ed25519_dalek::SigningKey> {
 }
 
 fn client(g: &Global) -> Result<Client> {
-    Ok(Client::new(&g.url)?)
+    match &g.ca {
+        None => Ok(Client::new(&g.url)?),
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("cannot read the CA certificate {}", path.display()))?;
+            Client::with_ca(&g.url, &pem).with_context(|| format!("--ca {}", path.display()))
+        }
+    }
 }
 
 /// A signer for --key on the chain served at --url.
@@ -210,6 +218,10 @@ async fn ledger(g: &Global, c: LedgerCmd) -> Result<()> {
             blob_limit,
             grace,
             accept_rollback,
+            limits,
+            mailbox,
+            tls_cert,
+            tls_key,
         } => {
             let mut params = ChainParams::new(chain_id, dev);
             params.grace_secs = grace;
@@ -218,14 +230,29 @@ async fn ledger(g: &Global, c: LedgerCmd) -> Result<()> {
                 listen,
                 params,
                 blob_limit: usize::try_from(blob_limit).context("blob limit too large")?,
+                limits: serve_limits(&limits)?,
+                mailbox: Policy {
+                    max_pending: mailbox.blob_quota,
+                    max_pending_bytes: mailbox.blob_quota_bytes,
+                    pending_ttl: mailbox.blob_pending_ttl,
+                    retention: mailbox.blob_retention,
+                    ..Policy::default()
+                },
+                tls: match (tls_cert, tls_key) {
+                    (Some(cert), Some(key)) => Some(
+                        cellos_http::Tls::from_pem_files(&cert, &key)
+                            .context("cannot load the TLS certificate")?,
+                    ),
+                    _ => None,
+                },
             };
             if accept_rollback {
                 accept_rollback_in(&data)?;
             }
             let srv = Server::bind(cfg).await.context("cannot start the ledger")?;
-            let addr = srv.local_addr()?;
+            let url = srv.url()?;
             tracing::info!(
-                "ledger {:?} serving on http://{addr} (data {}, dev mode {})",
+                "ledger {:?} serving on {url} (data {}, dev mode {})",
                 srv.chain_id(),
                 data.display(),
                 if dev { "on: faucet enabled" } else { "off" }
@@ -239,6 +266,28 @@ async fn ledger(g: &Global, c: LedgerCmd) -> Result<()> {
             None => verify_url(g).await,
         },
     }
+}
+
+/// The limits for a server in this process, after raising its fd limit to the hard
+/// limit (so a flood of connections meets the cap, not EMFILE).
+fn serve_limits(a: &crate::LimitArgs) -> Result<cellos_http::Limits> {
+    let fds = cellos_http::raise_fd_limit().context("cannot raise the fd limit")?;
+    let mut l = cellos_http::Limits::for_fd_limit(fds);
+    if let Some(n) = a.max_connections {
+        l.max_connections = n;
+    }
+    l.header_timeout = a.header_timeout;
+    l.body_timeout = a.body_timeout;
+    l.idle_timeout = a.idle_timeout;
+    l.check(fds).context("bad connection limits")?;
+    tracing::info!(
+        "at most {} connections (fd limit {fds}); header {:?}, body {:?}, idle {:?}",
+        l.max_connections,
+        l.header_timeout,
+        l.body_timeout,
+        l.idle_timeout
+    );
+    Ok(l)
 }
 
 /// Runs blocking work `f` on its own thread; Ctrl-C or SIGTERM sets the flag it

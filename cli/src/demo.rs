@@ -101,6 +101,7 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         listen: opts.listen,
         params: ChainParams::new("cellos-demo", true),
         blob_limit: 4 << 20,
+        ..Default::default()
     })
     .await
     .with_context(|| format!("cannot start the ledger on {}", opts.listen))?;

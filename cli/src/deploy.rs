@@ -54,10 +54,10 @@ fn keys_public(k: &SigningKey) -> PublicKey {
 }
 
 /// Seals `d` to `node`'s key and puts it in the mailbox.
-async fn post(c: &Client, d: &Deployment, node: &Node) -> Result<Hash> {
+async fn post(c: &Client, signer: &Signer, d: &Deployment, node: &Node) -> Result<Hash> {
     let plain = serde_json::to_vec(d)?;
     let sealed = deployment::seal(&plain, &node.encryption_key)?;
-    c.put_blob(sealed)
+    c.put_blob(signer, sealed)
         .await
         .context("cannot put the sealed deployment in the mailbox")
 }
@@ -143,7 +143,7 @@ pub async fn deploy(
             format!("a day at {per_hour} per hour overflows an amount; give --deposit")
         })?,
     };
-    let blob = post(c, &d, &n).await?;
+    let blob = post(c, signer, &d, &n).await?;
     let hash = d.hash();
     eprintln!(
         "deployment {hash}: {} workloads, needs {resources}",
@@ -190,7 +190,7 @@ pub async fn update(
     let d = load(file, signer.key())?;
     let k = c.contract(id).await?;
     let n = c.node(k.node).await?;
-    let blob = post(c, &d, &n).await?;
+    let blob = post(c, signer, &d, &n).await?;
     let hash = d.hash();
     c.submit(&signer.sign(TxBody::UpdateContract {
         contract: id,

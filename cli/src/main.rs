@@ -50,6 +50,9 @@ pub struct Global {
     /// Key file (ed25519 seed as hex, mode 0600). Default: ~/.config/cellos/key.
     #[arg(long, global = true, env = "CELLOS_KEY")]
     pub key: Option<PathBuf>,
+    /// A CA certificate (PEM) to trust for an https:// ledger, besides the built-in roots.
+    #[arg(long, global = true, env = "CELLOS_CA")]
+    pub ca: Option<PathBuf>,
     /// Print JSON instead of text meant for people.
     #[arg(long, global = true)]
     pub json: bool,
@@ -217,6 +220,43 @@ pub enum QemuCmd {
     },
 }
 
+/// What one client may hold of a server (DESIGN §9). The server raises its
+/// RLIMIT_NOFILE soft limit to the hard limit at start; the connection cap stays below it.
+#[derive(Args, Clone, Debug)]
+pub struct LimitArgs {
+    /// Connections served at once; more are answered 503 and closed (default: the
+    /// fd limit less 256, at most 16384).
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Time a client has to send a request head (e.g. 10s, 500ms).
+    #[arg(long, default_value = "10s", value_parser = units::parse_duration)]
+    pub header_timeout: std::time::Duration,
+    /// Time a client has to send a request body, from its head.
+    #[arg(long, default_value = "60s", value_parser = units::parse_duration)]
+    pub body_timeout: std::time::Duration,
+    /// Time a keep-alive connection may sit with no request before it is closed.
+    #[arg(long, default_value = "60s", value_parser = units::parse_duration)]
+    pub idle_timeout: std::time::Duration,
+}
+
+/// Who may keep what in the ledger's blob mailbox. Uploads are signed by an
+/// account or node; blobs no contract names yet count against the uploader's quota.
+#[derive(Args, Clone, Debug)]
+pub struct MailboxArgs {
+    /// Blobs one account may have waiting for a contract to name them.
+    #[arg(long, default_value_t = 16)]
+    pub blob_quota: usize,
+    /// Bytes of blobs one account may have waiting for a contract to name them.
+    #[arg(long, default_value = "64M", value_parser = units::parse_size)]
+    pub blob_quota_bytes: u64,
+    /// A blob no contract names within this time is removed.
+    #[arg(long, default_value = "1h", value_parser = units::parse_duration)]
+    pub blob_pending_ttl: std::time::Duration,
+    /// The blobs of a closed contract (or replaced by an update) are removed after this.
+    #[arg(long, default_value = "168h", value_parser = units::parse_duration)]
+    pub blob_retention: std::time::Duration,
+}
+
 #[derive(Subcommand)]
 pub enum LedgerCmd {
     /// Serve a ledger over HTTP, storing its chain in --data.
@@ -244,6 +284,16 @@ pub enum LedgerCmd {
         /// the lost blocks are given up and the head record reset to the store's head.
         #[arg(long)]
         accept_rollback: bool,
+        #[command(flatten)]
+        limits: Box<LimitArgs>,
+        #[command(flatten)]
+        mailbox: Box<MailboxArgs>,
+        /// Serve HTTPS with this PEM certificate chain (leaf first); needs --tls-key.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Replay the whole chain: every hash, every signature, every state transition.
     ///

@@ -128,7 +128,7 @@ fn deployment_flow_over_http() {
         };
         tokio::time::sleep(Duration::from_millis(300)).await;
         let deployment = b"{\"workloads\": []}".to_vec();
-        let hash = c.put_blob(deployment.clone()).await.expect("blob");
+        let hash = c.put_blob(&user, deployment.clone()).await.expect("blob");
         assert_eq!(c.get_blob(&hash).await.expect("get blob"), deployment);
         let r = c
             .submit(&user.sign(TxBody::CreateContract {
@@ -310,25 +310,37 @@ fn bad_input_gets_a_clear_4xx() {
         assert_eq!(st, 413);
         assert!(body.contains("larger than the limit"), "{body}");
 
+        // Blob uploads are signed by an account (s has one now).
+        let now = c.status().await.expect("status").time;
+        let signed = |req: reqwest::RequestBuilder, h: &Hash| {
+            let auth = blob::UploadAuth::sign(s.key(), s.chain_id(), h, now);
+            auth.headers()
+                .into_iter()
+                .fold(req, |req, (k, v)| req.header(k, v))
+        };
         let big = vec![7u8; 2048];
-        let r = http
-            .put(format!("{url}/v1/blobs/{}", Hash::of(&big)))
-            .body(big)
-            .send()
-            .await
-            .expect("put");
+        let r = signed(
+            http.put(format!("{url}/v1/blobs/{}", Hash::of(&big))),
+            &Hash::of(&big),
+        )
+        .body(big)
+        .send()
+        .await
+        .expect("put");
         assert_eq!(r.status().as_u16(), 413);
         assert!(r
             .text()
             .await
             .expect("text")
             .contains("limit of 1024 bytes"));
-        let r = http
-            .put(format!("{url}/v1/blobs/{}", Hash::of(b"a")))
-            .body("b")
-            .send()
-            .await
-            .expect("put");
+        let r = signed(
+            http.put(format!("{url}/v1/blobs/{}", Hash::of(b"a"))),
+            &Hash::of(b"a"),
+        )
+        .body("b")
+        .send()
+        .await
+        .expect("put");
         assert_eq!(r.status().as_u16(), 400);
         assert!(r.text().await.expect("text").contains("not to"));
         let r = http

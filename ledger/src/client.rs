@@ -3,14 +3,21 @@
 //! Every call maps the server's `{"error": ...}` body into [`ClientError::Api`] so
 //! the caller can show the ledger's own words; transport failures stay distinct
 //! ([`ClientError::Unreachable`]) so a node can retry those and not the others.
+//!
+//! `https://` ledgers are spoken to with rustls (no OpenSSL), trusting the Mozilla
+//! roots built in (a node has no system store) plus any CA given to
+//! [`Client::with_ca`]. A certificate that does not verify is a
+//! [`ClientError::Tls`] that says why, never a silent fallback.
 
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::blob::UploadAuth;
 use crate::block::{Block, Genesis};
 use crate::chain::Receipt;
+use crate::keys::Signer;
 use crate::tx::SignedTx;
 use crate::types::*;
 
@@ -28,15 +35,21 @@ pub enum ClientError {
     Api { status: u16, message: String },
     #[error("ledger answer to {url} does not decode: {reason}")]
     Decode { url: String, reason: String },
-    #[error("bad ledger URL {0:?}: expected http://host:port")]
+    #[error("bad ledger URL {0:?}: expected http://host:port or https://host:port")]
     BadUrl(String),
+    #[error("TLS with the ledger at {url} failed: {reason}")]
+    Tls { url: String, reason: String },
+    #[error("the CA certificate for the ledger is not usable: {0}")]
+    BadCa(String),
 }
 
 impl ClientError {
     /// True for failures worth retrying as they are (network, overload).
     pub fn is_transient(&self) -> bool {
         match self {
-            ClientError::Unreachable { .. } => true,
+            // A node retries a ledger whose certificate is wrong: its operator may
+            // fix the certificate; the node says why on every try.
+            ClientError::Unreachable { .. } | ClientError::Tls { .. } => true,
             ClientError::Api { status, .. } => *status == 503,
             _ => false,
         }
@@ -87,20 +100,85 @@ pub struct ContractFilter {
     pub after: Option<ContractId>,
 }
 
+/// A transport failure, as [`ClientError::Tls`] when TLS is what failed.
+fn transport(url: &str, source: reqwest::Error) -> ClientError {
+    match tls_failure(&source) {
+        Some(reason) => ClientError::Tls {
+            url: url.to_string(),
+            reason,
+        },
+        None => ClientError::Unreachable {
+            url: url.to_string(),
+            source,
+        },
+    }
+}
+
+/// The rustls error somewhere in `e`'s causes, said plainly.
+fn tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use rustls::{CertificateError, Error as TlsError};
+    let t = find_tls(e)?;
+    let why = match t {
+        TlsError::InvalidCertificate(CertificateError::UnknownIssuer) => {
+            " (its certificate is not signed by a CA this client trusts)"
+        }
+        TlsError::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        ) => " (its certificate is not issued for this host name)",
+        TlsError::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        ) => " (its certificate has expired)",
+        _ => "",
+    };
+    Some(format!("{t}{why}"))
+}
+
+/// An `io::Error` hides the error it wraps from `source()` (it skips to that
+/// error's own source), so each one is opened with `get_ref` too.
+fn find_tls<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(t) = e.downcast_ref::<rustls::Error>() {
+        return Some(t);
+    }
+    let wrapped = e
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+        .and_then(|inner| find_tls(inner));
+    wrapped.or_else(|| e.source().and_then(find_tls))
+}
+
 impl Client {
+    /// A client for the ledger at `url` (`http://` or `https://`).
     pub fn new(url: &str) -> Result<Self, ClientError> {
+        Self::build(url, Vec::new())
+    }
+
+    /// A client that also trusts the CA certificates in `ca_pem` (PEM, one or more),
+    /// for a ledger whose certificate a private CA signed.
+    pub fn with_ca(url: &str, ca_pem: &[u8]) -> Result<Self, ClientError> {
+        let roots = reqwest::Certificate::from_pem_bundle(ca_pem)
+            .map_err(|e| ClientError::BadCa(e.to_string()))?;
+        if roots.is_empty() {
+            return Err(ClientError::BadCa("no PEM certificate in it".into()));
+        }
+        Self::build(url, roots)
+    }
+
+    fn build(url: &str, roots: Vec<reqwest::Certificate>) -> Result<Self, ClientError> {
         let base = url.trim_end_matches('/').to_string();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(ClientError::BadUrl(url.to_string()));
         }
-        let http = reqwest::Client::builder()
+        let mut b = reqwest::Client::builder()
+            .use_rustls_tls()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(90))
-            .build()
-            .map_err(|source| ClientError::Unreachable {
-                url: base.clone(),
-                source,
-            })?;
+            // Below the servers' idle timeout (60 s), so a pooled connection is
+            // never one the server is closing.
+            .pool_idle_timeout(Duration::from_secs(30));
+        for r in roots {
+            b = b.add_root_certificate(r);
+        }
+        let http = b.build().map_err(|source| transport(&base, source))?;
         Ok(Client { base, http })
     }
 
@@ -125,13 +203,9 @@ impl Client {
         url: &str,
         r: Result<reqwest::Response, reqwest::Error>,
     ) -> Result<Vec<u8>, ClientError> {
-        let unreachable = |source| ClientError::Unreachable {
-            url: url.to_string(),
-            source,
-        };
-        let resp = r.map_err(unreachable)?;
+        let resp = r.map_err(|e| transport(url, e))?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(unreachable)?;
+        let bytes = resp.bytes().await.map_err(|e| transport(url, e))?;
         if !status.is_success() {
             let message = serde_json::from_slice::<ErrorBody>(&bytes)
                 .map(|b| b.error)
@@ -253,11 +327,19 @@ impl Client {
         self.get_query("/v1/events", &q).await
     }
 
-    /// Stores a blob in the mailbox; returns its hash.
-    pub async fn put_blob(&self, data: Vec<u8>) -> Result<Hash, ClientError> {
+    /// Stores a blob in the mailbox, as an upload signed by `signer` (an account or
+    /// a node the ledger knows); returns its hash. The upload is signed at the
+    /// ledger's time, so this works with a wrong local clock.
+    pub async fn put_blob(&self, signer: &Signer, data: Vec<u8>) -> Result<Hash, ClientError> {
         let h = Hash::of(&data);
+        let now = self.status().await?.time;
+        let auth = UploadAuth::sign(signer.key(), signer.chain_id(), &h, now);
         let url = format!("{}/v1/blobs/{h}", self.base);
-        let r = self.http.put(&url).body(data).send().await;
+        let mut req = self.http.put(&url).body(data);
+        for (name, value) in auth.headers() {
+            req = req.header(name, value);
+        }
+        let r = req.send().await;
         self.finish_bytes(&url, r).await?;
         Ok(h)
     }

@@ -13,11 +13,11 @@
 //! adds the async HTTP client the node agent and the CLI use. The types, the state
 //! machine and the verifier need neither.
 
+pub mod blob;
 pub mod block;
 pub mod chain;
 pub mod deployment;
 pub mod keys;
-pub mod request;
 pub mod state;
 pub mod store;
 pub mod tx;
@@ -26,6 +26,8 @@ pub mod wire;
 
 #[cfg(feature = "client")]
 pub mod client;
+#[cfg(feature = "server")]
+pub mod mailbox;
 #[cfg(feature = "server")]
 pub mod server;
 

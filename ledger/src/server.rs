@@ -5,11 +5,17 @@
 //! chain. The committer takes everything queued, applies it and writes one block with
 //! one fsync (group commit), and only then answers each sender. Queries read the
 //! last published snapshot ([`crate::chain::View`]), which a commit and its fsync
-//! never hold up; blocks, events and blobs come from the store.
+//! never hold up; blocks and events come from the store, blobs
+//! from the mailbox ([`crate::mailbox`]: signed uploads, per-account quota, removal
+//! after retention by a background sweep).
 //!
 //! Every malformed request gets a 4xx with a JSON `{"error": ...}` that says what is
-//! wrong; nothing a client sends can panic the server.
+//! wrong; nothing a client sends can panic the server. Connections are served by
+//! `cellos_http::serve` under [`Config::limits`]: a connection cap below the fd
+//! limit, and header, body and idle timeouts (DESIGN §9, bounded everything), with
+//! TLS when [`Config::tls`] is given.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::mpsc as std_mpsc;
@@ -19,18 +25,21 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State as AxState};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use cellos_http::{Limits, Tls};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
+use crate::blob::UploadAuth;
 use crate::block::{Block, BlockEvents, Genesis};
 use crate::chain::{Chain, ChainError, Receipt, Snapshot, View};
 use crate::keys;
+use crate::mailbox::{Mailbox, Policy, QuotaError};
 use crate::store::{RedbStore, Store};
-use crate::tx::{SignedTx, VerifiedTx};
+use crate::tx::{SignedTx, TxBody, VerifiedTx};
 use crate::types::*;
 use crate::wire::{Digest, EventPage, EventRecord, Status};
 
@@ -62,8 +71,6 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
-    #[error("serving HTTP: {0}")]
-    Serve(#[source] std::io::Error),
 }
 
 #[derive(Clone, Debug)]
@@ -73,6 +80,12 @@ pub struct Config {
     pub params: ChainParams,
     /// Largest blob the mailbox takes, in bytes.
     pub blob_limit: usize,
+    /// Connection cap and timeouts for every client.
+    pub limits: Limits,
+    /// Who may keep what in the blob mailbox, and for how long.
+    pub mailbox: Policy,
+    /// Serve HTTPS with this certificate instead of plain HTTP.
+    pub tls: Option<Tls>,
 }
 
 impl Default for Config {
@@ -83,6 +96,9 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8645)),
             params: ChainParams::new("cellos-local", false),
             blob_limit: 4 << 20,
+            limits: Limits::for_fd_limit(cellos_http::fd_limit().unwrap_or(1024)),
+            mailbox: Policy::default(),
+            tls: None,
         }
     }
 }
@@ -112,6 +128,8 @@ struct Shared {
     queue: std_mpsc::SyncSender<Pending>,
     height: watch::Receiver<u64>,
     blob_limit: usize,
+    mailbox: Arc<Mailbox>,
+    chain_id: String,
 }
 
 impl Shared {
@@ -125,6 +143,8 @@ impl Shared {
 pub struct Server {
     shared: Arc<Shared>,
     listener: tokio::net::TcpListener,
+    limits: Limits,
+    tls: Option<Tls>,
 }
 
 impl Server {
@@ -145,6 +165,11 @@ impl Server {
         create_data_dir(&cfg.data)?;
         let (key, _) = keys::load_or_create(&cfg.data.join("ledger.key"))?;
         let chain = Chain::open(store.clone(), key, cfg.params.clone(), unix_now())?;
+        let mailbox = Arc::new(Mailbox::open(
+            &cfg.data.join("mailbox"),
+            cfg.mailbox.clone(),
+        )?);
+        let chain_id = chain.state().params.chain_id.clone();
         let (htx, hrx) = watch::channel(chain.state().height);
         let (qtx, qrx) = std_mpsc::sync_channel(QUEUE);
         let shared = Arc::new(Shared {
@@ -153,6 +178,8 @@ impl Server {
             queue: qtx,
             height: hrx,
             blob_limit: cfg.blob_limit,
+            mailbox,
+            chain_id,
         });
         let s2 = shared.clone();
         std::thread::Builder::new()
@@ -169,40 +196,95 @@ impl Server {
                 path: cfg.data.clone(),
                 source,
             })?;
-        let listener = tokio::net::TcpListener::bind(cfg.listen)
-            .await
-            .map_err(|source| ServerError::Listen {
-                addr: cfg.listen,
-                source,
-            })?;
-        Ok(Server { shared, listener })
+        let listener = cellos_http::bind(cfg.listen).map_err(|source| ServerError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+        Ok(Server {
+            shared,
+            listener,
+            limits: cfg.limits,
+            tls: cfg.tls,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
     }
 
-    pub fn chain_id(&self) -> String {
-        self.shared.chain().state().params.chain_id.clone()
+    /// The base URL clients use: `https://` when it serves TLS.
+    pub fn url(&self) -> std::io::Result<String> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        Ok(format!("{scheme}://{}", self.local_addr()?))
     }
 
-    /// Serves until `shutdown` resolves.
+    pub fn chain_id(&self) -> String {
+        self.shared.chain_id.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then lets requests in flight finish for
+    /// up to the drain timeout.
     pub async fn run(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
+        let sweeper = tokio::spawn(sweep_mailbox(self.shared.clone()));
         let app = router(self.shared);
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(ServerError::Serve)
+        cellos_http::serve(self.listener, app, self.limits, self.tls, shutdown).await;
+        sweeper.abort();
+        Ok(())
+    }
+}
+
+/// Removes the mailbox's blobs whose time is over, a few times per retention period.
+async fn sweep_mailbox(shared: Arc<Shared>) {
+    let p = shared.mailbox.policy();
+    let every =
+        (p.retention.min(p.pending_ttl) / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let live = live_blobs(&shared.chain());
+        let mb = shared.mailbox.clone();
+        match tokio::task::spawn_blocking(move || mb.sweep(&live, unix_now())).await {
+            Ok(Ok(sw)) if sw.released + sw.expired > 0 => tracing::info!(
+                "mailbox: removed {} blobs of closed or updated contracts and {} that no contract named in time",
+                sw.released,
+                sw.expired
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!("mailbox sweep failed (retrying): {e}"),
+            Err(e) => tracing::error!("mailbox sweep failed (retrying): {e}"),
+        }
+    }
+}
+
+/// The blobs open contracts name: their deployments and their results.
+fn live_blobs(chain: &Snapshot) -> HashSet<Hash> {
+    chain
+        .state()
+        .contracts()
+        .filter(|c| c.is_open())
+        .flat_map(|c| c.blob.into_iter().chain(c.result))
+        .collect()
+}
+
+/// The mailbox blobs a transaction names (if it is applied).
+fn blob_refs(tx: &VerifiedTx) -> Vec<Hash> {
+    match &tx.get().tx.body {
+        TxBody::CreateContract { blob, .. } | TxBody::UpdateContract { blob, .. } => {
+            blob.iter().copied().collect()
+        }
+        TxBody::AcceptContract { result, .. } => result.iter().copied().collect(),
+        _ => Vec::new(),
     }
 }
 
 /// Owns the chain: applies each batch, writes its block (the fsync runs here, with
 /// no lock held), publishes the new state and only then answers the senders.
 fn committer(
-    _shared: Arc<Shared>,
+    shared: Arc<Shared>,
     mut chain: Chain,
     rx: std_mpsc::Receiver<Pending>,
     height: watch::Sender<u64>,
@@ -221,10 +303,18 @@ fn committer(
             }
         }
         let (txs, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.tx, p.reply)).unzip();
+        let refs: Vec<Vec<Hash>> = txs.iter().map(blob_refs).collect();
         match chain.commit(txs, unix_now()) {
             Ok(results) => {
                 let h = chain.state().height;
                 height.send_replace(h);
+                // Named by a committed transaction: out of the uploaders' quotas.
+                shared.mailbox.mark_referenced(
+                    refs.into_iter()
+                        .zip(&results)
+                        .filter(|(_, r)| r.is_ok())
+                        .flat_map(|(hs, _)| hs),
+                );
                 for (reply, r) in replies.into_iter().zip(results) {
                     let _ = reply.send(r.map_err(|e| {
                         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
@@ -337,18 +427,39 @@ fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// The body, or a JSON error saying why it could not be read (too large, cut off).
+/// The body, or a JSON error saying why it could not be read (too large, too
+/// slow, cut off).
 fn body(b: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
     b.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                e.status(),
-                format!("body is larger than the limit of {limit} bytes"),
-            )
-        } else {
-            ApiError::new(e.status(), e.body_text())
-        }
+        body_error(&e, limit).unwrap_or_else(|| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    e.status(),
+                    format!("body is larger than the limit of {limit} bytes"),
+                )
+            } else {
+                ApiError::new(e.status(), e.body_text())
+            }
+        })
     })
+}
+
+/// A body that came too slowly (408) or was too large (413), from the error's causes.
+fn body_error(e: &(dyn std::error::Error + 'static), limit: usize) -> Option<ApiError> {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(t) = c.downcast_ref::<cellos_http::BodyTimeout>() {
+            return Some(ApiError::new(StatusCode::REQUEST_TIMEOUT, t.to_string()));
+        }
+        if c.is::<http_body_util::LengthLimitError>() {
+            return Some(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body is larger than the limit of {limit} bytes"),
+            ));
+        }
+        cause = c.source();
+    }
+    None
 }
 
 async fn submit(
@@ -612,25 +723,115 @@ async fn events(
     Ok(Json(EventPage { events, next }))
 }
 
+/// A mailbox upload: signed by a key the ledger knows, within its quota (see
+/// [`crate::mailbox`]). Everything is checked before the body is read; a refused
+/// body is read and thrown away (up to the blob limit), so the client sees the answer.
 async fn put_blob(
     AxState(s): AxState<Arc<Shared>>,
     Path(hash): Path<String>,
-    body_bytes: Result<Bytes, BytesRejection>,
+    headers: HeaderMap,
+    body: axum::body::Body,
 ) -> Result<StatusCode, ApiError> {
-    let want: Hash = parse("blob hash", &hash)?;
-    let body = body(body_bytes, s.blob_limit)?;
+    let admitted = admit_blob(&s, &hash, &headers);
+    let (want, reservation) = match admitted {
+        Ok(Admit::Upload(h, r)) => (h, r),
+        Ok(Admit::Stored) => {
+            discard(body, s.blob_limit).await;
+            return Ok(StatusCode::OK);
+        }
+        Err(e) => {
+            discard(body, s.blob_limit).await;
+            return Err(e);
+        }
+    };
+    let body = read_body(body, s.blob_limit).await?;
     let got = Hash::of(&body);
     if got != want {
         return Err(ApiError::bad(format!(
             "blob content hashes to {got}, not to {want} named in the URL"
         )));
     }
-    let store = s.store.clone();
-    tokio::task::spawn_blocking(move || store.put_blob(&want, &body))
+    let mb = s.mailbox.clone();
+    tokio::task::spawn_blocking(move || mb.put(reservation, &want, &body, unix_now()))
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
     Ok(StatusCode::CREATED)
+}
+
+enum Admit {
+    /// Store it, within this reservation.
+    Upload(Hash, crate::mailbox::Reservation),
+    /// The mailbox holds it already.
+    Stored,
+}
+
+fn admit_blob(s: &Arc<Shared>, hash: &str, headers: &HeaderMap) -> Result<Admit, ApiError> {
+    let want: Hash = parse("blob hash", hash)?;
+    let unauthorized = |m: String| ApiError::new(StatusCode::UNAUTHORIZED, m);
+    let auth = UploadAuth::from_headers(|n| headers.get(n).and_then(|v| v.to_str().ok()))
+        .map_err(|e| unauthorized(e.to_string()))?;
+    let known = {
+        let c = s.chain();
+        let st = c.state();
+        let now = st.time.max(unix_now());
+        auth.verify(&s.chain_id, &want, now)
+            .map_err(|e| unauthorized(e.to_string()))?;
+        st.account(&auth.key).is_some() || st.node_by_key(&auth.key).is_some()
+    };
+    if !known {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "key {} has no account on this ledger: only accounts and nodes may upload blobs",
+                auth.key
+            ),
+        ));
+    }
+    if s.mailbox.contains(&want) {
+        return Ok(Admit::Stored);
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let limit = s.blob_limit as u64;
+    let size = match declared {
+        Some(n) if n > limit => {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body is larger than the limit of {limit} bytes"),
+            ))
+        }
+        Some(n) => n,
+        None => limit,
+    };
+    let r = s.mailbox.reserve(auth.key, size).map_err(|e| match e {
+        QuotaError::Busy => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        _ => ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
+    })?;
+    Ok(Admit::Upload(want, r))
+}
+
+/// The whole body, up to `limit` bytes, or why not (too large, too slow, cut off).
+async fn read_body(b: axum::body::Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(b, limit).await.map_err(|e| {
+        body_error(&e, limit).unwrap_or_else(|| ApiError::bad(format!("cannot read the body: {e}")))
+    })
+}
+
+/// Reads and drops up to `limit` bytes of a body we refuse, so the client (still
+/// sending) reads our answer instead of a reset connection.
+async fn discard(b: axum::body::Body, limit: usize) {
+    use http_body_util::BodyExt;
+    let mut b = b;
+    let mut seen = 0usize;
+    while seen <= limit {
+        match b.frame().await {
+            Some(Ok(f)) => seen += f.data_ref().map_or(0, |d| d.len()),
+            _ => return,
+        }
+    }
 }
 
 async fn get_blob(
@@ -638,8 +839,8 @@ async fn get_blob(
     Path(hash): Path<String>,
 ) -> Result<Response, ApiError> {
     let h: Hash = parse("blob hash", &hash)?;
-    let store = s.store.clone();
-    let data = tokio::task::spawn_blocking(move || store.get_blob(&h))
+    let mb = s.mailbox.clone();
+    let data = tokio::task::spawn_blocking(move || mb.get(&h))
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?

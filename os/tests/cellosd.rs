@@ -30,6 +30,7 @@ async fn ledger() -> Ledger {
         listen: "127.0.0.1:0".parse().expect("addr"),
         params: ChainParams::new("cellosd-test", true),
         blob_limit: 1 << 20,
+        ..Default::default()
     })
     .await
     .expect("bind the ledger");

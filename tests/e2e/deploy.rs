@@ -171,7 +171,7 @@ fn vm_deploy_cancel_reject_bill_and_reboot() {
             ledger.block_on(async {
                 let sealed =
                     deployment::seal(&serde_json::to_vec(body).expect("json"), &to).expect("seal");
-                let blob = c.put_blob(sealed).await.expect("blob");
+                let blob = c.put_blob(&user, sealed).await.expect("blob");
                 let r = c
                     .submit(&user.sign(TxBody::CreateContract {
                         node,

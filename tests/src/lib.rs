@@ -165,6 +165,7 @@ impl Ledger {
             listen: SocketAddr::from(([127, 0, 0, 1], port)),
             params: ChainParams::new(CHAIN, true),
             blob_limit: 1 << 20,
+            ..Default::default()
         };
         let srv = rt.block_on(Server::bind(cfg)).expect("ledger bind");
         let addr = srv.local_addr().expect("addr");

@@ -39,7 +39,7 @@ impl LedgerProc {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(i) = line.find("serving on http://") {
+                if let Some(i) = line.find("serving on http") {
                     let url: String = line[i + "serving on ".len()..]
                         .split_whitespace()
                         .next()

@@ -74,7 +74,8 @@ impl Ledger for LedgerClient {
         Ok(self.client.get_blob(h).await?)
     }
     async fn put_blob(&self, data: Vec<u8>) -> Result<Hash, LedgerError> {
-        Ok(self.client.put_blob(data).await?)
+        let signer = self.signer.lock().await;
+        Ok(self.client.put_blob(&signer, data).await?)
     }
     async fn submit(&self, body: TxBody) -> Result<(), LedgerError> {
         let tx = self.signer.lock().await.sign(body);

@@ -90,6 +90,7 @@ async fn world() -> World {
         listen: "127.0.0.1:0".parse().expect("addr"),
         params: ChainParams::new(CHAIN, true),
         blob_limit: 1 << 20,
+        ..Default::default()
     })
     .await
     .expect("server");
@@ -223,7 +224,11 @@ impl World {
     ) -> ContractId {
         let sealed =
             deployment::seal(&serde_json::to_vec(d).expect("json"), &seal_to).expect("seal");
-        let blob = self.client.put_blob(sealed).await.expect("blob");
+        let blob = self
+            .client
+            .put_blob(&self.user, sealed)
+            .await
+            .expect("blob");
         let r = self
             .client
             .submit(&self.user.sign(TxBody::CreateContract {
@@ -429,7 +434,7 @@ async fn update_applies_only_the_difference() {
         &keys::encryption_key(&w.node_key),
     )
     .expect("seal");
-    let blob = w.client.put_blob(sealed).await.expect("blob");
+    let blob = w.client.put_blob(&w.user, sealed).await.expect("blob");
     w.client
         .submit(&w.user.sign(TxBody::UpdateContract {
             contract: c,
@@ -497,7 +502,7 @@ async fn workloads_go_up_in_dependency_order_and_down_in_reverse() {
             spec: WorkloadSpec::Shard {
                 size: Size(1 << 30),
                 mode: Default::default(),
-                password: Some("pw".into()),
+                password: None,
             },
         },
     );
