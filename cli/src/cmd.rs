@@ -708,6 +708,12 @@ async fn deployment(g: &Global, d: DeploymentCmd) -> Result<()> {
                 crate::deploy::text,
             )
         }
+        DeploymentCmd::Status { contract, api } => {
+            let v = crate::deploy::node_view(&client(g)?, contract, &load_key(g)?, api.as_deref())
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(())
+        }
         DeploymentCmd::Update {
             contract,
             file,

@@ -237,3 +237,64 @@ pub fn text(o: &Outcome) -> String {
     }
     s
 }
+
+/// Port of the node API (DESIGN §9: public status, owner-signed deployment views).
+pub const NODE_API_PORT: u16 = 8646;
+
+/// The node's own, secret-free view of a deployment, from its API: a request signed
+/// with `key` for the node's key. `api` overrides the address (the node's first
+/// public IPv4 on the ledger, port 8646).
+pub async fn node_view(
+    c: &Client,
+    contract: ContractId,
+    key: &SigningKey,
+    api: Option<&str>,
+) -> Result<serde_json::Value> {
+    let k = c.contract(contract).await?;
+    let node = c.node(k.node).await?;
+    let base = match api {
+        Some(a) => a.trim_end_matches('/').to_string(),
+        None => {
+            let ip = node
+                .interfaces
+                .iter()
+                .flat_map(|i| &i.ips)
+                .filter_map(|cidr| cidr.split('/').next())
+                .find(|ip| !ip.starts_with("127."))
+                .with_context(|| {
+                    format!(
+                        "node {} lists no address on the ledger: pass --api",
+                        node.id
+                    )
+                })?;
+            format!("http://{ip}:{NODE_API_PORT}")
+        }
+    };
+    let path = format!("/v1/deployments/{contract}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let auth = request::RequestAuth::sign(key, &node.pubkey, "GET", &path, now);
+    let mut req = reqwest::Client::new()
+        .get(format!("{base}{path}"))
+        .timeout(Duration::from_secs(30));
+    for (name, value) in auth.headers() {
+        req = req.header(name, value);
+    }
+    let r = req
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the node API at {base}"))?;
+    let status = r.status();
+    let body: serde_json::Value = r
+        .json()
+        .await
+        .with_context(|| format!("the node API at {base} did not answer JSON"))?;
+    if !status.is_success() {
+        bail!(
+            "the node API at {base} answered {status}: {}",
+            body["error"].as_str().unwrap_or_default()
+        );
+    }
+    Ok(body)
+}

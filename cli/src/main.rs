@@ -129,6 +129,14 @@ pub enum DeploymentCmd {
     Hash { file: PathBuf },
     /// Show a deployment's contract and the node's results (opened with --key).
     Show { contract: u64 },
+    /// The node's own view of a deployment (phases and results, never secrets), from
+    /// its API with a request signed by --key, the deployment's owner.
+    Status {
+        contract: u64,
+        /// Node API base URL (default: the node's address on the ledger, port 8646).
+        #[arg(long)]
+        api: Option<String>,
+    },
     /// Replace a contract's deployment; the node applies only the difference.
     Update {
         contract: u64,

@@ -32,7 +32,7 @@ pub struct ImageRequest {
 /// (what a direct kernel boot passes) into `req.out`, printing progress on stderr.
 pub fn build_image(req: &ImageRequest) -> Result<Artifacts> {
     let mut bins = Vec::new();
-    for (name, dest) in [("init", "/init"), ("cellosd", "/usr/bin/cellosd")] {
+    for &(name, dest) in cellos_image::NODE_BINARIES {
         let p = req.bin_dir.join(name);
         if !p.is_file() {
             bail!(
@@ -205,9 +205,33 @@ fn config(req: &RunRequest, accel: Accel) -> Result<Config> {
     Ok(c)
 }
 
+/// How long a KVM guest may stay silent on its console before `auto` gives up on
+/// KVM. A KVM guest prints its first line within a second or two; the slowest path,
+/// PXE, prints iPXE's banner within a few seconds. A guest that said nothing by then
+/// never started (nested KVM hangs on some hosts).
+pub const KVM_SILENCE: Duration = Duration::from_secs(12);
+
+/// What to do with a KVM guest under `auto` that has not reached init yet.
+#[derive(Debug, PartialEq, Eq)]
+enum KvmVerdict {
+    /// Keep waiting for init.
+    Wait,
+    /// Silent for too long: boot again under TCG.
+    FallBack,
+}
+
+fn kvm_verdict(console_bytes: usize, elapsed: Duration) -> KvmVerdict {
+    if console_bytes == 0 && elapsed >= KVM_SILENCE {
+        KvmVerdict::FallBack
+    } else {
+        KvmVerdict::Wait
+    }
+}
+
 /// Boots the image and waits for init to start. With `Accel::Auto`, a KVM guest that
-/// does not reach init within the boot timeout is stopped and booted again under TCG
-/// (on some hosts nested KVM guests hang), and the console says so.
+/// prints nothing on its console within [`KVM_SILENCE`], or does not reach init within
+/// the boot timeout, is stopped and booted again under TCG (on some hosts nested KVM
+/// guests hang), and the console says so on one line.
 pub fn boot(req: &RunRequest) -> Result<Vm> {
     let timeout = Duration::from_secs(req.vm.boot_timeout);
     let first = match req.vm.accel {
@@ -220,14 +244,40 @@ pub fn boot(req: &RunRequest) -> Result<Vm> {
         "qemu: booting ({first:?}, console in {})",
         vm.console_path().display()
     );
-    match vm.wait_for(INIT_STARTED, timeout) {
-        Ok(_) => Ok(vm),
-        Err(e) if req.vm.accel == Accel::Auto && first == Accel::Kvm => {
-            let why = e.to_string();
+    let first_wait = if req.vm.accel == Accel::Auto && first == Accel::Kvm {
+        // Poll for the first console output before waiting for init.
+        let started = Instant::now();
+        loop {
+            if kvm_verdict(vm.console().len(), started.elapsed()) == KvmVerdict::FallBack {
+                break Err(format!(
+                    "no console output within {} s",
+                    KVM_SILENCE.as_secs()
+                ));
+            }
+            if !vm.console().is_empty() {
+                break vm
+                    .wait_for(INIT_STARTED, timeout.saturating_sub(started.elapsed()))
+                    .map(drop)
+                    .map_err(|e| e.to_string());
+            }
+            if vm.wait_exit(Duration::from_millis(100)).is_ok() {
+                break vm
+                    .wait_for(INIT_STARTED, Duration::ZERO)
+                    .map(drop)
+                    .map_err(|e| e.to_string());
+            }
+        }
+    } else {
+        vm.wait_for(INIT_STARTED, timeout)
+            .map(drop)
+            .map_err(|e| format!("{e:#}"))
+    };
+    match first_wait {
+        Ok(()) => Ok(vm),
+        Err(why) if req.vm.accel == Accel::Auto && first == Accel::Kvm => {
             let why = why.lines().next().unwrap_or_default();
             eprintln!(
-                "qemu: the KVM guest did not reach init within {} s ({why}); booting again with TCG (pass --accel tcg to skip KVM)",
-                timeout.as_secs()
+                "qemu: the KVM guest did not start ({why}); booting again with TCG (pass --accel tcg to skip KVM)"
             );
             drop(vm);
             let mut vm = Vm::start(config(req, Accel::Tcg)?).context("cannot start QEMU")?;
@@ -235,7 +285,7 @@ pub fn boot(req: &RunRequest) -> Result<Vm> {
                 .context("the guest did not reach init under TCG either")?;
             Ok(vm)
         }
-        Err(e) => Err(e).context("the guest did not reach init"),
+        Err(why) => Err(anyhow::anyhow!(why)).context("the guest did not reach init"),
     }
 }
 
@@ -282,6 +332,17 @@ pub fn power_off(vm: &mut Vm) -> Result<()> {
 mod tests {
     use super::*;
     use cellos_qemu::DiskSource;
+
+    #[test]
+    fn a_silent_kvm_guest_falls_back_after_the_silence_window_not_the_boot_timeout() {
+        use KvmVerdict::*;
+        assert_eq!(kvm_verdict(0, Duration::from_secs(1)), Wait);
+        assert_eq!(kvm_verdict(0, KVM_SILENCE - Duration::from_millis(1)), Wait);
+        assert_eq!(kvm_verdict(0, KVM_SILENCE), FallBack);
+        assert!(KVM_SILENCE >= Duration::from_secs(10) && KVM_SILENCE <= Duration::from_secs(15));
+        // A guest that printed anything is given the whole boot timeout.
+        assert_eq!(kvm_verdict(40, Duration::from_secs(100)), Wait);
+    }
 
     #[test]
     fn disk_specs() {

@@ -43,6 +43,14 @@ pub const VMLINUZ: &str = "vmlinuz";
 pub const INITRAMFS: &str = "initramfs.cpio.zst";
 pub const BOOT_IPXE: &str = "boot.ipxe";
 
+/// The workspace's binaries every node image carries, by name (as cargo builds them)
+/// and path in the image; `os/manifest.toml`'s services start them.
+pub const NODE_BINARIES: &[(&str, &str)] = &[
+    ("init", "/init"),
+    ("cellosd", "/usr/bin/cellosd"),
+    ("shardd", "/usr/bin/shardd"),
+];
+
 /// Directories every image has, whatever init mounts on them.
 const DIRS: [&str; 7] = [
     "/dev",

@@ -76,7 +76,7 @@ pub struct BootConfig {
     pub enroll: Option<String>,
     /// `cellos.mode`, default `prod`.
     pub mode: Mode,
-    /// `cellos.debug`: more logs, a console shell when `/bin/sh` exists.
+    /// `cellos.debug`: more logs, and a shell on the second serial port (ttyS1).
     pub debug: bool,
     /// `cellos.net`, default DHCP.
     pub net: NetConfig,
@@ -86,6 +86,9 @@ pub struct BootConfig {
     /// `cellos.selftest=<name>`: a self-test cellosd runs in test mode (end-to-end
     /// tests only).
     pub selftest: Option<String>,
+    /// `cellos.ca=<base64 DER>`: one more certificate authority the node trusts for an
+    /// `https://` ledger (a farm's own CA), beside the usual public roots.
+    pub ca: Option<String>,
 }
 
 /// Environment variable names under which init hands the boot config to its services.
@@ -104,6 +107,8 @@ pub mod env {
     pub const DISKS: &str = "CELLOS_DISKS";
     /// A self-test's name, absent when unset.
     pub const SELFTEST: &str = "CELLOS_SELFTEST";
+    /// An extra CA certificate (base64 DER), absent when unset.
+    pub const CA: &str = "CELLOS_CA";
 }
 
 impl BootConfig {
@@ -127,6 +132,9 @@ impl BootConfig {
         }
         if let Some(selftest) = &self.selftest {
             out.push((env::SELFTEST.to_string(), selftest.clone()));
+        }
+        if let Some(ca) = &self.ca {
+            out.push((env::CA.to_string(), ca.clone()));
         }
         out
     }
@@ -156,6 +164,7 @@ pub enum CmdlineError {
 const FARM_EXPECTED: &str = "a farm id (unsigned integer)";
 const LEDGER_EXPECTED: &str = "an http:// or https:// URL with a host";
 const ENROLL_EXPECTED: &str = "a non-empty token";
+const CA_EXPECTED: &str = "a CA certificate as base64 DER (no PEM header, no spaces)";
 const MODE_EXPECTED: &str = "dev, test or prod";
 const DEBUG_EXPECTED: &str = "no value, 0 or 1";
 const DISKS_EXPECTED: &str = "keep or wipe";
@@ -191,6 +200,17 @@ pub fn parse(cmdline: &str) -> (BootConfig, Vec<CmdlineError>) {
             "cellos.enroll" => match value.as_deref() {
                 Some(token) if !token.is_empty() => cfg.enroll = Some(token.to_string()),
                 _ => errors.push(bad(ENROLL_EXPECTED)),
+            },
+            "cellos.ca" => match value.as_deref() {
+                Some(b64)
+                    if !b64.is_empty()
+                        && b64
+                            .bytes()
+                            .all(|c| c.is_ascii_alphanumeric() || b"+/=".contains(&c)) =>
+                {
+                    cfg.ca = Some(b64.to_string())
+                }
+                _ => errors.push(bad(CA_EXPECTED)),
             },
             "cellos.mode" => match value.as_deref() {
                 Some("dev") => cfg.mode = Mode::Dev,
@@ -324,6 +344,21 @@ mod tests {
         assert_eq!(cfg.mode, Mode::Prod);
         assert_eq!(cfg.net, NetConfig::Dhcp);
         assert!(errs.is_empty());
+    }
+
+    #[test]
+    fn an_extra_ca_is_base64_der_and_reaches_services() {
+        let (cfg, errs) = parse("cellos.ca=MIIBdz+/CCAR2g==");
+        assert!(errs.is_empty(), "{errs:?}");
+        assert_eq!(cfg.ca.as_deref(), Some("MIIBdz+/CCAR2g=="));
+        assert!(cfg
+            .to_env()
+            .contains(&(env::CA.to_string(), "MIIBdz+/CCAR2g==".to_string())));
+        for bad in ["cellos.ca", "cellos.ca=", "cellos.ca=-----BEGIN"] {
+            let (cfg, errs) = parse(bad);
+            assert_eq!(cfg.ca, None, "{bad}");
+            assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
+        }
     }
 
     #[test]

@@ -126,6 +126,12 @@ fn init_main() {
         ));
     }
 
+    if let Err(e) = sys::raise_nofile(sys::NOFILE) {
+        say(&format!(
+            "cannot raise the open-file limit for services: {e}"
+        ));
+    }
+
     let text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let (mut cfg, errors) = cmdline::parse(&text);
     for e in errors.iter().filter(|e| !bootcfg::is_boot_key(e)) {
@@ -177,7 +183,10 @@ fn init_main() {
         say(&format!("cannot start the network thread: {e}"));
     }
 
-    let services = read_manifest();
+    let mut services = read_manifest();
+    if cfg.debug {
+        services.push(debug_shell());
+    }
     // Wait for the network (services need the ledger), but not forever, and stay responsive
     // to shutdown requests meanwhile.
     let deadline = later(NET_WAIT);
@@ -322,6 +331,33 @@ fn load_modules(debug: bool, extra: &[&str]) {
     ));
     if debug {
         say(&format!("modules: {}", report.loaded.join(" ")));
+    }
+}
+
+/// Where the debug shell runs: the second serial port, so the console stays readable.
+const DEBUG_TTY: &str = "/dev/ttyS1";
+
+/// With `cellos.debug`, a busybox shell on the second serial port, supervised like a
+/// service (restarted if it exits). It is not interactive (no prompt, no echo): it
+/// reads a marker line and a command line, runs the command and prints the marker
+/// with the command's exit status, which is how `Vm::shell` knows where output ends. Whoever holds that port holds the machine anyway;
+/// without `cellos.debug` there is no shell at all.
+fn debug_shell() -> ServiceSpec {
+    ServiceSpec {
+        name: "debug-shell".into(),
+        exec: vec![
+            "/bin/busybox".into(),
+            "sh".into(),
+            "-c".into(),
+            format!(
+                "/bin/busybox stty -F {DEBUG_TTY} -echo -onlcr 115200 2>/dev/null; \
+                 while IFS=' ' read -r a b && IFS= read -r line; do \
+                 eval \"$line\"; printf '\\n%s%s %s\\n' \"$a\" \"$b\" \"$?\"; \
+                 done <{DEBUG_TTY} >{DEBUG_TTY} 2>&1"
+            ),
+        ],
+        env: Default::default(),
+        after: Vec::new(),
     }
 }
 

@@ -380,6 +380,34 @@ pub fn disable_cad() -> io::Result<()> {
     nix::sys::reboot::set_cad_enabled(false).map_err(io::Error::from)
 }
 
+/// Open files every service may have. The kernel's default soft limit of 1,024 lets a
+/// few hundred idle TCP connections take a node server down (EMFILE); servers cap
+/// their connections below this instead.
+pub const NOFILE: u64 = 1 << 20;
+
+/// Raises our open-file limit (soft and hard) to `want`, or as far as the kernel's
+/// `fs.nr_open` and our privileges allow; services inherit it. Returns the soft limit
+/// now in force.
+pub fn raise_nofile(want: u64) -> io::Result<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(want);
+    let target = want.min(nr_open);
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(io::Error::from)?;
+    if soft >= target {
+        return Ok(soft);
+    }
+    if setrlimit(Resource::RLIMIT_NOFILE, target, target.max(hard)).is_ok() {
+        return Ok(target);
+    }
+    // Without CAP_SYS_RESOURCE only the soft limit can move, up to the hard one.
+    let soft = target.min(hard);
+    setrlimit(Resource::RLIMIT_NOFILE, soft, hard).map_err(io::Error::from)?;
+    Ok(soft)
+}
+
 /// Become the reaper of orphaned descendants (for running the supervisor outside PID 1).
 pub fn set_child_subreaper() -> io::Result<()> {
     // SAFETY: prctl with integer arguments only.
@@ -482,5 +510,34 @@ pub fn power(reboot: bool) -> io::Error {
     };
     match nix::sys::reboot::reboot(mode) {
         Err(e) => io::Error::from(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_open_file_limit_is_raised_and_inherited() {
+        use nix::sys::resource::{getrlimit, setrlimit, Resource};
+        // Start from the kernel's default soft limit.
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+        setrlimit(Resource::RLIMIT_NOFILE, 1024, hard).expect("lower the soft limit");
+        let got = raise_nofile(NOFILE).expect("raise");
+        let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+        assert_eq!(soft, got);
+        // PID 1 (CAP_SYS_RESOURCE) gets the whole limit; a process without the
+        // capability (a container running the tests) at least its hard limit.
+        assert_eq!(soft, hard.min(NOFILE), "soft {soft}, hard {hard}");
+        assert!(soft > 1024);
+        let child = std::process::Command::new("sh")
+            .args(["-c", "ulimit -n"])
+            .output()
+            .expect("sh");
+        let child: u64 = String::from_utf8_lossy(&child.stdout)
+            .trim()
+            .parse()
+            .expect("a number");
+        assert_eq!(child, soft, "a child inherits the limit");
     }
 }

@@ -233,10 +233,14 @@ impl Deployment {
                     }
                 }
             }
-            if let WorkloadSpec::Shard {
-                password: Some(p), ..
-            } = &w.spec
-            {
+            if let WorkloadSpec::Shard { password, .. } = &w.spec {
+                // A node's shard server takes writes only into namespaces with a
+                // password and a quota (DESIGN §9): without one the shard is useless.
+                let Some(p) = password else {
+                    return Err(bad(
+                        "a shard needs a password: the node takes writes only into namespaces with one".into(),
+                    ));
+                };
                 // `*` is how shardd spells "no password": never a password.
                 if p.is_empty()
                     || p == "*"
@@ -443,8 +447,11 @@ mod tests {
             name = "plain"
             spec.shard.size = "1G"
         "#;
-        let d: Deployment = toml::from_str(text).expect("toml");
-        assert!(d.validate().is_ok());
+        let mut d: Deployment = toml::from_str(text).expect("toml");
+        assert!(
+            matches!(d.validate(), Err(DeploymentError::BadWorkload { .. })),
+            "a shard without a password"
+        );
         assert_eq!(
             d.workloads[0].spec,
             WorkloadSpec::Shard {
@@ -468,6 +475,12 @@ mod tests {
                 ..Default::default()
             }
         );
+        d.workloads[1].spec = WorkloadSpec::Shard {
+            size: Size(1 << 30),
+            mode: ShardMode::User,
+            password: Some("p".into()),
+        };
+        assert!(d.validate().is_ok());
         let mut bad = d.clone();
         for pw in ["has space", "*", ""] {
             bad.workloads[0].spec = WorkloadSpec::Shard {

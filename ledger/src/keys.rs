@@ -140,11 +140,18 @@ impl Signer {
         &self.chain_id
     }
 
+    /// Never issue a nonce at or below `nonce`: the ledger's record of this account.
+    /// A signer that starts after a reboot with a clock behind the one it signed with
+    /// before would otherwise have its transactions refused as stale.
+    pub fn observe(&mut self, nonce: u64) {
+        self.last_nonce = self.last_nonce.max(nonce);
+    }
+
     pub fn sign(&mut self, body: TxBody) -> SignedTx {
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        self.last_nonce = now_ms.max(self.last_nonce + 1);
+        self.last_nonce = now_ms.max(self.last_nonce.saturating_add(1));
         Tx {
             chain_id: self.chain_id.clone(),
             signer: self.public_key(),
@@ -158,6 +165,19 @@ impl Signer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_signer_never_goes_below_what_the_ledger_recorded() {
+        let mut s = Signer::new(generate(), "c");
+        let first = s.sign(TxBody::Faucet { amount: 1 }).tx.nonce;
+        assert!(s.sign(TxBody::Faucet { amount: 1 }).tx.nonce > first);
+        // The ledger saw a nonce an hour ahead of our clock (a clock that went back).
+        let ahead = first + 3_600_000;
+        s.observe(ahead);
+        assert_eq!(s.sign(TxBody::Faucet { amount: 1 }).tx.nonce, ahead + 1);
+        s.observe(5);
+        assert_eq!(s.sign(TxBody::Faucet { amount: 1 }).tx.nonce, ahead + 2);
+    }
 
     #[test]
     fn key_file_round_trip_and_checks() {

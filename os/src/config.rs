@@ -19,6 +19,11 @@ pub const BOOT_DEVICE: &str = "CELLOS_BOOT_DEVICE";
 pub const BOOT_DEVICE_FILE: &str = "/run/cellos/boot-device";
 /// Run by hand or in host tests: keep the state here and touch no disk.
 pub const STATE_DIR: &str = "CELLOS_STATE_DIR";
+/// An extra CA for the ledger's TLS (`cellos.ca=` on the cmdline), base64 DER.
+pub const CA: &str = "CELLOS_CA";
+/// Where cellosd leaves what other services read (host runs point it elsewhere).
+pub const RUN_DIR: &str = "CELLOS_RUN_DIR";
+pub const DEFAULT_RUN_DIR: &str = "/run/cellos";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootEnv {
@@ -35,6 +40,12 @@ pub struct BootEnv {
     pub selftest: Option<String>,
     /// [`STATE_DIR`]: no pools, this state directory.
     pub state_dir: Option<PathBuf>,
+    /// `/run/cellos`, or `CELLOS_RUN_DIR`: the shard server's links (see
+    /// `workloads::prepare_shards`).
+    pub run_dir: PathBuf,
+    /// `CELLOS_CA` (`cellos.ca=`): one more CA to trust for an `https://` ledger, as
+    /// base64 DER.
+    pub ca: Option<String>,
     /// `cellos.mode=test`: short intervals (usage reports) for end-to-end tests.
     pub test_mode: bool,
 }
@@ -83,6 +94,8 @@ impl BootEnv {
             disks,
             boot_device: set(BOOT_DEVICE),
             state_dir: set(STATE_DIR).map(PathBuf::from),
+            run_dir: PathBuf::from(set(RUN_DIR).unwrap_or_else(|| DEFAULT_RUN_DIR.into())),
+            ca: set(CA),
             selftest: set(env::SELFTEST).filter(|_| test_mode),
             farm,
             ledger,
@@ -133,6 +146,8 @@ mod tests {
                 boot_device: Some("/dev/sdb".into()),
                 selftest: Some("volume-quota".into()),
                 state_dir: None,
+                run_dir: PathBuf::from(DEFAULT_RUN_DIR),
+                ca: None,
                 test_mode: true,
             }
         );

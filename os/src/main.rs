@@ -42,13 +42,26 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let client = match Client::new(&env.ledger) {
+    let client = match &env.ca {
+        None => Client::new(&env.ledger).map_err(|e| {
+            format!("CELLOS_LEDGER: {e} (cellos.ledger= on the kernel cmdline)")
+        }),
+        Some(der) => Client::with_ca(&env.ledger, pem(der).as_bytes())
+            .map_err(|e| format!("CELLOS_LEDGER with CELLOS_CA: {e} (cellos.ledger= and cellos.ca= on the kernel cmdline)")),
+    };
+    let client = match client {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("cellosd: CELLOS_LEDGER: {e} (cellos.ledger= on the kernel cmdline)");
+            eprintln!("cellosd: {e}");
             return ExitCode::from(2);
         }
     };
+    if env.ca.is_some() {
+        println!(
+            "cellosd: trusting the CA from cellos.ca= for {}",
+            env.ledger
+        );
+    }
     let run = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -64,6 +77,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(env: BootEnv, client: Client, started: Instant) -> Result<()> {
+    match sys::open_files_limit() {
+        Ok(n) => println!("cellosd: up to {n} open files"),
+        Err(e) => println!("cellosd: cannot read the open-file limit: {e}"),
+    }
     let mut sigterm = signal(SignalKind::terminate()).context("handling SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("handling SIGINT")?;
 
@@ -120,9 +137,13 @@ async fn run(env: BootEnv, client: Client, started: Instant) -> Result<()> {
             || storage.state.path.join("shards"),
             |p| p.mount.join("shards"),
         );
-    let shards = workloads::ShardProvisioner {
-        server: workloads::start_shards(&shard_dir),
-    };
+    let shards = workloads::prepare_shards(&shard_dir, &storage.state.path, &env.run_dir)
+        .context("preparing the shard server's directory")?;
+    println!(
+        "cellos: shard server on port {}, data in {}",
+        workloads::SHARD_PORT,
+        shard_dir.display()
+    );
 
     let identity_dir = storage.state.path.join("identity");
     let identity = tokio::select! {
@@ -152,10 +173,10 @@ async fn run(env: BootEnv, client: Client, started: Instant) -> Result<()> {
         config.uptime_every = every;
     }
     config.persistent = storage.state.persistent;
-    let api = cellos_provision::api::ApiState::new(workloads::store(&storage.state.path)?);
-    workloads::serve_api(api.clone());
     let key = identity.signing_key().clone();
     let pubkey = identity.public_key();
+    let api = cellos_provision::api::ApiState::new(workloads::store(&storage.state.path)?, pubkey);
+    workloads::serve_api(api.clone());
     let machine = Machine::new(HostPaths::default(), &storage);
     let mut registrar = Registrar::new(client.clone(), machine, identity, config, |n| {
         println!("{n}")
@@ -181,8 +202,12 @@ async fn run(env: BootEnv, client: Client, started: Instant) -> Result<()> {
             let never = registrar.maintain().await;
             match never {}
         }
+        let Some(signer) = registrar.shared_signer() else {
+            anyhow::bail!("the registrar registered without a signer");
+        };
         let provision = workloads::run(workloads::Wiring {
             client,
+            signer,
             key,
             node: reg.node,
             state_dir: storage.state.path.clone(),
@@ -209,6 +234,17 @@ async fn run(env: BootEnv, client: Client, started: Instant) -> Result<()> {
     }
     println!("cellosd: stopping");
     Ok(())
+}
+
+/// A certificate as PEM from its base64 DER (how `cellos.ca=` carries it).
+fn pem(base64_der: &str) -> String {
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for chunk in base64_der.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
 }
 
 async fn stop(sigterm: &mut Signal, sigint: &mut Signal) {

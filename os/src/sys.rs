@@ -9,3 +9,8 @@ pub fn boottime_ms() -> nix::Result<u64> {
     let ms = u64::try_from(t.tv_nsec()).unwrap_or(0) / 1_000_000;
     Ok(secs.saturating_mul(1000).saturating_add(ms))
 }
+
+/// The soft open-file limit init gave us (servers cap their connections below it).
+pub fn open_files_limit() -> nix::Result<u64> {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map(|(soft, _)| soft)
+}

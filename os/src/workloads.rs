@@ -13,16 +13,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use cellos_identity::NodeSigner;
 use cellos_ledger::client::Client;
 use cellos_ledger::deployment::{ShardMode, WorkloadSpec};
-use cellos_ledger::keys::Signer;
 use cellos_ledger::NodeId;
 use cellos_provision::api::{self, ApiState, NodeInfo};
 use cellos_provision::{
     Config, Engine, LedgerClient, Provisioner, Provisioners, Store, WorkloadError, WorkloadId,
 };
+use cellos_shard::client::{Client as ShardClient, ClientError as ShardClientError};
 use cellos_shard::namespace::{Mode, NamespaceOptions};
-use cellos_shard::server::{Config as ShardConfig, Server, ServerError};
 use cellos_storage::{VolumeName, Volumes};
 use ed25519_dalek::SigningKey;
 
@@ -66,14 +66,29 @@ impl<V: Volumes> Provisioner for VolumeProvisioner<V> {
 /// Where the node's shard server listens.
 pub const SHARD_PORT: u16 = 9900;
 
+/// What init's `shardd` service is started on (`os/manifest.toml`): cellosd links the
+/// shard directory on the HDD pool and the admin password file here once the pools
+/// are up, and `shardd --wait` starts serving when both exist.
+pub const SHARD_DIR_LINK: &str = "shards";
+pub const SHARD_ADMIN_LINK: &str = "shardd.admin";
+
 /// `shard` workloads as namespaces (with their quota, mode and password) on the
-/// node's one shard server. Namespace calls are synchronous and local: no bridge to
-/// the server's tasks is needed.
+/// node's shard server, `shardd`: a service of its own under init, so that a
+/// restart or a crash of cellosd never takes a tenant's shards down. cellosd manages
+/// the namespaces over the admin connection (AUTH with a password only it and
+/// shardd read, on the state disk).
 pub struct ShardProvisioner {
-    /// `None` when the server could not start; every shard workload then fails with
-    /// the reason.
-    pub server: Result<Arc<Server>, String>,
+    pub addr: SocketAddr,
+    pub admin_password: String,
+    /// How long to keep trying a shardd that does not listen ([`SHARD_START`]).
+    pub start_wait: Duration,
 }
+
+/// How long cellosd waits for one answer of shardd.
+const SHARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long cellosd keeps trying to reach a shardd that is not listening (starting,
+/// or restarted by init) before a shard workload fails.
+const SHARD_START: Duration = Duration::from_secs(30);
 
 fn node_ipv4() -> String {
     use cellos_capacity::Addresses;
@@ -83,6 +98,41 @@ fn node_ipv4() -> String {
         .and_then(|a| a.into_iter().find(|a| !a.cidr.starts_with("127.")))
         .and_then(|a| a.cidr.split('/').next().map(str::to_string))
         .unwrap_or_default()
+}
+
+impl ShardProvisioner {
+    /// An admin session on shardd. Provisioners run on blocking threads of the
+    /// runtime, so the async client is driven from here.
+    fn admin<T>(
+        &self,
+        f: impl for<'c> FnOnce(
+            &'c mut ShardClient,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<T, ShardClientError>> + Send + 'c>,
+        >,
+    ) -> Result<T, WorkloadError> {
+        let rt = tokio::runtime::Handle::try_current().map_err(|e| {
+            WorkloadError(format!("no runtime for the shard admin connection: {e}"))
+        })?;
+        rt.block_on(async {
+            // shardd may be starting (it waits for the pools) or restarting: give it
+            // a while before the workload fails.
+            let deadline = tokio::time::Instant::now() + self.start_wait;
+            let mut c = loop {
+                match ShardClient::connect(self.addr, SHARD_TIMEOUT).await {
+                    Ok(c) => break c,
+                    Err(e) if tokio::time::Instant::now() >= deadline => {
+                        return Err(WorkloadError(format!(
+                            "the shard server is not answering: {e}"
+                        )))
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+                }
+            };
+            c.auth(&self.admin_password).await.map_err(err)?;
+            f(&mut c).await.map_err(err)
+        })
+    }
 }
 
 impl Provisioner for ShardProvisioner {
@@ -99,10 +149,6 @@ impl Provisioner for ShardProvisioner {
         else {
             return Err(WorkloadError(format!("{} is not a shard", spec.kind())));
         };
-        let server = self
-            .server
-            .as_ref()
-            .map_err(|e| WorkloadError(format!("the shard server is not running: {e}")))?;
         let name = id.node_name();
         let opts = NamespaceOptions {
             mode: Some(match mode {
@@ -113,11 +159,24 @@ impl Provisioner for ShardProvisioner {
             password: password.clone(),
             public: false,
         };
-        match server.create_namespace(&name, &opts) {
-            // An existing namespace is this workload from an earlier pass: keep its data.
-            Ok(_) | Err(ServerError::Exists(_)) => {}
-            Err(e) => return Err(err(e)),
-        }
+        let ns = name.clone();
+        self.admin(move |c| {
+            Box::pin(async move {
+                match c.ns_new(&ns, &opts).await {
+                    Ok(()) => Ok(()),
+                    // This workload from an earlier pass: keep its data, apply the
+                    // deployment's settings (an update may have changed them).
+                    Err(ShardClientError::Server { message, .. })
+                        if message.contains("already exists") =>
+                    {
+                        c.ns_set(&ns, "maxsize", &opts.max_size.to_string()).await?;
+                        c.ns_set(&ns, "password", opts.password.as_deref().unwrap_or("*"))
+                            .await
+                    }
+                    Err(e) => Err(e),
+                }
+            })
+        })?;
         Ok(BTreeMap::from([
             ("address".to_string(), node_ipv4()),
             ("port".to_string(), SHARD_PORT.to_string()),
@@ -127,95 +186,83 @@ impl Provisioner for ShardProvisioner {
     }
 
     fn remove(&self, id: &WorkloadId, _: &WorkloadSpec) -> Result<(), WorkloadError> {
-        let server = self
-            .server
-            .as_ref()
-            .map_err(|e| WorkloadError(format!("the shard server is not running: {e}")))?;
-        match server.delete_namespace(&id.node_name()) {
-            Ok(()) | Err(ServerError::NoSuchNamespace(_)) => Ok(()),
-            Err(e) => Err(err(e)),
-        }
+        let ns = id.node_name();
+        self.admin(move |c| {
+            Box::pin(async move {
+                match c.ns_del(&ns).await {
+                    Err(ShardClientError::Server { message, .. })
+                        if message.contains("does not exist") =>
+                    {
+                        Ok(())
+                    }
+                    r => r,
+                }
+            })
+        })
     }
 }
 
-/// Starts the node's shard server on `dir`, on a thread and runtime of its own: the
-/// provision engine blocks cellosd's thread while it runs btrfs, and clients of the
-/// shards must not wait for that. Its admin password is random, so only this process
-/// (through the library) manages namespaces.
-pub fn start_shards(dir: &Path) -> Result<Arc<Server>, String> {
-    let mut config = ShardConfig::new(
-        dir.to_path_buf(),
-        SocketAddr::from(([0, 0, 0, 0], SHARD_PORT)),
-    );
-    config.admin_password =
-        Some(cellos_ledger::Hash::of(&cellos_ledger::keys::generate().to_bytes()).to_hex());
-    let (tx, rx) = std::sync::mpsc::channel();
-    let spawned = std::thread::Builder::new()
-        .name("shardd".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = tx.send(Err(format!("cannot start its runtime: {e}")));
-                    return;
-                }
-            };
-            rt.block_on(async move {
-                match Server::start(config).await {
-                    Ok(s) => {
-                        let _ = tx.send(Ok(Arc::new(s)));
-                        // Serve for as long as cellosd lives.
-                        std::future::pending::<()>().await;
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e.to_string()));
-                    }
-                }
-            });
-        });
-    let started = match spawned {
-        Ok(_) => rx
-            .recv()
-            .unwrap_or_else(|_| Err("its thread ended before it started".into())),
-        Err(e) => Err(format!("cannot start its thread: {e}")),
-    };
-    match &started {
-        Ok(s) => {
-            for t in s.recovered() {
-                println!(
-                    "cellos: shard data file {} had a torn tail ({}): kept {} bytes, cut {}",
-                    t.path.display(),
-                    t.reason,
-                    t.kept,
-                    t.cut
-                );
-            }
-            println!(
-                "cellos: shard server on port {SHARD_PORT}, data in {}",
-                dir.display()
-            );
-        }
-        Err(e) => println!(
-            "cellos: shard server cannot start in {}: {e}",
-            dir.display()
-        ),
+/// Prepares what init's `shardd` service waits for: the shard directory `dir` (on
+/// the HDD pool) and the admin password, kept on the state disk (created once, mode
+/// 0600) so a restarted cellosd still manages the namespaces shardd serves, both
+/// linked into `run_dir`. Returns the provisioner that manages them.
+pub fn prepare_shards(dir: &Path, state_dir: &Path, run_dir: &Path) -> Result<ShardProvisioner> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let secret = state_dir.join("shardd.admin");
+    if !secret.exists() {
+        let password =
+            cellos_ledger::Hash::of(&cellos_ledger::keys::generate().to_bytes()).to_hex();
+        let tmp = secret.with_extension("tmp");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        std::io::Write::write_all(&mut f, password.as_bytes())
+            .and_then(|()| f.sync_all())
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &secret)
+            .with_context(|| format!("cannot rename {} to {}", tmp.display(), secret.display()))?;
     }
-    started
+    let admin_password = std::fs::read_to_string(&secret)
+        .with_context(|| format!("cannot read {}", secret.display()))?
+        .trim()
+        .to_string();
+    std::fs::create_dir_all(run_dir)
+        .with_context(|| format!("cannot create {}", run_dir.display()))?;
+    for (target, link) in [(dir, SHARD_DIR_LINK), (secret.as_path(), SHARD_ADMIN_LINK)] {
+        let link = run_dir.join(link);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(target, &link)
+            .with_context(|| format!("cannot link {} to {}", link.display(), target.display()))?;
+    }
+    Ok(ShardProvisioner {
+        addr: SocketAddr::from(([127, 0, 0, 1], SHARD_PORT)),
+        admin_password,
+        start_wait: SHARD_START,
+    })
 }
 
-/// Serves the node API in the background; failures are printed, never fatal.
+/// Serves the node API in the background; failures are printed, never fatal. It is
+/// on a hostile network: connections are capped below cellosd's open-file limit
+/// (which init raises), and slow or idle clients are cut off (`cellos_http`).
 pub fn serve_api(state: Arc<ApiState>) {
     tokio::spawn(async move {
         let addr = SocketAddr::from(API_ADDR);
-        match tokio::net::TcpListener::bind(addr).await {
+        // Half the descriptors: the rest are for provisioning and the ledger client.
+        let fds = cellos_http::fd_limit().unwrap_or(1024) / 2;
+        let limits = cellos_http::Limits::for_fd_limit(fds);
+        match cellos_http::bind(addr) {
             Ok(l) => {
-                println!("cellosd: node API on http://{addr}");
-                if let Err(e) = axum::serve(l, api::router(state)).await {
-                    println!("cellosd: node API stopped: {e}");
-                }
+                println!(
+                    "cellosd: node API on http://{addr} (up to {} connections)",
+                    limits.max_connections
+                );
+                cellos_http::serve(l, api::router(state), limits, None, std::future::pending())
+                    .await;
             }
             Err(e) => println!("cellosd: node API cannot listen on {addr}: {e}"),
         }
@@ -224,6 +271,9 @@ pub fn serve_api(state: Arc<ApiState>) {
 
 pub struct Wiring<V: Volumes + 'static> {
     pub client: Client,
+    /// The registrar's signer: one per node.
+    pub signer: NodeSigner,
+    /// Opens the deployments sealed to the node.
     pub key: SigningKey,
     pub node: NodeId,
     pub state_dir: std::path::PathBuf,
@@ -241,24 +291,9 @@ pub fn store(state_dir: &Path) -> Result<Store> {
 
 /// Runs the provision engine for ever; returns only if its state cannot be opened.
 pub async fn run<V: Volumes + 'static>(w: Wiring<V>) -> Result<std::convert::Infallible> {
-    // The registrar just talked to the ledger; the chain id is one request away.
-    let mut wait = Duration::from_secs(1);
-    let chain_id = loop {
-        match w.client.status().await {
-            Ok(s) => break s.chain_id,
-            Err(e) => {
-                println!(
-                    "cellos: provision: ledger status: {e}; retrying in {}s",
-                    wait.as_secs()
-                );
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(30));
-            }
-        }
-    };
     let ledger = LedgerClient {
         client: w.client,
-        signer: tokio::sync::Mutex::new(Signer::new(w.key.clone(), chain_id)),
+        signer: w.signer,
     };
     let config = Config {
         usage_every: if w.test_mode {
@@ -272,8 +307,8 @@ pub async fn run<V: Volumes + 'static>(w: Wiring<V>) -> Result<std::convert::Inf
         ledger,
         store(&w.state_dir)?,
         Provisioners {
-            volume: Box::new(VolumeProvisioner { volumes: w.volumes }),
-            shard: Box::new(w.shards),
+            volume: Arc::new(VolumeProvisioner { volumes: w.volumes }),
+            shard: Arc::new(w.shards),
         },
         w.node,
         w.key,
@@ -304,32 +339,51 @@ pub fn info(
 mod tests {
     use super::*;
     use cellos_ledger::deployment::Size;
-    use cellos_shard::client::Client as ShardClient;
+    use cellos_shard::server::{Config as ShardConfig, Server};
     use cellos_storage::fake::MemVolumes;
 
-    #[tokio::test]
+    /// A strict shard server like the node's, and a provisioner with its admin
+    /// password, as `prepare_shards` links them.
+    async fn shardd(dir: &Path) -> (Server, Arc<ShardProvisioner>) {
+        let mut config =
+            ShardConfig::new(dir.join("shards"), SocketAddr::from(([127, 0, 0, 1], 0)));
+        config.strict = true;
+        let run = dir.join("run");
+        let mut p = prepare_shards(&dir.join("shards"), dir, &run).expect("prepare");
+        assert_eq!(
+            std::fs::read_to_string(run.join(SHARD_ADMIN_LINK)).expect("the linked password"),
+            p.admin_password
+        );
+        assert!(run.join(SHARD_DIR_LINK).is_dir());
+        config.admin_password = Some(p.admin_password.clone());
+        let server = Server::start(config).await.expect("shard server");
+        p.addr = server.local_addr();
+        (server, Arc::new(p))
+    }
+
+    async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        tokio::task::spawn_blocking(f).await.expect("blocking task")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn shards_are_namespaces_with_quota_and_password() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let server = Server::start(ShardConfig::new(
-            dir.path().to_path_buf(),
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-        ))
-        .await
-        .expect("shard server");
-        let addr = server.local_addr();
-        let p = ShardProvisioner {
-            server: Ok(Arc::new(server)),
-        };
+        let (_server, p) = shardd(dir.path()).await;
+        let addr = p.addr;
         let id = WorkloadId {
             contract: 9,
             name: "store".into(),
         };
-        let spec = WorkloadSpec::Shard {
-            size: Size(1 << 20),
+        let spec = |password: &str, size: u64| WorkloadSpec::Shard {
+            size: Size(size),
             mode: ShardMode::User,
-            password: Some("pw".into()),
+            password: Some(password.into()),
         };
-        let data = p.ensure(&id, &spec).expect("ensure");
+        let ensure = |s: WorkloadSpec| {
+            let (p, id) = (p.clone(), id.clone());
+            blocking(move || p.ensure(&id, &s))
+        };
+        let data = ensure(spec("pw", 1 << 20)).await.expect("ensure");
         assert_eq!(data["namespace"], "c9-store");
         assert_eq!(data["port"], SHARD_PORT.to_string());
         let mut c = ShardClient::connect(addr, Duration::from_secs(5))
@@ -340,7 +394,7 @@ mod tests {
             .expect("select with the password");
         c.set(b"k", b"v").await.expect("set");
         // A second pass keeps the data.
-        p.ensure(&id, &spec).expect("ensure again");
+        ensure(spec("pw", 1 << 20)).await.expect("ensure again");
         assert_eq!(c.get(b"k").await.expect("get"), Some(b"v".to_vec()));
         let mut other = ShardClient::connect(addr, Duration::from_secs(5))
             .await
@@ -354,33 +408,79 @@ mod tests {
             c.set(b"big", &vec![0u8; 2 << 20]).await.is_err(),
             "writing past the quota fails"
         );
-        p.remove(&id, &spec).expect("remove");
-        p.remove(&id, &spec).expect("remove again");
+        // An update changes the password and the quota, and keeps the data.
+        ensure(spec("pw2", 4 << 20)).await.expect("update");
+        let mut again = ShardClient::connect(addr, Duration::from_secs(5))
+            .await
+            .expect("connect");
+        assert!(
+            again.select("c9-store", Some("pw")).await.is_err(),
+            "the old password"
+        );
+        again
+            .select("c9-store", Some("pw2"))
+            .await
+            .expect("the new password");
+        assert_eq!(again.get(b"k").await.expect("get"), Some(b"v".to_vec()));
+        again
+            .set(b"big", &vec![0u8; 2 << 20])
+            .await
+            .expect("the larger quota");
+        for _ in 0..2 {
+            let (p, id, s) = (p.clone(), id.clone(), spec("pw2", 1));
+            blocking(move || p.remove(&id, &s))
+                .await
+                .expect("remove (twice)");
+        }
         let mut after = ShardClient::connect(addr, Duration::from_secs(5))
             .await
             .expect("connect");
         assert!(
-            after.select("c9-store", Some("pw")).await.is_err(),
+            after.select("c9-store", Some("pw2")).await.is_err(),
             "the namespace is gone"
         );
     }
 
-    #[test]
-    fn a_shard_server_that_did_not_start_fails_the_workload_with_the_reason() {
-        let p = ShardProvisioner {
-            server: Err("port 9900 in use".into()),
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shard_server_that_is_not_running_fails_the_workload_with_the_reason() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut p = prepare_shards(&dir.path().join("s"), dir.path(), &dir.path().join("run"))
+            .expect("prepare");
+        p.start_wait = Duration::from_secs(1);
+        p.addr = SocketAddr::from(([127, 0, 0, 1], {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        }));
+        let spec = WorkloadSpec::Shard {
+            size: Size(1 << 20),
+            mode: ShardMode::Seq,
+            password: Some("p".into()),
         };
         let id = WorkloadId {
             contract: 1,
             name: "s".into(),
         };
-        let spec = WorkloadSpec::Shard {
-            size: Size(1 << 20),
-            mode: ShardMode::Seq,
-            password: None,
-        };
-        let e = p.ensure(&id, &spec).expect_err("no server");
-        assert!(e.0.contains("port 9900 in use"), "{e}");
+        let e = blocking(move || p.ensure(&id, &spec))
+            .await
+            .expect_err("no server");
+        assert!(e.0.contains("the shard server is not answering"), "{e}");
+    }
+
+    #[test]
+    fn the_admin_password_is_made_once_and_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = prepare_shards(&dir.path().join("s"), dir.path(), &dir.path().join("run"))
+            .expect("prepare");
+        let again = prepare_shards(&dir.path().join("s"), dir.path(), &dir.path().join("run"))
+            .expect("prepare again");
+        assert_eq!(first.admin_password, again.admin_password);
+        assert_eq!(first.admin_password.len(), 64);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("shardd.admin"))
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]

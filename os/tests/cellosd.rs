@@ -88,6 +88,7 @@ fn cellosd(vars: &[(&str, String)]) -> (Child, Lines<BufReader<ChildStdout>>) {
     }
     // Never the host's disks: a state directory of its own and no pools.
     let state = tempfile::tempdir().expect("tempdir").keep();
+    cmd.env("CELLOS_RUN_DIR", state.join("run"));
     cmd.env("CELLOS_STATE_DIR", state);
     cmd.envs(vars.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::piped())

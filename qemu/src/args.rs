@@ -80,6 +80,17 @@ pub(crate) fn argv(
         "-serial",
         &format!("file:{}", path(&work.join("console.log"))),
     ]);
+    // The second serial port (ttyS1): a node booted with cellos.debug runs a shell
+    // on it, which tests drive through this socket (`Vm::shell`).
+    push(&[
+        "-chardev",
+        &format!(
+            "socket,id=shell,path={},server=on,wait=off",
+            path(&work.join("shell.sock"))
+        ),
+        "-serial",
+        "chardev:shell",
+    ]);
     let qmp = work.join("qmp.sock");
     push(&["-qmp", &format!("unix:{},server=on,wait=off", path(&qmp))]);
 

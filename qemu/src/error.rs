@@ -30,6 +30,8 @@ pub enum Error {
     Config(String),
     #[error("QMP on {socket}: {reason}")]
     Qmp { socket: PathBuf, reason: String },
+    #[error("guest shell ({socket}): {reason} (is the node booted with cellos.debug?)")]
+    Shell { socket: PathBuf, reason: String },
     #[error("timed out after {timeout:?} waiting for {pattern} on the console; last console lines:\n{tail}")]
     Timeout {
         pattern: String,

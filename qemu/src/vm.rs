@@ -71,6 +71,8 @@ pub struct Vm {
     exit: Option<ExitStatus>,
     /// Byte offset in console.log up to which `wait_for` has consumed lines.
     cursor: usize,
+    /// Commands sent to the guest shell, for unique end markers.
+    shell_seq: u64,
     disks: Vec<PathBuf>,
     accel: Accel,
     started: Instant,
@@ -163,6 +165,7 @@ impl Vm {
             child,
             exit: None,
             cursor: 0,
+            shell_seq: 0,
             disks: attached.into_iter().map(|d| d.path).collect(),
             accel,
             started: Instant::now(),
@@ -263,6 +266,67 @@ impl Vm {
                 });
             }
             std::thread::sleep(POLL);
+        }
+    }
+
+    /// Runs `command` (one line of shell) in the guest's debug shell (busybox `sh` on
+    /// ttyS1, which init starts when the node boots with `cellos.debug`) and returns
+    /// its exit status and output. For tests: kill a service, look at a namespace.
+    pub fn shell(&mut self, command: &str, timeout: Duration) -> Result<(i32, String)> {
+        use std::io::{Read, Write};
+        let socket = self.work.path().join("shell.sock");
+        let fail = |reason: String| Error::Shell {
+            socket: socket.clone(),
+            reason,
+        };
+        let mut stream = std::os::unix::net::UnixStream::connect(&socket)
+            .map_err(|e| fail(format!("cannot connect: {e}")))?;
+        stream
+            .set_read_timeout(Some(POLL))
+            .map_err(|e| fail(e.to_string()))?;
+        self.shell_seq += 1;
+        let end = format!("@@cellos-end-{}@@", self.shell_seq);
+        // The guest's shell reads the marker (in two halves, so that an echo of the
+        // input never matches) and one command line, and prints the marker and the
+        // command's status after its output.
+        if command.contains('\n') {
+            return Err(fail("one command line at a time".into()));
+        }
+        let (a, b) = end.split_at(5);
+        let script = format!("{a} {b}\n{command}\n");
+        stream
+            .write_all(script.as_bytes())
+            .map_err(|e| fail(format!("cannot write: {e}")))?;
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&out).replace('\r', "");
+            if let Some(at) = text.find(&end) {
+                let status = text[at + end.len()..]
+                    .split_whitespace()
+                    .next()
+                    .and_then(|s| s.parse().ok());
+                if let Some(status) = status {
+                    let output = text[..at].trim_end_matches('\n').to_string();
+                    return Ok((status, output));
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(fail(format!(
+                    "no answer to {command:?} within {timeout:?}; got {text:?}"
+                )));
+            }
+            match stream.read(&mut buf) {
+                Ok(0) => return Err(fail("the guest closed the shell".into())),
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => return Err(fail(format!("cannot read: {e}"))),
+            }
         }
     }
 

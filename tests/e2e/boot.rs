@@ -35,6 +35,21 @@ fn boots_and_registers(pxe: bool) {
     vm.wait_for("cellos-init: started", BOOT_TIMEOUT)
         .expect("init starts");
     let to_init = t.elapsed();
+    // Init raises the open-file limit for its services (1,024 makes a connection
+    // flood cheap).
+    let files = vm
+        .wait_for(
+            &Regex::new(r"cellosd: up to (\d+) open files").expect("regex"),
+            BOOT_TIMEOUT,
+        )
+        .expect("cellosd says its open-file limit");
+    let files: u64 = files
+        .rsplit("up to ")
+        .next()
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("a number");
+    assert!(files >= 1 << 20, "cellosd may open only {files} files");
     let re = Regex::new(REGISTERED).expect("regex");
     let line = vm.wait_for(&re, BOOT_TIMEOUT).expect("node registers");
     let (id, on_farm, ms) = registered(&line);

@@ -10,6 +10,7 @@ use cellos_ledger::keys::{self, Signer};
 use cellos_ledger::*;
 use cellos_qemu::{Disk, HostFwd, Protocol, Vm};
 use cellos_tests::*;
+use ed25519_dalek::SigningKey;
 
 const GIB: u64 = 1 << 30;
 
@@ -40,12 +41,10 @@ fn volume_file(dir: &std::path::Path, name: &str, size: &str) -> String {
     p.to_str().expect("path").to_string()
 }
 
-fn api(port: u16, path: &str) -> serde_json::Value {
-    let out = std::process::Command::new("curl")
-        .args(["-sf", "-m", "10", &format!("http://127.0.0.1:{port}{path}")])
-        .output()
-        .expect("curl");
-    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+/// The owner's signed view of its deployments on the node.
+fn api(port: u16, path: &str, owner: &SigningKey, node: &PublicKey) -> serde_json::Value {
+    let (_, body) = node_api(port, path, Some((owner, node)));
+    serde_json::from_str(&body).unwrap_or(serde_json::Value::Null)
 }
 
 #[test]
@@ -93,7 +92,9 @@ fn vm_deploy_cancel_reject_bill_and_reboot() {
     cli(&vm, &["account", "create"]);
     cli(&vm, &["account", "fund", "1000000"]);
     let node_s = node.to_string();
-    let user_key = keys::public_key(&keys::load(&key).expect("user key"));
+    let owner = keys::load(&key).expect("user key");
+    let user_key = keys::public_key(&owner);
+    let node_pub = ledger.node(node).pubkey;
 
     // 1. Deploy a volume: Active, the subvolume exists with its quota, results reach us.
     let file = volume_file(dir.path(), "data", "2G");
@@ -126,12 +127,23 @@ fn vm_deploy_cancel_reject_bill_and_reboot() {
             .contains(&format!("c{data_contract}-data")),
         "{out}"
     );
-    let deployments = api(api_port, "/v1/deployments");
+    let deployments = api(api_port, "/v1/deployments", &owner, &node_pub);
     assert_eq!(deployments[0]["contract"], data_contract, "{deployments}");
     assert_eq!(
         deployments[0]["workloads"][0]["phase"], "ready",
         "{deployments}"
     );
+    // Anyone else learns nothing from the node API about its tenants.
+    for path in [
+        "/v1/deployments",
+        &format!("/v1/deployments/{data_contract}"),
+    ] {
+        let (status, body) = node_api(api_port, path, None);
+        assert_eq!(status, 401, "anonymous {path}: {body}");
+    }
+    let stranger = keys::generate();
+    let (status, body) = node_api(api_port, "/v1/deployments", Some((&stranger, &node_pub)));
+    assert_eq!((status, body.as_str()), (200, "[]"), "a stranger's list");
 
     // 4. Rejections, each with its reason on the ledger.
     let c = &ledger.client;
@@ -304,12 +316,14 @@ fn vm_deploy_cancel_reject_bill_and_reboot() {
         "the node API after the reboot",
         Duration::from_secs(60),
         || {
-            let v = api(api_port, "/v1/deployments");
-            (v.as_array().map(Vec::len) == Some(1)).then_some(v)
+            // The first pass after a boot ensures every workload again: the API
+            // answers meanwhile (provisioning), and then says ready.
+            let v = api(api_port, "/v1/deployments", &owner, &node_pub);
+            (v.as_array().map(Vec::len) == Some(1) && v[0]["workloads"][0]["phase"] == "ready")
+                .then_some(v)
         },
     );
     assert_eq!(deployments[0]["contract"], data_contract);
-    assert_eq!(deployments[0]["workloads"][0]["phase"], "ready");
     assert_eq!(
         ledger
             .block_on(c.contract(data_contract))
@@ -371,7 +385,7 @@ fn vm_deploy_cancel_reject_bill_and_reboot() {
         "the node API to forget the contract",
         Duration::from_secs(30),
         || {
-            let v = api(api_port, "/v1/deployments");
+            let v = api(api_port, "/v1/deployments", &owner, &node_pub);
             (v.as_array().map(Vec::is_empty) == Some(true)).then_some(())
         },
     );

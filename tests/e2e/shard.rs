@@ -1,5 +1,8 @@
 //! The `shard` workload end to end: a namespace on the node's shard server (on its HDD
 //! pool), deployed with the real CLI, used over RESP from the host, removed on cancel.
+//! The node API never shows the namespace's password, to anyone. The shard server is
+//! a service of its own: killing cellosd while a client writes costs the client
+//! nothing.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -21,18 +24,28 @@ fn vm_shard_namespace_is_served_and_removed() {
     let farm = ledger.farm(&enroll);
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
+    let api_port = free_port();
+    let mut params = boot_params(farm, &ledger.guest_url(), &enroll);
+    params.extra.push_str(" cellos.debug");
     let mut cfg = vm_config(
-        img.direct(&boot_params(farm, &ledger.guest_url(), &enroll)),
+        img.direct(&params),
         vec![
             Disk::new(8 * GIB, DiskKind::Ssd),
             Disk::new(8 * GIB, DiskKind::Hdd),
         ],
     );
-    cfg.hostfwd = vec![HostFwd {
-        protocol: Protocol::Tcp,
-        host_port: port,
-        guest_port: SHARD_PORT,
-    }];
+    cfg.hostfwd = vec![
+        HostFwd {
+            protocol: Protocol::Tcp,
+            host_port: port,
+            guest_port: SHARD_PORT,
+        },
+        HostFwd {
+            protocol: Protocol::Tcp,
+            host_port: api_port,
+            guest_port: NODE_API_PORT,
+        },
+    ];
     let mut vm = start(cfg);
     // cellosd starts the shard server before it registers.
     vm.wait_for("shard server on port 9900, data in /mnt/hdd", BOOT_TIMEOUT)
@@ -43,9 +56,14 @@ fn vm_shard_namespace_is_served_and_removed() {
     );
 
     let key = dir.path().join("user.key");
+    let console = vm.console_path();
     let cli = |args: &[&str]| {
         let (ok, out, err) = cellos_cli(args, &url, &key);
-        assert!(ok, "cellos {args:?} failed:\n{out}\n{err}");
+        assert!(
+            ok,
+            "cellos {args:?} failed:\n{out}\n{err}\n--- node console ---\n{}",
+            std::fs::read_to_string(&console).unwrap_or_default()
+        );
         out
     };
     cli(&["key", "new"]);
@@ -97,6 +115,128 @@ fn vm_shard_namespace_is_served_and_removed() {
             "a wrong password is refused"
         );
     });
+
+    // Kill cellosd while a client writes: shardd, its own service, keeps serving.
+    let pidof = |vm: &mut cellos_qemu::Vm, name: &str| {
+        let (status, out) = vm
+            .shell(
+                &format!("/bin/busybox pidof {name}"),
+                Duration::from_secs(20),
+            )
+            .expect("guest shell");
+        assert_eq!(status, 0, "{name} is not running: {out}");
+        out.trim().to_string()
+    };
+    let shardd_pid = pidof(&mut vm, "shardd");
+    let cellosd_pid = pidof(&mut vm, "cellosd");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, ns) = (stop.clone(), ns.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let mut c = ShardClient::connect(addr, Duration::from_secs(10))
+                    .await
+                    .expect("connect");
+                c.select(&ns, Some("s3cret")).await.expect("select");
+                let mut written = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let k = format!("k{written}");
+                    if let Err(e) = c.set(k.as_bytes(), &[7u8; 1024]).await {
+                        return Err(format!("write {written} failed: {e}"));
+                    }
+                    written += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Ok(written)
+            })
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let (status, out) = vm
+        .shell(
+            &format!("/bin/busybox kill -9 {cellosd_pid}"),
+            Duration::from_secs(20),
+        )
+        .expect("guest shell");
+    assert_eq!(status, 0, "kill cellosd: {out}");
+    vm.wait_for(
+        &Regex::new(r"service cellosd was killed by signal 9.*restarting").expect("regex"),
+        BOOT_TIMEOUT,
+    )
+    .expect("init restarts cellosd");
+    vm.wait_for(&Regex::new(REGISTERED).expect("regex"), BOOT_TIMEOUT)
+        .expect("cellosd comes back");
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer
+        .join()
+        .expect("writer thread")
+        .unwrap_or_else(|e| panic!("the client saw an error while cellosd died: {e}"));
+    assert!(written > 10, "the client wrote only {written} keys");
+    assert_eq!(
+        pidof(&mut vm, "shardd"),
+        shardd_pid,
+        "shardd was not restarted"
+    );
+    assert_ne!(
+        pidof(&mut vm, "cellosd"),
+        cellosd_pid,
+        "cellosd is a new process"
+    );
+    ledger.block_on(async {
+        let mut c = ShardClient::connect(addr, Duration::from_secs(10))
+            .await
+            .expect("connect");
+        c.select(&ns, Some("s3cret")).await.expect("select");
+        for i in 0..written {
+            assert!(
+                c.get(format!("k{i}").as_bytes())
+                    .await
+                    .expect("get")
+                    .is_some(),
+                "key k{i} is missing"
+            );
+        }
+    });
+    println!("figures: {written} writes, none failed, while cellosd was killed and came back");
+
+    // The node API: the owner sees the namespace's address, nobody sees its password.
+    let owner = keys::load(&key).expect("user key");
+    let node_pub = ledger.node(node).pubkey;
+    let mut seen = Vec::new();
+    let view = cli(&[
+        "deployment",
+        "status",
+        &contract.to_string(),
+        "--api",
+        &format!("http://127.0.0.1:{api_port}"),
+    ]);
+    assert!(
+        view.contains(&ns),
+        "the owner's view names the namespace: {view}"
+    );
+    seen.push(view);
+    let stranger = keys::generate();
+    for (path, signed, want) in [
+        ("/v1/status".to_string(), None, 200),
+        ("/metrics".to_string(), None, 200),
+        ("/v1/deployments".to_string(), None, 401),
+        (format!("/v1/deployments/{contract}"), None, 401),
+        ("/v1/deployments".to_string(), Some(&owner), 200),
+        (format!("/v1/deployments/{contract}"), Some(&owner), 200),
+        (format!("/v1/deployments/{contract}"), Some(&stranger), 404),
+    ] {
+        let (status, body) = node_api(api_port, &path, signed.map(|k| (k, &node_pub)));
+        assert_eq!(status, want, "{path}: {body}");
+        seen.push(body);
+    }
+    for body in &seen {
+        assert!(!body.contains("s3cret"), "the password leaked: {body}");
+    }
 
     cli(&["deployment", "cancel", &contract.to_string()]);
     vm.wait_for(&format!("contract {contract} closed"), BOOT_TIMEOUT)

@@ -57,7 +57,7 @@ pub fn image() -> &'static Image {
     IMAGE.get_or_init(|| {
         let bins = bin_dir();
         let mut binaries = Vec::new();
-        for (name, dest) in [("init", "/init"), ("cellosd", "/usr/bin/cellosd")] {
+        for &(name, dest) in cellos_image::NODE_BINARIES {
             let p = bins.join(name);
             assert!(
                 p.is_file(),
@@ -147,6 +147,8 @@ pub struct Ledger {
     pub rt: tokio::runtime::Runtime,
     pub addr: SocketAddr,
     pub client: Client,
+    /// Served over TLS (`https://`).
+    tls: bool,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     _dir: tempfile::TempDir,
 }
@@ -154,6 +156,17 @@ pub struct Ledger {
 impl Ledger {
     /// Starts a dev-mode ledger on `port` (0: any free port).
     pub fn start(port: u16) -> Ledger {
+        Self::start_with(port, None)
+    }
+
+    /// A dev-mode ledger serving TLS with the certificate and key in PEM files; its
+    /// client trusts `ca_pem`.
+    pub fn start_tls(cert: &Path, key: &Path, ca_pem: &str) -> Ledger {
+        let tls = cellos_http::Tls::from_pem_files(cert, key).expect("the TLS certificate");
+        Self::start_with(0, Some((tls, ca_pem)))
+    }
+
+    fn start_with(port: u16, tls: Option<(cellos_http::Tls, &str)>) -> Ledger {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -165,6 +178,7 @@ impl Ledger {
             listen: SocketAddr::from(([127, 0, 0, 1], port)),
             params: ChainParams::new(CHAIN, true),
             blob_limit: 1 << 20,
+            tls: tls.as_ref().map(|(t, _)| t.clone()),
             ..Default::default()
         };
         let srv = rt.block_on(Server::bind(cfg)).expect("ledger bind");
@@ -173,11 +187,16 @@ impl Ledger {
         rt.spawn(srv.run(async {
             let _ = stopped.await;
         }));
-        let client = Client::new(&format!("http://{addr}")).expect("client");
+        let client = match &tls {
+            None => Client::new(&format!("http://{addr}")),
+            Some((_, ca)) => Client::with_ca(&format!("https://{addr}"), ca.as_bytes()),
+        }
+        .expect("client");
         Ledger {
             rt,
             addr,
             client,
+            tls: tls.is_some(),
             stop: Some(stop),
             _dir: dir,
         }
@@ -185,7 +204,8 @@ impl Ledger {
 
     /// The ledger's URL as a QEMU guest sees it.
     pub fn guest_url(&self) -> String {
-        format!("http://10.0.2.2:{}", self.addr.port())
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://10.0.2.2:{}", self.addr.port())
     }
 
     pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
@@ -301,4 +321,27 @@ pub fn cellos_cli(args: &[&str], url: &str, key: &Path) -> (bool, String, String
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").port()
+}
+
+/// A GET on a node's API forwarded to `port` on the host, signed with `key` for the
+/// node whose key is `node` when given (DESIGN §9), with curl like any client would.
+/// Returns the HTTP status (0 when the node did not answer) and the body.
+pub fn node_api(port: u16, path: &str, signed: Option<(&SigningKey, &PublicKey)>) -> (u16, String) {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-s", "-m", "10", "-w", "\n%{http_code}"]);
+    if let Some((key, node)) = signed {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        for (name, value) in request::RequestAuth::sign(key, node, "GET", path, now).headers() {
+            cmd.args(["-H", &format!("{name}: {value}")]);
+        }
+    }
+    let out = cmd
+        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
 }

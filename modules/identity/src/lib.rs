@@ -19,6 +19,7 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use cellos_ledger::keys::{self, KeyError, Signer};
@@ -179,9 +180,34 @@ impl Identity {
         &self.key
     }
 
-    /// A transaction signer for the ledger whose chain id is `chain_id`.
-    pub fn signer(&self, chain_id: &str) -> Signer {
-        Signer::new(self.key.clone(), chain_id)
+    /// The node's transaction signer for the ledger whose chain id is `chain_id`,
+    /// starting above `ledger_nonce` (the ledger's record of the node's account). Make
+    /// one per process and share it: see [`NodeSigner`].
+    pub fn signer(&self, chain_id: &str, ledger_nonce: u64) -> NodeSigner {
+        let mut s = Signer::new(self.key.clone(), chain_id);
+        s.observe(ledger_nonce);
+        NodeSigner::new(s)
+    }
+}
+
+/// The one signer of a node's transactions, shared by every part of cellosd that
+/// submits (the registrar, the provision engine).
+///
+/// Two signers for one key would each pick millisecond nonces on their own, and the
+/// ledger refuses whichever lands second with a lower one. So there is one, behind an
+/// async lock that its user holds from signing until the ledger has answered: the
+/// node's transactions reach the ledger in nonce order.
+#[derive(Clone)]
+pub struct NodeSigner(Arc<tokio::sync::Mutex<Signer>>);
+
+impl NodeSigner {
+    pub fn new(signer: Signer) -> Self {
+        NodeSigner(Arc::new(tokio::sync::Mutex::new(signer)))
+    }
+
+    /// Holds the signer: sign, submit, and only then let go.
+    pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, Signer> {
+        self.0.lock().await
     }
 }
 
@@ -238,15 +264,22 @@ mod tests {
     use super::*;
     use cellos_ledger::TxBody;
 
-    #[test]
-    fn signer_signs_as_the_identity() {
+    #[tokio::test]
+    async fn signer_signs_as_the_identity_above_the_ledgers_nonce() {
         let id = Identity::generate();
-        let mut signer = id.signer("test-chain");
+        let shared = id.signer("test-chain", u64::MAX / 2);
+        let other = shared.clone();
+        let mut signer = shared.lock().await;
         assert_eq!(signer.public_key(), id.public_key());
         assert_eq!(signer.chain_id(), "test-chain");
         let tx = signer.sign(TxBody::Faucet { amount: 1 });
         assert_eq!(tx.tx.signer, id.public_key());
+        assert_eq!(tx.tx.nonce, u64::MAX / 2 + 1);
         assert!(tx.verify().is_ok());
+        drop(signer);
+        // Clones are the same signer: nonces keep going up across them.
+        let next = other.lock().await.sign(TxBody::Faucet { amount: 1 });
+        assert_eq!(next.tx.nonce, u64::MAX / 2 + 2);
     }
 
     #[test]

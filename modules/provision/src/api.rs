@@ -1,19 +1,31 @@
-//! The node's local HTTP API: read-only views of what the node is and runs.
+//! The node's local HTTP API: views of what the node is and runs.
 //!
-//! `GET /v1/status`, `/v1/deployments`, `/v1/deployments/<contract>` and `/metrics`
-//! (Prometheus text). Everything that changes anything goes through the ledger, so
-//! there is nothing to authenticate here: the data is what the ledger and the owner's
-//! sealed results already say, read from the state disk.
+//! Everything that changes anything goes through the ledger; this API only reads.
+//! It is on a hostile network (DESIGN §9), so:
+//! - `GET /v1/status` and `/metrics` (Prometheus text) are public and carry nothing a
+//!   tenant would mind: counts, capacity, the node's public key.
+//! - `GET /v1/deployments` (the signer's own deployments) and
+//!   `/v1/deployments/<contract>` are for the deployment's owner only: the request is
+//!   signed with the owner's key for this node's key, within a time window
+//!   ([`cellos_ledger::request`]). Anyone else gets 401 or 403, and no hint of what
+//!   the node runs for others.
+//! - No response ever carries a secret, not even to the owner: the views are built
+//!   from workload names, kinds, phases and the results the provisioners report
+//!   (addresses, paths, ports), never from the deployment's specs, which hold
+//!   passwords and keys. Secrets reach the owner only sealed, through the ledger's
+//!   mailbox.
 
 use std::fmt::Write as _;
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use cellos_ledger::deployment::WorkloadResult;
+use cellos_ledger::request::{RequestAuth, RequestError};
 use cellos_ledger::{FarmId, NodeId, PublicKey, Resources};
 use serde::Serialize;
 
@@ -34,14 +46,30 @@ pub struct ApiState {
     pub store: Store,
     pub info: RwLock<Option<NodeInfo>>,
     pub started: Instant,
+    /// The node's key: signed requests name it as their audience.
+    node_key: PublicKey,
+    /// Unix seconds (injectable for tests of the time window).
+    clock: fn() -> u64,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl ApiState {
-    pub fn new(store: Store) -> Arc<ApiState> {
+    pub fn new(store: Store, node_key: PublicKey) -> Arc<ApiState> {
+        Self::with_clock(store, node_key, unix_now)
+    }
+
+    pub fn with_clock(store: Store, node_key: PublicKey, clock: fn() -> u64) -> Arc<ApiState> {
         Arc::new(ApiState {
             store,
             info: RwLock::new(None),
             started: Instant::now(),
+            node_key,
+            clock,
         })
     }
 
@@ -89,47 +117,87 @@ async fn status(State(s): State<Arc<ApiState>>) -> Response {
     .into_response()
 }
 
+/// Checks that the request is signed for this node within the window; returns the
+/// signer, or the status and reason to refuse it with.
+fn signer(
+    s: &ApiState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<PublicKey, (StatusCode, String)> {
+    let auth = RequestAuth::from_headers(|name| headers.get(name).and_then(|v| v.to_str().ok()))
+        .map_err(|e| (StatusCode::UNAUTHORIZED, e.to_string()))?;
+    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    auth.verify(&s.node_key, method.as_str(), path, (s.clock)())
+        .map_err(|e| {
+            let status = match e {
+                RequestError::OutOfWindow { .. } | RequestError::BadSignature(_) => {
+                    StatusCode::UNAUTHORIZED
+                }
+                _ => StatusCode::BAD_REQUEST,
+            };
+            (status, e.to_string())
+        })?;
+    Ok(auth.key)
+}
+
+/// What the owner sees of a deployment: no spec, so no secret.
 #[derive(Serialize)]
-struct Summary {
+struct View {
     contract: u64,
     deployment_hash: String,
+    owner: PublicKey,
     accepted: bool,
     rejected: Option<String>,
-    workloads: Vec<WorkloadSummary>,
+    workloads: Vec<WorkloadView>,
 }
 
 #[derive(Serialize)]
-struct WorkloadSummary {
+struct WorkloadView {
     name: String,
     kind: &'static str,
     phase: Option<Phase>,
+    /// What the provisioner reported: addresses, paths, ports.
+    result: Option<WorkloadResult>,
 }
 
-fn summary(r: &Record) -> Summary {
-    Summary {
+fn view(r: &Record) -> View {
+    View {
         contract: r.contract,
         deployment_hash: r.deployment_hash.to_hex(),
+        owner: r.deployment.owner,
         accepted: r.accepted,
         rejected: r.rejected.clone(),
         workloads: r
             .deployment
             .workloads
             .iter()
-            .map(|w| WorkloadSummary {
+            .map(|w| WorkloadView {
                 name: w.name.clone(),
                 kind: w.spec.kind(),
                 phase: r.phases.get(&w.name).copied(),
+                result: r.results.iter().find(|x| x.name == w.name).cloned(),
             })
             .collect(),
     }
 }
 
-async fn deployments(State(s): State<Arc<ApiState>>) -> Response {
+async fn deployments(
+    State(s): State<Arc<ApiState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let owner = match signer(&s, &method, &uri, &headers) {
+        Ok(k) => k,
+        Err((status, why)) => return error(status, why),
+    };
     match s.store.all() {
         Ok(all) => Json(
             all.iter()
                 .filter_map(|r| r.as_ref().ok())
-                .map(summary)
+                .filter(|r| r.deployment.owner == owner)
+                .map(view)
                 .collect::<Vec<_>>(),
         )
         .into_response(),
@@ -137,7 +205,17 @@ async fn deployments(State(s): State<Arc<ApiState>>) -> Response {
     }
 }
 
-async fn deployment(State(s): State<Arc<ApiState>>, Path(id): Path<String>) -> Response {
+async fn deployment(
+    State(s): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let owner = match signer(&s, &method, &uri, &headers) {
+        Ok(k) => k,
+        Err((status, why)) => return error(status, why),
+    };
     let Ok(id) = id.parse::<u64>() else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -145,10 +223,11 @@ async fn deployment(State(s): State<Arc<ApiState>>, Path(id): Path<String>) -> R
         );
     };
     match s.store.get(id) {
-        Ok(Some(r)) => Json(r).into_response(),
-        Ok(None) => error(
+        Ok(Some(r)) if r.deployment.owner == owner => Json(view(&r)).into_response(),
+        // Someone else's deployment and none at all look the same.
+        Ok(_) => error(
             StatusCode::NOT_FOUND,
-            format!("no deployment for contract {id} on this node"),
+            format!("no deployment of {owner} for contract {id} on this node"),
         ),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }

@@ -151,7 +151,7 @@ impl<L: Ledger> Engine<L> {
         let open: BTreeSet<ContractId> = contracts.iter().map(|c| c.id).collect();
         for id in self.store.list()? {
             if !open.contains(&id) {
-                self.teardown(id)?;
+                self.teardown(id).await?;
             }
         }
         for c in &contracts {
@@ -329,7 +329,7 @@ impl<L: Ledger> Engine<L> {
             };
             rec.phases.insert(w.name.clone(), Phase::Removing);
             self.store.put(&rec)?;
-            if let Err(e) = self.provisioners.for_spec(&w.spec).remove(&id, &w.spec) {
+            if let Err(e) = self.provisioners.remove(&id, &w.spec).await {
                 self.say(&format!(
                     "cellos: contract {}: removing {} failed: {e}",
                     c.id, w.name
@@ -350,7 +350,7 @@ impl<L: Ledger> Engine<L> {
             };
             rec.phases.insert(w.name.clone(), Phase::Provisioning);
             self.store.put(&rec)?;
-            let (phase, result) = match self.provisioners.for_spec(&w.spec).ensure(&id, &w.spec) {
+            let (phase, result) = match self.provisioners.ensure(&id, &w.spec).await {
                 Ok(data) => (
                     Phase::Ready,
                     WorkloadResult {
@@ -389,7 +389,7 @@ impl<L: Ledger> Engine<L> {
                         contract: c.id,
                         name: w.name.clone(),
                     };
-                    if let Err(e) = self.provisioners.for_spec(&w.spec).remove(&id, &w.spec) {
+                    if let Err(e) = self.provisioners.remove(&id, &w.spec).await {
                         self.say(&format!(
                             "cellos: contract {}: undoing {} failed: {e}",
                             c.id, w.name
@@ -455,7 +455,7 @@ impl<L: Ledger> Engine<L> {
     }
 
     /// Removes every workload of a contract that is no longer open, then its record.
-    fn teardown(&mut self, id: ContractId) -> Result<(), EngineError> {
+    async fn teardown(&mut self, id: ContractId) -> Result<(), EngineError> {
         let Some(mut rec) = self.store.get(id)? else {
             return Ok(());
         };
@@ -467,7 +467,7 @@ impl<L: Ledger> Engine<L> {
             };
             rec.phases.insert(w.name.clone(), Phase::Removing);
             self.store.put(&rec)?;
-            if let Err(e) = self.provisioners.for_spec(&w.spec).remove(&wid, &w.spec) {
+            if let Err(e) = self.provisioners.remove(&wid, &w.spec).await {
                 // Keep the record: the next pass tries again.
                 self.say(&format!(
                     "cellos: contract {id} closed, but removing {} failed: {e}",

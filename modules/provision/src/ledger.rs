@@ -3,8 +3,8 @@
 use std::future::Future;
 use std::time::Duration;
 
+use cellos_identity::NodeSigner;
 use cellos_ledger::client::{Client, ClientError, ContractFilter};
-use cellos_ledger::keys::Signer;
 use cellos_ledger::*;
 
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +52,8 @@ pub trait Ledger: Send + Sync {
 /// The real ledger: the HTTP client and the node's signer.
 pub struct LedgerClient {
     pub client: Client,
-    pub signer: tokio::sync::Mutex<Signer>,
+    /// The node's one signer, shared with the registrar.
+    pub signer: NodeSigner,
 }
 
 impl Ledger for LedgerClient {
@@ -78,9 +79,20 @@ impl Ledger for LedgerClient {
         Ok(self.client.put_blob(&signer, data).await?)
     }
     async fn submit(&self, body: TxBody) -> Result<(), LedgerError> {
-        let tx = self.signer.lock().await.sign(body);
-        self.client.submit(&tx).await?;
-        Ok(())
+        let mut s = self.signer.lock().await;
+        let tx = s.sign(body);
+        match self.client.submit(&tx).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                if e.to_string().contains("nonce") {
+                    // Someone else signed for this key: start above what the ledger saw.
+                    if let Ok(a) = self.client.account(&tx.tx.signer).await {
+                        s.observe(a.nonce);
+                    }
+                }
+                Err(e.into())
+            }
+        }
     }
     async fn wait_events(
         &self,

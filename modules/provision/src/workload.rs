@@ -6,6 +6,7 @@
 //! volumes (and later containers, VMs, networks, shards).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use cellos_ledger::deployment::WorkloadSpec;
 use cellos_ledger::ContractId;
@@ -42,16 +43,38 @@ pub trait Provisioner: Send + Sync {
 
 /// One provisioner per workload type.
 pub struct Provisioners {
-    pub volume: Box<dyn Provisioner>,
-    pub shard: Box<dyn Provisioner>,
+    pub volume: Arc<dyn Provisioner>,
+    pub shard: Arc<dyn Provisioner>,
 }
 
 impl Provisioners {
-    pub fn for_spec(&self, spec: &WorkloadSpec) -> &dyn Provisioner {
+    fn for_spec(&self, spec: &WorkloadSpec) -> Arc<dyn Provisioner> {
         match spec {
-            WorkloadSpec::Volume { .. } => self.volume.as_ref(),
-            WorkloadSpec::Shard { .. } => self.shard.as_ref(),
+            WorkloadSpec::Volume { .. } => self.volume.clone(),
+            WorkloadSpec::Shard { .. } => self.shard.clone(),
         }
+    }
+
+    /// [`Provisioner::ensure`] on a blocking thread: provisioners run `btrfs`, write
+    /// files and talk to servers, and the node API and the ledger client share the
+    /// runtime that awaits this.
+    pub async fn ensure(
+        &self,
+        id: &WorkloadId,
+        spec: &WorkloadSpec,
+    ) -> Result<BTreeMap<String, String>, WorkloadError> {
+        let (p, id, spec) = (self.for_spec(spec), id.clone(), spec.clone());
+        tokio::task::spawn_blocking(move || p.ensure(&id, &spec))
+            .await
+            .unwrap_or_else(|e| Err(WorkloadError(format!("the provisioner failed: {e}"))))
+    }
+
+    /// [`Provisioner::remove`] on a blocking thread, like [`Provisioners::ensure`].
+    pub async fn remove(&self, id: &WorkloadId, spec: &WorkloadSpec) -> Result<(), WorkloadError> {
+        let (p, id, spec) = (self.for_spec(spec), id.clone(), spec.clone());
+        tokio::task::spawn_blocking(move || p.remove(&id, &spec))
+            .await
+            .unwrap_or_else(|e| Err(WorkloadError(format!("the provisioner failed: {e}"))))
     }
 }
 

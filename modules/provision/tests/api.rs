@@ -1,11 +1,25 @@
-//! The node API over HTTP, on records written the way the engine writes them.
+//! The node API over HTTP, on records written the way the engine writes them: public
+//! views for anyone, deployment views for their owner's signed requests only, and no
+//! secret in any response.
 
 use std::collections::BTreeMap;
 
-use cellos_ledger::deployment::{Deployment, Size, Workload, WorkloadSpec};
+use cellos_ledger::deployment::{
+    Deployment, ShardMode, Size, Workload, WorkloadResult, WorkloadSpec, WorkloadState,
+};
+use cellos_ledger::request::{RequestAuth, WINDOW_SECS};
 use cellos_ledger::{keys, Resources};
 use cellos_provision::api::{router, ApiState, NodeInfo};
 use cellos_provision::{Phase, Record, Store};
+
+const SECRET: &str = "tenant-shard-password-5f1c";
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
 
 #[tokio::test]
 async fn status_deployments_and_metrics() {
@@ -16,12 +30,22 @@ async fn status_deployments_and_metrics() {
         owner: keys::public_key(&k),
         version: 1,
         metadata: BTreeMap::new(),
-        workloads: vec![Workload {
-            name: "data".into(),
-            spec: WorkloadSpec::Volume {
-                size: Size(1 << 30),
+        workloads: vec![
+            Workload {
+                name: "data".into(),
+                spec: WorkloadSpec::Volume {
+                    size: Size(1 << 30),
+                },
             },
-        }],
+            Workload {
+                name: "backup".into(),
+                spec: WorkloadSpec::Shard {
+                    size: Size(1 << 30),
+                    mode: ShardMode::User,
+                    password: Some(SECRET.into()),
+                },
+            },
+        ],
         signature: None,
     };
     d.sign(&k);
@@ -30,18 +54,29 @@ async fn status_deployments_and_metrics() {
             contract: 7,
             deployment_hash: d.hash(),
             deployment: d.clone(),
-            phases: BTreeMap::from([("data".to_string(), Phase::Ready)]),
-            results: vec![],
+            phases: BTreeMap::from([
+                ("data".to_string(), Phase::Ready),
+                ("backup".to_string(), Phase::Ready),
+            ]),
+            results: vec![WorkloadResult {
+                name: "backup".into(),
+                kind: "shard".into(),
+                state: WorkloadState::Ok,
+                message: String::new(),
+                data: BTreeMap::from([("port".to_string(), "9900".to_string())]),
+            }],
             accepted: true,
             rejected: None,
             billed_until: 0,
         })
         .expect("put");
-    let state = ApiState::new(Store::open(dir.path()).expect("store"));
+    let node_key = keys::generate();
+    let node_pub = keys::public_key(&node_key);
+    let state = ApiState::new(Store::open(dir.path()).expect("store"), node_pub);
     state.set_info(NodeInfo {
         node: 3,
         farm: 1,
-        pubkey: keys::public_key(&keys::generate()),
+        pubkey: node_pub,
         capacity: Resources {
             cru: 2,
             mru: 1 << 30,
@@ -56,6 +91,18 @@ async fn status_deployments_and_metrics() {
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move { axum::serve(listener, router(state)).await });
     let base = format!("http://{addr}");
+    let http = reqwest::Client::new();
+    let signed = |p: &str, key: &ed25519_dalek::SigningKey, audience, time| {
+        let auth = RequestAuth::sign(key, &audience, "GET", p, time);
+        let mut req = http.get(format!("{base}{p}"));
+        for (n, v) in auth.headers() {
+            req = req.header(n, v);
+        }
+        async move {
+            let r = req.send().await.expect("get");
+            (r.status().as_u16(), r.text().await.expect("text"))
+        }
+    };
     let get = |p: &str| {
         let u = format!("{base}{p}");
         async move {
@@ -63,25 +110,68 @@ async fn status_deployments_and_metrics() {
             (r.status().as_u16(), r.text().await.expect("text"))
         }
     };
+    let mut seen = Vec::new();
 
     let (st, body) = get("/v1/status").await;
     assert_eq!(st, 200);
     let v: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(v["registered"]["node"], 3);
     assert_eq!(v["deployments"], 1);
+    seen.push(body);
 
-    let (st, body) = get("/v1/deployments").await;
-    assert_eq!(st, 200);
+    // Anonymous: nothing about tenants.
+    for p in ["/v1/deployments", "/v1/deployments/7"] {
+        let (st, body) = get(p).await;
+        assert_eq!(st, 401, "{p}: {body}");
+        assert!(body.contains("not signed"), "{body}");
+        seen.push(body);
+    }
+
+    // The owner sees its deployment: phases and results, no spec.
+    let (st, body) = signed("/v1/deployments", &k, node_pub, now()).await;
+    assert_eq!(st, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(v[0]["contract"], 7);
     assert_eq!(v[0]["workloads"][0]["phase"], "ready");
+    assert_eq!(v[0]["workloads"][1]["result"]["data"]["port"], "9900");
+    seen.push(body);
+    let (st, body) = signed("/v1/deployments/7", &k, node_pub, now()).await;
+    assert_eq!(st, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["deployment_hash"], d.hash().to_hex());
+    assert_eq!(v["owner"], keys::public_key(&k).to_hex());
+    seen.push(body);
 
-    let (st, body) = get("/v1/deployments/7").await;
-    assert_eq!(st, 200);
-    let r: Record = serde_json::from_str(&body).expect("record");
-    assert_eq!(r.deployment_hash, d.hash());
-    assert_eq!(get("/v1/deployments/8").await.0, 404);
-    let (st, body) = get("/v1/deployments/x").await;
+    // Someone else, a request signed for another node, a stale or future time, or a
+    // path other than the signed one: refused.
+    let stranger = keys::generate();
+    let (st, body) = signed("/v1/deployments/7", &stranger, node_pub, now()).await;
+    assert_eq!(st, 404, "{body}");
+    seen.push(body);
+    let (st, body) = signed("/v1/deployments", &stranger, node_pub, now()).await;
+    assert_eq!((st, body.as_str()), (200, "[]"));
+    let other_node = keys::public_key(&keys::generate());
+    for (aud, t) in [
+        (other_node, now()),
+        (node_pub, now() - WINDOW_SECS - 5),
+        (node_pub, now() + WINDOW_SECS + 5),
+    ] {
+        let (st, body) = signed("/v1/deployments/7", &k, aud, t).await;
+        assert_eq!(st, 401, "{body}");
+        seen.push(body);
+    }
+    let auth = RequestAuth::sign(&k, &node_pub, "GET", "/v1/deployments/8", now());
+    let mut req = http.get(format!("{base}/v1/deployments/7"));
+    for (n, v) in auth.headers() {
+        req = req.header(n, v);
+    }
+    assert_eq!(req.send().await.expect("get").status().as_u16(), 401);
+
+    assert_eq!(
+        signed("/v1/deployments/8", &k, node_pub, now()).await.0,
+        404
+    );
+    let (st, body) = signed("/v1/deployments/x", &k, node_pub, now()).await;
     assert_eq!(st, 400);
     assert!(body.contains("bad contract id"));
     assert_eq!(get("/v1/nothing").await.0, 404);
@@ -101,11 +191,19 @@ async fn status_deployments_and_metrics() {
         "{body}"
     );
     assert!(
-        body.contains("cellos_workloads{phase=\"ready\"} 1"),
+        body.contains("cellos_workloads{phase=\"ready\"} 2"),
         "{body}"
     );
     assert!(
         body.contains("# TYPE cellos_uptime_seconds gauge"),
         "{body}"
     );
+    seen.push(body);
+
+    // No response carries a secret or the node's private key.
+    let private = hex::encode(node_key.to_bytes());
+    for body in &seen {
+        assert!(!body.contains(SECRET), "a secret leaked: {body}");
+        assert!(!body.contains(&private), "the node key leaked: {body}");
+    }
 }

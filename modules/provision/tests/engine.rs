@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cellos_ledger::client::Client;
 use cellos_ledger::deployment::{
@@ -24,7 +24,13 @@ struct FakeVolumes {
     dir: PathBuf,
     calls: Arc<Mutex<Vec<String>>>,
     fail: Arc<Mutex<BTreeSet<String>>>,
+    /// When set, `ensure` blocks its thread this long (like `btrfs` on a busy disk)
+    /// and records when it ran.
+    slow: Arc<Mutex<Option<Slow>>>,
 }
+
+/// How long a slow `ensure` blocks, and when each one started and ended.
+type Slow = (Duration, Vec<(Instant, Instant)>);
 
 impl FakeVolumes {
     fn exists(&self, c: ContractId, name: &str) -> bool {
@@ -47,6 +53,14 @@ impl Provisioner for FakeVolumes {
             .push(format!("ensure {}", id.node_name()));
         if self.fail.lock().expect("lock").contains(&id.name) {
             return Err(WorkloadError("disk on fire".into()));
+        }
+        let slow = self.slow.lock().expect("lock").as_ref().map(|(d, _)| *d);
+        if let Some(d) = slow {
+            let start = Instant::now();
+            std::thread::sleep(d);
+            if let Some((_, runs)) = self.slow.lock().expect("lock").as_mut() {
+                runs.push((start, Instant::now()));
+            }
         }
         let (WorkloadSpec::Volume { size } | WorkloadSpec::Shard { size, .. }) = spec;
         let p = self.dir.join(id.node_name());
@@ -176,15 +190,15 @@ impl World {
     fn engine(&self) -> Engine<LedgerClient> {
         let ledger = LedgerClient {
             client: self.client.clone(),
-            signer: tokio::sync::Mutex::new(Signer::new(self.node_key.clone(), CHAIN)),
+            signer: cellos_identity::NodeSigner::new(Signer::new(self.node_key.clone(), CHAIN)),
         };
         let lines = self.lines.clone();
         Engine::new(
             ledger,
             Store::open(&self.state).expect("store"),
             Provisioners {
-                volume: Box::new(self.volumes.clone()),
-                shard: Box::new(self.volumes.clone()),
+                volume: std::sync::Arc::new(self.volumes.clone()),
+                shard: std::sync::Arc::new(self.volumes.clone()),
             },
             self.node,
             self.node_key.clone(),
@@ -502,7 +516,7 @@ async fn workloads_go_up_in_dependency_order_and_down_in_reverse() {
             spec: WorkloadSpec::Shard {
                 size: Size(1 << 30),
                 mode: Default::default(),
-                password: None,
+                password: Some("pw".into()),
             },
         },
     );
@@ -524,5 +538,47 @@ async fn workloads_go_up_in_dependency_order_and_down_in_reverse() {
             format!("remove c{c}-store"),
             format!("remove c{c}-vol"),
         ]
+    );
+}
+
+/// cellosd runs the engine and the node API on one current-thread runtime: a
+/// provisioner that blocks (btrfs on a busy disk) must not stall the API.
+#[tokio::test]
+async fn a_slow_provisioner_does_not_stall_the_node_api() {
+    let mut w = world().await;
+    *w.volumes.slow.lock().expect("lock") = Some((Duration::from_secs(2), Vec::new()));
+    let d = w.deployment(&[("data", 1 << 30)]);
+    let c = w.deploy(&d).await;
+    let api = api::ApiState::new(
+        Store::open(&w.state).expect("store"),
+        keys::public_key(&w.node_key),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/v1/status", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, api::router(api)).await });
+    let mut e = w.engine();
+    let slow = w.volumes.slow.clone();
+    let probe = async {
+        // Ask the API over and over while the pass runs; keep when each answer came.
+        let http = reqwest::Client::new();
+        let mut answered = Vec::new();
+        for _ in 0..60 {
+            let r = http.get(&url).send().await.expect("the node API answers");
+            assert_eq!(r.status().as_u16(), 200);
+            answered.push(Instant::now());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        answered
+    };
+    let (pass, answered) = tokio::join!(e.reconcile(), probe);
+    pass.expect("pass");
+    assert_eq!(w.contract(c).await.state, ContractState::Active);
+    let runs = slow.lock().expect("lock").take().expect("slow").1;
+    let (start, end) = runs.first().copied().expect("the provisioner ran");
+    assert!(
+        answered.iter().any(|t| *t > start && *t < end),
+        "the node API did not answer while the provisioner ran"
     );
 }

@@ -33,6 +33,8 @@ pub trait Ledger: Send + Sync {
         &self,
         key: &PublicKey,
     ) -> impl Future<Output = Result<Option<Node>, LedgerError>> + Send;
+    /// The highest nonce the ledger recorded for `key` (0 when it has no account).
+    fn nonce(&self, key: &PublicKey) -> impl Future<Output = Result<u64, LedgerError>> + Send;
     /// Submits a transaction; returns once it is in a durable block.
     fn submit(&self, tx: &SignedTx) -> impl Future<Output = Result<Receipt, LedgerError>> + Send;
 }
@@ -49,6 +51,13 @@ impl Ledger for Client {
     }
     async fn node_by_key(&self, key: &PublicKey) -> Result<Option<Node>, LedgerError> {
         Ok(Client::node_by_key(self, key).await?)
+    }
+    async fn nonce(&self, key: &PublicKey) -> Result<u64, LedgerError> {
+        match Client::account(self, key).await {
+            Ok(a) => Ok(a.nonce),
+            Err(e) if e.status() == Some(404) => Ok(0),
+            Err(e) => Err(e.into()),
+        }
     }
     async fn submit(&self, tx: &SignedTx) -> Result<Receipt, LedgerError> {
         Ok(Client::submit(self, tx).await?)

@@ -23,8 +23,7 @@ use std::convert::Infallible;
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cellos_identity::Identity;
-use cellos_ledger::keys::Signer;
+use cellos_identity::{Identity, NodeSigner};
 use cellos_ledger::{
     EncryptionKey, EnrollToken, Event, FarmId, Interface, NodeId, Receipt, Resources, TxBody,
 };
@@ -229,8 +228,8 @@ pub struct Registrar<L, H> {
     config: Config,
     notify: Notify,
     backoff: Backoff,
-    /// Made once the chain id is known.
-    signer: Option<Signer>,
+    /// Made once the chain id is known; shared with the rest of cellosd.
+    signer: Option<NodeSigner>,
     /// Ledger time minus local time, in seconds: uptime reports carry ledger time so
     /// a node without a synchronized clock is not refused for skew. `None` until
     /// learned, and again after an uptime report is refused.
@@ -376,31 +375,52 @@ impl<L: Ledger, H: Host> Registrar<L, H> {
         sleep(delay).await;
     }
 
-    async fn signer(&mut self) -> Result<&mut Signer, Failure> {
-        let signer = match self.signer.take() {
-            Some(s) => s,
-            None => {
-                let status = self
-                    .ledger
-                    .status()
-                    .await
-                    .map_err(ledger_failure("status"))?;
-                self.backoff.reset();
-                self.clock_offset = Some(status.time as i64 - unix_now() as i64);
-                self.identity.signer(&status.chain_id)
-            }
-        };
-        Ok(self.signer.insert(signer))
+    /// The node's one signer, made on first use from the ledger's chain id and its
+    /// record of the node's nonce.
+    async fn signer(&mut self) -> Result<NodeSigner, Failure> {
+        if let Some(s) = &self.signer {
+            return Ok(s.clone());
+        }
+        let status = self
+            .ledger
+            .status()
+            .await
+            .map_err(ledger_failure("status"))?;
+        let nonce = self
+            .ledger
+            .nonce(&self.identity.public_key())
+            .await
+            .map_err(ledger_failure("reading the node's nonce"))?;
+        self.backoff.reset();
+        self.clock_offset = Some(status.time as i64 - unix_now() as i64);
+        Ok(self
+            .signer
+            .insert(self.identity.signer(&status.chain_id, nonce))
+            .clone())
+    }
+
+    /// The signer the rest of cellosd must use for the node's transactions (one per
+    /// node: see [`NodeSigner`]); `None` before the first contact with the ledger.
+    pub fn shared_signer(&self) -> Option<NodeSigner> {
+        self.signer.clone()
     }
 
     async fn submit(&mut self, body: TxBody) -> Result<Receipt, Failure> {
         let action = body.name();
-        let tx = self.signer().await?.sign(body);
-        let receipt = self
-            .ledger
-            .submit(&tx)
-            .await
-            .map_err(ledger_failure(action))?;
+        let signer = self.signer().await?;
+        let mut s = signer.lock().await;
+        let tx = s.sign(body);
+        let submitted = self.ledger.submit(&tx).await;
+        if let Err(LedgerError::Refused { message, .. }) = &submitted {
+            if message.contains("nonce") {
+                // Someone else signed for this key: start above what the ledger saw.
+                if let Ok(n) = self.ledger.nonce(&tx.tx.signer).await {
+                    s.observe(n);
+                }
+            }
+        }
+        drop(s);
+        let receipt = submitted.map_err(ledger_failure(action))?;
         self.backoff.reset();
         Ok(receipt)
     }

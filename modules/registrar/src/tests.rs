@@ -100,6 +100,10 @@ impl Ledger for FakeLedger {
             .cloned())
     }
 
+    async fn nonce(&self, _key: &PublicKey) -> Result<u64, LedgerError> {
+        Ok(0)
+    }
+
     async fn submit(&self, tx: &SignedTx) -> Result<Receipt, LedgerError> {
         self.check("submit")?;
         assert!(tx.verify().is_ok(), "the registrar signs what it sends");

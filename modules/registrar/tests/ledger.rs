@@ -287,3 +287,73 @@ async fn an_unreachable_ledger_is_retried_with_a_clear_line() {
     assert!(got[0].to_lowercase().contains("refused"), "{got:?}");
     assert!(got[1].ends_with("retrying in 2s"), "{got:?}");
 }
+
+/// A node whose clock is behind what it signed with before the reboot (or that had
+/// another signer) starts above the ledger's record of its nonce; and the registrar
+/// and the provision engine, sharing its one signer, never race each other's nonces.
+#[tokio::test]
+async fn the_node_signer_starts_above_the_ledgers_nonce_and_is_shared() {
+    let l = ledger().await;
+    let farmer = farm(&l, "farm-n").await;
+    let token = EnrollToken::issue(&farmer.enroll_key, &l.chain_id, farmer.farm, u64::MAX);
+    let cfg = || Config {
+        enrollment: Some(token.clone()),
+        ..Config::new(farmer.farm)
+    };
+    let id = Identity::generate();
+    let (mut r, _) = registrar(&l, &FixedHost::new(20), &id, cfg());
+    let reg = tokio::time::timeout(Duration::from_secs(20), r.register())
+        .await
+        .expect("registered in time");
+
+    // Before the reboot the node signed with a clock an hour ahead.
+    let mut ahead = Signer::new(id.signing_key().clone(), l.chain_id.clone());
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    ahead.observe(now_ms + 3_600_000);
+    l.client
+        .submit(&ahead.sign(TxBody::ReportUptime {
+            node: reg.node,
+            uptime_secs: 1,
+            timestamp: l.client.status().await.expect("status").time,
+        }))
+        .await
+        .expect("a report from the clock that was ahead");
+
+    // After the reboot: the registrar's first transaction is accepted.
+    let (mut r, notices) = registrar(&l, &FixedHost::new(30), &id, cfg());
+    let reg = tokio::time::timeout(Duration::from_secs(20), r.register())
+        .await
+        .expect("registered in time");
+    assert_eq!(
+        l.client.node(reg.node).await.expect("node").capacity.sru,
+        30 * GIB
+    );
+    assert!(
+        lines(&notices).iter().all(|n| !n.contains("nonce")),
+        "{:?}",
+        lines(&notices)
+    );
+
+    // Its signer, shared: many concurrent submissions, none refused as stale.
+    let signer = r.shared_signer().expect("a signer after registering");
+    let mut tasks = Vec::new();
+    for i in 0..20u64 {
+        let (signer, client) = (signer.clone(), l.client.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut s = signer.lock().await;
+            let time = client.status().await.expect("status").time;
+            let tx = s.sign(TxBody::ReportUptime {
+                node: reg.node,
+                uptime_secs: 100 + i,
+                timestamp: time,
+            });
+            client.submit(&tx).await
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task").expect("accepted, not stale");
+    }
+}

@@ -59,7 +59,7 @@ struct Args {
     /// Seconds allowed to send one command (and to take one reply).
     #[arg(long, default_value_t = 60)]
     frame_timeout: u64,
-    /// Wait (quietly, checking every second) until --dir and --admin-password-file
+    /// Wait (quietly, checking five times a second) until --dir and --admin-password-file
     /// exist before starting: on a node, cellosd makes them once the disks are up.
     #[arg(long)]
     wait: bool,
@@ -76,7 +76,7 @@ fn wait_for(paths: &[&Path]) {
             );
             said = true;
         }
-        std::thread::sleep(std::time::Duration::from_secs(1));
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
 
