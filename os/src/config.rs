@@ -19,6 +19,8 @@ pub const BOOT_DEVICE: &str = "CELLOS_BOOT_DEVICE";
 pub const BOOT_DEVICE_FILE: &str = "/run/cellos/boot-device";
 /// Run by hand or in host tests: keep the state here and touch no disk.
 pub const STATE_DIR: &str = "CELLOS_STATE_DIR";
+/// Where the node API listens (host runs and tests; default 0.0.0.0:8646).
+pub const API_ADDR: &str = "CELLOS_API_ADDR";
 /// An extra CA for the ledger's TLS (`cellos.ca=` on the cmdline), base64 DER.
 pub const CA: &str = "CELLOS_CA";
 /// Where cellosd leaves what other services read (host runs point it elsewhere).
@@ -46,6 +48,8 @@ pub struct BootEnv {
     /// `CELLOS_CA` (`cellos.ca=`): one more CA to trust for an `https://` ledger, as
     /// base64 DER.
     pub ca: Option<String>,
+    /// `CELLOS_API_ADDR`: where the node API listens instead of 0.0.0.0:8646.
+    pub api_addr: Option<std::net::SocketAddr>,
     /// `cellos.mode=test`: short intervals (usage reports) for end-to-end tests.
     pub test_mode: bool,
 }
@@ -96,6 +100,12 @@ impl BootEnv {
             state_dir: set(STATE_DIR).map(PathBuf::from),
             run_dir: PathBuf::from(set(RUN_DIR).unwrap_or_else(|| DEFAULT_RUN_DIR.into())),
             ca: set(CA),
+            api_addr: match set(API_ADDR) {
+                None => None,
+                Some(v) => Some(v.parse().map_err(|_| {
+                    anyhow!("{API_ADDR}={v:?} is not an address: expected ip:port")
+                })?),
+            },
             selftest: set(env::SELFTEST).filter(|_| test_mode),
             farm,
             ledger,
@@ -148,6 +158,7 @@ mod tests {
                 state_dir: None,
                 run_dir: PathBuf::from(DEFAULT_RUN_DIR),
                 ca: None,
+                api_addr: None,
                 test_mode: true,
             }
         );

@@ -176,7 +176,7 @@ async fn run(env: BootEnv, client: Client, started: Instant) -> Result<()> {
     let key = identity.signing_key().clone();
     let pubkey = identity.public_key();
     let api = cellos_provision::api::ApiState::new(workloads::store(&storage.state.path)?, pubkey);
-    workloads::serve_api(api.clone());
+    workloads::serve_api(api.clone(), env.api_addr);
     let machine = Machine::new(HostPaths::default(), &storage);
     let mut registrar = Registrar::new(client.clone(), machine, identity, config, |n| {
         println!("{n}")

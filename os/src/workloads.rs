@@ -249,11 +249,11 @@ pub fn prepare_shards(dir: &Path, state_dir: &Path, run_dir: &Path) -> Result<Sh
 /// Serves the node API in the background; failures are printed, never fatal. It is
 /// on a hostile network: connections are capped below cellosd's open-file limit
 /// (which init raises), and slow or idle clients are cut off (`cellos_http`).
-pub fn serve_api(state: Arc<ApiState>) {
+pub fn serve_api(state: Arc<ApiState>, addr: Option<SocketAddr>) {
     tokio::spawn(async move {
-        let addr = SocketAddr::from(API_ADDR);
-        // Half the descriptors: the rest are for provisioning and the ledger client.
-        let fds = cellos_http::fd_limit().unwrap_or(1024) / 2;
+        let addr = addr.unwrap_or_else(|| SocketAddr::from(API_ADDR));
+        // Init raised the limit on a node; a host run raises its soft limit here.
+        let fds = cellos_http::raise_fd_limit().unwrap_or(1024);
         let limits = cellos_http::Limits::for_fd_limit(fds);
         match cellos_http::bind(addr) {
             Ok(l) => {

@@ -220,3 +220,54 @@ async fn a_missing_boot_config_exits_2_with_a_clear_message() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad ledger URL \"10.0.2.2:8645\""), "{err}");
 }
+
+/// The node API on a hostile network (issue 11, item 4): 3,000 idle connections
+/// against a cellosd started with the kernel's default limit of 1,024 open files
+/// (as a service started without init's help would be). cellosd raises its own
+/// limit and caps its connections below it, so a legitimate client on a fresh
+/// connection is still answered within 2 s, and the registration goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_api_survives_an_idle_connection_flood() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let l = ledger().await;
+    let (_farmer, farm, token) = farm(&l).await;
+    let api = {
+        let s = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        s.local_addr().expect("addr")
+    };
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    setrlimit(Resource::RLIMIT_NOFILE, 1024.min(hard), hard).expect("lower the limit");
+    let (mut child, mut lines) = cellosd(&[
+        ("CELLOS_FARM", farm.to_string()),
+        ("CELLOS_LEDGER", l.url.clone()),
+        ("CELLOS_ENROLL", token.to_text()),
+        ("CELLOS_API_ADDR", api.to_string()),
+    ]);
+    // This process opens the flood.
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("raise our own limit");
+    wait_for(&mut lines, |l| l.contains("node API on http://")).await;
+
+    let mut idle = Vec::new();
+    for _ in 0..3000 {
+        match tokio::net::TcpStream::connect(api).await {
+            Ok(s) => idle.push(s),
+            Err(e) => panic!("connection {} refused: {e}", idle.len()),
+        }
+    }
+    let t = std::time::Instant::now();
+    let status = tokio::time::timeout(
+        Duration::from_secs(2),
+        reqwest::get(format!("http://{api}/v1/status")),
+    )
+    .await
+    .expect("answered within 2 s during the flood")
+    .expect("status");
+    assert_eq!(status.status().as_u16(), 200);
+    println!(
+        "figures: /v1/status answered in {} ms with 3,000 idle connections open",
+        t.elapsed().as_millis()
+    );
+    wait_for(&mut lines, |l| l.contains("registered on farm")).await;
+    drop(idle);
+    let _ = child.kill().await;
+}
