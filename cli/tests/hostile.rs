@@ -475,7 +475,7 @@ fn anonymous_and_unknown_uploads_are_refused() {
         assert!(body.contains("not signed"), "{body}");
 
         let stranger = keys::generate();
-        let auth = blob::UploadAuth::sign(&stranger, &chain, &h, now);
+        let auth = blob::sign(&stranger, &chain, &h, now);
         let (st, body) = put_raw(&ledger.url, data.clone(), &auth.headers()).await;
         assert_eq!(st, 403, "unknown key: {body}");
         assert!(body.contains("has no account"), "{body}");
@@ -485,16 +485,10 @@ fn anonymous_and_unknown_uploads_are_refused() {
         for (what, auth) in [
             (
                 "other blob",
-                blob::UploadAuth::sign(user.key(), &chain, &Hash::of(b"x"), now),
+                blob::sign(user.key(), &chain, &Hash::of(b"x"), now),
             ),
-            (
-                "other chain",
-                blob::UploadAuth::sign(user.key(), "elsewhere", &h, now),
-            ),
-            (
-                "stale",
-                blob::UploadAuth::sign(user.key(), &chain, &h, now - 3600),
-            ),
+            ("other chain", blob::sign(user.key(), "elsewhere", &h, now)),
+            ("stale", blob::sign(user.key(), &chain, &h, now - 3600)),
         ] {
             let (st, body) = put_raw(&ledger.url, data.clone(), &auth.headers()).await;
             assert_eq!(st, 401, "{what}: {body}");

@@ -313,7 +313,7 @@ fn bad_input_gets_a_clear_4xx() {
         // Blob uploads are signed by an account (s has one now).
         let now = c.status().await.expect("status").time;
         let signed = |req: reqwest::RequestBuilder, h: &Hash| {
-            let auth = blob::UploadAuth::sign(s.key(), s.chain_id(), h, now);
+            let auth = blob::sign(s.key(), s.chain_id(), h, now);
             auth.headers()
                 .into_iter()
                 .fold(req, |req, (k, v)| req.header(k, v))

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::blob::UploadAuth;
+use crate::blob;
 use crate::block::{Block, Genesis};
 use crate::chain::Receipt;
 use crate::keys::Signer;
@@ -333,7 +333,7 @@ impl Client {
     pub async fn put_blob(&self, signer: &Signer, data: Vec<u8>) -> Result<Hash, ClientError> {
         let h = Hash::of(&data);
         let now = self.status().await?.time;
-        let auth = UploadAuth::sign(signer.key(), signer.chain_id(), &h, now);
+        let auth = blob::sign(signer.key(), signer.chain_id(), &h, now);
         let url = format!("{}/v1/blobs/{h}", self.base);
         let mut req = self.http.put(&url).body(data);
         for (name, value) in auth.headers() {

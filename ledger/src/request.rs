@@ -9,7 +9,8 @@
 //!
 //! The server checks the signature and the window, and then decides whether the
 //! signer may see what it asks for (the deployment's owner); this module knows
-//! nothing about that.
+//! nothing about that. Blob uploads to the ledger carry the same three headers over
+//! a message of their own ([`crate::blob`]).
 
 use ed25519_dalek::{Signer as _, SigningKey};
 
@@ -45,8 +46,8 @@ pub enum RequestError {
         header: &'static str,
         reason: String,
     },
-    #[error("the request was signed at {time}, more than {WINDOW_SECS} s from the server's time {now} (check the clock)")]
-    OutOfWindow { time: u64, now: u64 },
+    #[error("the request was signed at {time}, more than {window} s from the server's time {now} (check the clock)")]
+    OutOfWindow { time: u64, now: u64, window: u64 },
     #[error("the request's signature does not verify for key {0}")]
     BadSignature(PublicKey),
 }
@@ -65,11 +66,15 @@ impl RequestAuth {
         path: &str,
         time: u64,
     ) -> Self {
-        let sig = key.sign(&message(audience, method, path, time));
+        Self::sign_message(key, &message(audience, method, path, time), time)
+    }
+
+    /// Signs `msg`, which must include `time`.
+    pub(crate) fn sign_message(key: &SigningKey, msg: &[u8], time: u64) -> Self {
         RequestAuth {
             key: PublicKey(key.verifying_key().to_bytes()),
             time,
-            signature: Signature(sig.to_bytes()),
+            signature: Signature(key.sign(msg).to_bytes()),
         }
     }
 
@@ -116,18 +121,30 @@ impl RequestAuth {
         path: &str,
         now: u64,
     ) -> Result<(), RequestError> {
-        if self.time.abs_diff(now) > WINDOW_SECS {
+        self.verify_message(
+            &message(audience, method, path, self.time),
+            now,
+            WINDOW_SECS,
+        )
+    }
+
+    /// Checks that `now` is within `window` seconds of the signing time and that the
+    /// signature is over `msg` (which must include that time).
+    pub(crate) fn verify_message(
+        &self,
+        msg: &[u8],
+        now: u64,
+        window: u64,
+    ) -> Result<(), RequestError> {
+        if self.time.abs_diff(now) > window {
             return Err(RequestError::OutOfWindow {
                 time: self.time,
                 now,
+                window,
             });
         }
-        verify_sig(
-            &self.key,
-            &message(audience, method, path, self.time),
-            &self.signature,
-        )
-        .map_err(|_| RequestError::BadSignature(self.key))
+        verify_sig(&self.key, msg, &self.signature)
+            .map_err(|_| RequestError::BadSignature(self.key))
     }
 }
 
@@ -174,7 +191,8 @@ mod tests {
             a.verify(&node, "GET", "/v1/deployments/7", 1000 + WINDOW_SECS + 1),
             Err(RequestError::OutOfWindow {
                 time: 1000,
-                now: 1000 + WINDOW_SECS + 1
+                now: 1000 + WINDOW_SECS + 1,
+                window: WINDOW_SECS
             })
         );
         assert!(a.verify(&node, "GET", "/v1/deployments/7", 900).is_err());

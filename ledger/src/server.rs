@@ -33,11 +33,12 @@ use cellos_http::{Limits, Tls};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
-use crate::blob::UploadAuth;
+use crate::blob;
 use crate::block::{Block, BlockEvents, Genesis};
 use crate::chain::{Chain, ChainError, Receipt, Snapshot, View};
 use crate::keys;
 use crate::mailbox::{Mailbox, Policy, QuotaError};
+use crate::request::RequestAuth;
 use crate::store::{RedbStore, Store};
 use crate::tx::{SignedTx, TxBody, VerifiedTx};
 use crate::types::*;
@@ -769,14 +770,13 @@ enum Admit {
 fn admit_blob(s: &Arc<Shared>, hash: &str, headers: &HeaderMap) -> Result<Admit, ApiError> {
     let want: Hash = parse("blob hash", hash)?;
     let unauthorized = |m: String| ApiError::new(StatusCode::UNAUTHORIZED, m);
-    let auth = UploadAuth::from_headers(|n| headers.get(n).and_then(|v| v.to_str().ok()))
+    let auth = RequestAuth::from_headers(|n| headers.get(n).and_then(|v| v.to_str().ok()))
         .map_err(|e| unauthorized(e.to_string()))?;
     let known = {
         let c = s.chain();
         let st = c.state();
         let now = st.time.max(unix_now());
-        auth.verify(&s.chain_id, &want, now)
-            .map_err(|e| unauthorized(e.to_string()))?;
+        blob::verify(&auth, &s.chain_id, &want, now).map_err(|e| unauthorized(e.to_string()))?;
         st.account(&auth.key).is_some() || st.node_by_key(&auth.key).is_some()
     };
     if !known {
