@@ -137,8 +137,10 @@ async fn run(env: BootEnv, client: Client, started: Instant) -> Result<()> {
             || storage.state.path.join("shards"),
             |p| p.mount.join("shards"),
         );
-    let shards = workloads::prepare_shards(&shard_dir, &storage.state.path, &env.run_dir)
-        .context("preparing the shard server's directory")?;
+    let shards = std::sync::Arc::new(
+        workloads::prepare_shards(&shard_dir, &storage.state.path, &env.run_dir)
+            .context("preparing the shard server's directory")?,
+    );
     println!(
         "cellos: shard server on port {}, data in {}",
         workloads::SHARD_PORT,
@@ -177,6 +179,7 @@ async fn run(env: BootEnv, client: Client, started: Instant) -> Result<()> {
     let pubkey = identity.public_key();
     let api = cellos_provision::api::ApiState::new(workloads::store(&storage.state.path)?, pubkey);
     workloads::serve_api(api.clone(), env.api_addr);
+    shards.clone().watch_damage(api.clone());
     let machine = Machine::new(HostPaths::default(), &storage);
     let mut registrar = Registrar::new(client.clone(), machine, identity, config, |n| {
         println!("{n}")

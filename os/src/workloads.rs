@@ -135,6 +135,52 @@ impl ShardProvisioner {
     }
 }
 
+/// How often cellosd asks shardd how many damaged records it found.
+const SHARD_DAMAGE_EVERY: Duration = Duration::from_secs(30);
+
+impl ShardProvisioner {
+    /// `damaged_records` from shardd's admin INFO.
+    async fn damaged_records(&self) -> Result<u64, String> {
+        let mut c = ShardClient::connect(self.addr, SHARD_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
+        c.auth(&self.admin_password)
+            .await
+            .map_err(|e| e.to_string())?;
+        let info = match c.call(&[b"INFO"]).await.map_err(|e| e.to_string())? {
+            cellos_shard::resp::Reply::Bulk(b) => String::from_utf8_lossy(&b).into_owned(),
+            other => return Err(format!("unexpected INFO reply {other:?}")),
+        };
+        info.lines()
+            .find_map(|l| l.trim().strip_prefix("damaged_records:"))
+            .and_then(|n| n.trim().parse().ok())
+            .ok_or_else(|| "INFO has no damaged_records".to_string())
+    }
+
+    /// Keeps the node API's `cellos_shard_damaged_records` current, and says on the
+    /// console when the count grows.
+    pub fn watch_damage(self: Arc<Self>, api: Arc<ApiState>) {
+        tokio::spawn(async move {
+            let mut last = 0;
+            loop {
+                let wait = match self.damaged_records().await {
+                    Ok(n) => {
+                        if n > last {
+                            println!("cellos: the shard server found {n} damaged records on its disks (kept and skipped; `cellos store repair` rebuilds the objects)");
+                        }
+                        last = n;
+                        api.set_shard_damage(n);
+                        SHARD_DAMAGE_EVERY
+                    }
+                    // shardd is starting (it waits for the pools): ask again soon.
+                    Err(_) => Duration::from_secs(2),
+                };
+                tokio::time::sleep(wait).await;
+            }
+        });
+    }
+}
+
 impl Provisioner for ShardProvisioner {
     fn ensure(
         &self,
@@ -278,7 +324,7 @@ pub struct Wiring<V: Volumes + 'static> {
     pub node: NodeId,
     pub state_dir: std::path::PathBuf,
     pub volumes: V,
-    pub shards: ShardProvisioner,
+    pub shards: Arc<ShardProvisioner>,
     /// Test mode reports usage every few seconds instead of every ten minutes.
     pub test_mode: bool,
 }
@@ -308,7 +354,7 @@ pub async fn run<V: Volumes + 'static>(w: Wiring<V>) -> Result<std::convert::Inf
         store(&w.state_dir)?,
         Provisioners {
             volume: Arc::new(VolumeProvisioner { volumes: w.volumes }),
-            shard: Arc::new(w.shards),
+            shard: w.shards,
         },
         w.node,
         w.key,

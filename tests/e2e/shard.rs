@@ -237,6 +237,12 @@ fn vm_shard_namespace_is_served_and_removed() {
     for body in &seen {
         assert!(!body.contains("s3cret"), "the password leaked: {body}");
     }
+    // cellosd asks shardd for damaged records and exports the count.
+    let (_, metrics) = node_api(api_port, "/metrics", None);
+    assert!(
+        metrics.contains("cellos_shard_damaged_records 0"),
+        "{metrics}"
+    );
 
     cli(&["deployment", "cancel", &contract.to_string()]);
     vm.wait_for(&format!("contract {contract} closed"), BOOT_TIMEOUT)

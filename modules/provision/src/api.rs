@@ -50,6 +50,9 @@ pub struct ApiState {
     node_key: PublicKey,
     /// Unix seconds (injectable for tests of the time window).
     clock: fn() -> u64,
+    /// Records the node's shard server found damaged on its disks (kept, skipped,
+    /// reported); `None` until cellosd has asked it.
+    shard_damage: RwLock<Option<u64>>,
 }
 
 fn unix_now() -> u64 {
@@ -70,7 +73,15 @@ impl ApiState {
             started: Instant::now(),
             node_key,
             clock,
+            shard_damage: RwLock::new(None),
         })
+    }
+
+    /// What the shard server last said of damaged records (`damaged_records`).
+    pub fn set_shard_damage(&self, records: u64) {
+        if let Ok(mut g) = self.shard_damage.write() {
+            *g = Some(records);
+        }
     }
 
     pub fn set_info(&self, info: NodeInfo) {
@@ -267,6 +278,13 @@ async fn metrics(State(s): State<Arc<ApiState>>) -> Response {
             "cellos_persistent_state",
             "1 when the state directory is on disk.",
             &[(String::new(), u64::from(i.persistent))],
+        );
+    }
+    if let Some(n) = s.shard_damage.read().ok().and_then(|g| *g) {
+        gauge(
+            "cellos_shard_damaged_records",
+            "Records the shard server found damaged on its disks: kept, skipped and reported, never cut.",
+            &[(String::new(), n)],
         );
     }
     let records: Vec<Record> = s

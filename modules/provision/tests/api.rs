@@ -89,6 +89,7 @@ async fn status_deployments_and_metrics() {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
+    let state_for_metrics = state.clone();
     tokio::spawn(async move { axum::serve(listener, router(state)).await });
     let base = format!("http://{addr}");
     let http = reqwest::Client::new();
@@ -176,8 +177,15 @@ async fn status_deployments_and_metrics() {
     assert!(body.contains("bad contract id"));
     assert_eq!(get("/v1/nothing").await.0, 404);
 
+    let (_, body) = get("/metrics").await;
+    assert!(
+        !body.contains("cellos_shard_damaged_records"),
+        "nothing said before the shard server was asked: {body}"
+    );
+    state_for_metrics.set_shard_damage(3);
     let (st, body) = get("/metrics").await;
     assert_eq!(st, 200);
+    assert!(body.contains("cellos_shard_damaged_records 3"), "{body}");
     assert!(
         body.contains("cellos_node_info{node=\"3\",farm=\"1\"} 1"),
         "{body}"
