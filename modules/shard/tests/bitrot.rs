@@ -5,16 +5,17 @@
 //! an older value.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+mod common;
 
 use cellos_shard::client::Client;
 use cellos_shard::namespace::{Mode, Namespace, NamespaceOptions, NsError};
 use cellos_shard::record::{self, Item};
 use cellos_shard::resp::Reply;
+use common::Shardd;
 
 const MAXV: usize = 1 << 20;
 const MAX_FILE: u64 = 8192;
@@ -210,42 +211,10 @@ async fn seq_namespace_keeps_every_undamaged_key() {
 
 const T: Duration = Duration::from_secs(10);
 
-/// A running shardd, SIGKILLed when dropped (also when a test fails).
-struct Shardd(Child);
-
-impl Shardd {
-    fn kill(&mut self) {
-        self.0.kill().expect("SIGKILL shardd");
-        self.0.wait().expect("wait for shardd");
-    }
-}
-
-impl Drop for Shardd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn start(dir: &Path) -> (Shardd, SocketAddr, Vec<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shardd"))
-        .args(["--listen", "127.0.0.1:0", "--max-file", "8192", "--dir"])
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn shardd");
-    let out = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(out).lines();
-    let mut before = Vec::new();
-    let addr = loop {
-        let line = lines.next().expect("shardd exited").expect("read stdout");
-        if let Some(a) = line.strip_prefix("shardd: listening on ") {
-            break a.parse().expect("address");
-        }
-        before.push(line);
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (Shardd(child), addr, before)
+    let s = Shardd::start(dir, &["--max-file", "8192"]);
+    let (addr, said) = (s.addr, s.said.clone());
+    (s, addr, said)
 }
 
 /// The real server: 300 acknowledged keys, SIGKILL, bit flips in an old and the

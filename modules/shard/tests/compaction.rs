@@ -5,56 +5,25 @@
 //! compacted in peace, the data files take a fraction of what was written.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use cellos_shard::client::Client;
 use cellos_shard::resp::Reply;
+use common::Shardd;
 use rand::Rng;
 
 const T: Duration = Duration::from_secs(10);
 const MAX_FILE: u64 = 64 << 10;
 
-/// A running shardd, SIGKILLed when dropped (also when a test fails).
-struct Shardd(Child);
-
-impl Shardd {
-    fn kill(&mut self) {
-        self.0.kill().expect("SIGKILL shardd");
-        self.0.wait().expect("wait for shardd");
-    }
-}
-
-impl Drop for Shardd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn start(dir: &Path) -> (Shardd, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shardd"))
-        .args(["--listen", "127.0.0.1:0", "--max-file"])
-        .arg(MAX_FILE.to_string())
-        .arg("--dir")
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn shardd");
-    let out = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(out).lines();
-    let addr = loop {
-        let line = lines.next().expect("shardd exited").expect("read stdout");
-        if let Some(a) = line.strip_prefix("shardd: listening on ") {
-            break a.parse().expect("address");
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (Shardd(child), addr)
+    let s = Shardd::start(dir, &["--max-file", &MAX_FILE.to_string()]);
+    let addr = s.addr;
+    (s, addr)
 }
 
 /// Bytes of data files, and whether a compaction output exists.

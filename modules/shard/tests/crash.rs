@@ -4,35 +4,22 @@
 //! holds the value its writer sent.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod common;
+
 use cellos_shard::client::Client;
+use common::Shardd;
 
 const T: Duration = Duration::from_secs(10);
 
-fn start(dir: &Path) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shardd"))
-        .args(["--listen", "127.0.0.1:0", "--max-file", "200000", "--dir"])
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn shardd");
-    let out = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(out).lines();
-    let addr = loop {
-        let line = lines.next().expect("shardd exited").expect("read stdout");
-        if let Some(a) = line.strip_prefix("shardd: listening on ") {
-            break a.parse().expect("address");
-        }
-    };
-    // Keep draining stdout so shardd never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
+fn start(dir: &Path) -> (Shardd, SocketAddr) {
+    let s = Shardd::start(dir, &["--max-file", "200000"]);
+    let addr = s.addr;
+    (s, addr)
 }
 
 fn value_for(key: &str) -> Vec<u8> {
@@ -82,8 +69,7 @@ async fn sigkill_during_writes_loses_no_acknowledged_write() {
             }));
         }
         tokio::time::sleep(Duration::from_millis(700)).await;
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        child.kill(); // SIGKILL
         for w in writers {
             w.await.unwrap();
         }
@@ -134,7 +120,6 @@ async fn sigkill_during_writes_loses_no_acknowledged_write() {
             r => panic!("DBSIZE: {r:?}"),
         }
         assert!(listed as usize >= acked_now.len());
-        child.kill().unwrap();
-        child.wait().unwrap();
+        child.kill();
     }
 }

@@ -3,44 +3,18 @@
 //! the bytes still come back; two fresh servers join, repair moves the lost
 //! shards onto them, and the object then survives losing two *other* servers.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Instant;
+
+mod common;
 
 use cellos_shard::config::{BackendSpec, StoreConfig};
 use cellos_shard::object::Store;
-
-struct Shardd {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Shardd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::Shardd;
 
 fn start(dir: &Path) -> Shardd {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shardd"))
-        .args(["--listen", "127.0.0.1:0", "--dir"])
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn shardd");
-    let out = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(out).lines();
-    let addr = loop {
-        let line = lines.next().expect("shardd exited").expect("read stdout");
-        if let Some(a) = line.strip_prefix("shardd: listening on ") {
-            break a.parse().expect("address");
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Shardd { child, addr }
+    Shardd::start(dir, &[])
 }
 
 fn spec(addr: SocketAddr) -> BackendSpec {
