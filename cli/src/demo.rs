@@ -17,12 +17,12 @@ use cellos_ledger::server::{Config, Server};
 use cellos_ledger::*;
 use cellos_qemu::Regex;
 
-use crate::node;
+use crate::qemu;
 
 pub struct DemoOptions {
     pub listen: SocketAddr,
     pub data: Option<PathBuf>,
-    pub vm: crate::VmArgs,
+    pub vm: qemu::VmArgs,
     pub once: bool,
 }
 
@@ -123,7 +123,7 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         "building the node image for farm {} with ledger {guest_url}",
         demo.farm
     ));
-    let req = node::ImageRequest {
+    let req = qemu::ImageRequest {
         boot: cellos_image::BootParams {
             farm: demo.farm,
             ledger: guest_url,
@@ -133,10 +133,10 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         out: data.join("image"),
         manifest: None,
         cache: None,
-        bin_dir: node::default_bin_dir()?,
+        bin_dir: qemu::default_bin_dir()?,
     };
     let image = req.out.clone();
-    tokio::task::spawn_blocking(move || node::build_image(&req)).await??;
+    tokio::task::spawn_blocking(move || qemu::build_image(&req)).await??;
 
     step(&format!(
         "booting the node in QEMU ({})",
@@ -146,14 +146,14 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
             "direct kernel boot"
         }
     ));
-    let run = node::RunRequest {
+    let run = qemu::RunRequest {
         image,
         vm: opts.vm,
         work_dir: Some(data.join("vm")),
     };
     let started = Instant::now();
     let (mut vm, line) = tokio::task::spawn_blocking(move || -> Result<_> {
-        let mut vm = node::boot(&run)?;
+        let mut vm = qemu::boot(&run)?;
         let registered = Regex::new(r"cellos: node \d+ registered on farm \d+").context("regex")?;
         let line = vm
             .wait_for(&registered, Duration::from_secs(300))
@@ -215,18 +215,18 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
             println!("{}", crate::deploy::text(&o));
         }
         Err(e) => {
-            let _ = tokio::task::spawn_blocking(move || node::power_off(&mut vm)).await;
+            let _ = tokio::task::spawn_blocking(move || qemu::power_off(&mut vm)).await;
             return Err(e.context("the node did not provision the demo volume"));
         }
     }
 
     let result = if opts.once {
-        tokio::task::spawn_blocking(move || node::power_off(&mut vm)).await?
+        tokio::task::spawn_blocking(move || qemu::power_off(&mut vm)).await?
     } else {
         println!(
             "\nThe node and the ledger stay up: try `cellos --url {url} node list` or `cellos --url {url} ledger verify`.\nCtrl-C powers the node off and stops the ledger. Node console:"
         );
-        crate::cmd::run_with_ctrl_c(move |stop| node::follow(&mut vm, stop)).await
+        crate::signal::run_with_ctrl_c(move |stop| qemu::follow(&mut vm, stop)).await
     };
     let _ = stop.send(());
     server.await??;

@@ -1,6 +1,10 @@
 //! Text for people. JSON output is serde's; this is the other half of `--json`.
 
+use anyhow::Result;
 use cellos_ledger::{human_bytes, Account, Contract, Farm, Node};
+use serde::Serialize;
+
+use crate::args::Global;
 
 pub fn account(a: &Account) -> String {
     let enc = a.encryption_key.map_or("-".to_string(), |k| k.to_hex());
@@ -109,4 +113,22 @@ pub fn contract_row(c: &Contract) -> String {
         c.escrow,
         c.resources
     )
+}
+
+/// Prints `value` as JSON with `--json`, else the text `human` makes of it.
+pub fn show<T: Serialize>(g: &Global, value: &T, human: impl FnOnce(&T) -> String) -> Result<()> {
+    if g.json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        println!("{}", human(value));
+    }
+    Ok(())
+}
+
+/// One line per item, or `none` when there is nothing.
+pub fn rows<T>(items: &[T], none: &str, row: impl Fn(&T) -> String) -> String {
+    if items.is_empty() {
+        return none.to_string();
+    }
+    items.iter().map(row).collect::<Vec<_>>().join("\n")
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use cellos_image::{Artifacts, BootParams, BuildOptions, Install};
 use cellos_qemu::{Accel, Boot, Config, Disk, DiskKind, Vm};
+use clap::Args;
 
 /// The manifest this `cellos` was built with; `--manifest` overrides it.
 const MANIFEST: &str = include_str!("../../os/manifest.toml");
@@ -168,9 +169,30 @@ pub fn parse_accel(s: &str) -> Result<Accel, String> {
     }
 }
 
+/// The VM a node boots in: the flags of `cellos qemu run` and `cellos demo`.
+#[derive(Args, Clone)]
+pub struct VmArgs {
+    /// Disks: COUNTxSIZE[:ssd|hdd], comma separated, e.g. 2x20G,1x100G:hdd.
+    #[arg(long, default_value = "1x20G,1x50G:hdd", value_parser = parse_disks)]
+    pub disks: Disks,
+    #[arg(long, default_value = "2G")]
+    pub memory: String,
+    #[arg(long, default_value_t = 2)]
+    pub cpus: u32,
+    /// auto (KVM, falling back to TCG when the guest hangs), kvm or tcg.
+    #[arg(long, default_value = "auto", value_parser = parse_accel)]
+    pub accel: Accel,
+    /// Boot over PXE (QEMU's TFTP server and iPXE) instead of a direct kernel boot.
+    #[arg(long)]
+    pub pxe: bool,
+    /// Seconds the guest may take to reach init.
+    #[arg(long, default_value_t = 120)]
+    pub boot_timeout: u64,
+}
+
 pub struct RunRequest {
     pub image: PathBuf,
-    pub vm: crate::VmArgs,
+    pub vm: VmArgs,
     pub work_dir: Option<PathBuf>,
 }
 
