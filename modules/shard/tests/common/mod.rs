@@ -7,6 +7,8 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 /// A running shardd on a free loopback port, SIGKILLed when dropped (also when a
 /// test fails).
@@ -54,5 +56,21 @@ impl Drop for Shardd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Waits until `acks` (writes the server acknowledged) reaches `n`, so that a
+/// crash test kills the server after a known amount of acknowledged work,
+/// whatever the machine's speed. The deadline only keeps a server that stopped
+/// acknowledging from hanging the test; it is not a speed target.
+pub async fn wait_for_acks(acks: &AtomicUsize, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while acks.load(Ordering::SeqCst) < n {
+        assert!(
+            Instant::now() < deadline,
+            "the server acknowledged {} of {n} writes, then stopped",
+            acks.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
