@@ -139,6 +139,18 @@ pub(crate) fn argv(
     push(&["-netdev", &netdev]);
     // virtio-net's option ROM is iPXE (ipxe-qemu), which PXE boot relies on.
     push(&["-device", "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56"]);
+    if let Some(port) = &config.segment {
+        // The guest's second NIC (eth1): one UDP datagram per frame to the hub.
+        push(&[
+            "-netdev",
+            &format!("socket,id=n1,udp={},localaddr={}", port.hub, port.local),
+        ]);
+        // No option ROM: only the first NIC may PXE boot.
+        push(&[
+            "-device",
+            &format!("virtio-net-pci,netdev=n1,mac={},romfile=", port.mac),
+        ]);
+    }
 
     if !disks.is_empty() {
         push(&["-device", "virtio-scsi-pci,id=scsi0"]);
@@ -171,6 +183,7 @@ pub(crate) fn argv(
 mod tests {
     use super::*;
     use crate::config::{Disk, HostFwd};
+    use crate::segment::SegmentPort;
 
     fn golden(name: &str, args: &[String]) {
         let actual = args.join("\n") + "\n";
@@ -206,6 +219,11 @@ mod tests {
             host_port: 2222,
             guest_port: 22,
         }];
+        config.segment = Some(SegmentPort {
+            hub: "127.0.0.1:4000".parse().unwrap(),
+            local: "127.0.0.1:4001".parse().unwrap(),
+            mac: "52:54:00:77:00:01".into(),
+        });
         let disks = [
             AttachedDisk {
                 path: "/w/disk0.qcow2".into(),
@@ -226,6 +244,8 @@ mod tests {
         assert!(joined.contains("-append console=ttyS0,115200 panic=1 cellos.farm=1"));
         assert!(joined.contains("rotation_rate=1 ") && joined.contains("rotation_rate=7200"));
         assert!(joined.contains("hostfwd=tcp::2222-:22"));
+        assert!(joined.contains("-netdev socket,id=n1,udp=127.0.0.1:4000,localaddr=127.0.0.1:4001"));
+        assert!(joined.contains("virtio-net-pci,netdev=n1,mac=52:54:00:77:00:01"));
     }
 
     #[test]

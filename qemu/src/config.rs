@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use crate::segment::SegmentPort;
+
 /// Which accelerator QEMU uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
@@ -109,6 +111,8 @@ pub struct Config {
     pub disks: Vec<Disk>,
     /// Forwards on the user-mode network (the guest reaches the host at 10.0.2.2).
     pub hostfwd: Vec<HostFwd>,
+    /// A second NIC on a shared segment with other guests ([`crate::Segment`]).
+    pub segment: Option<SegmentPort>,
     /// Where console.log, qmp.sock and new disks go. `None`: a temporary
     /// directory removed with the `Vm`; give one to keep disks for a reboot.
     pub work_dir: Option<PathBuf>,
@@ -125,6 +129,7 @@ impl Config {
             boot,
             disks: Vec::new(),
             hostfwd: Vec::new(),
+            segment: None,
             work_dir: None,
         }
     }

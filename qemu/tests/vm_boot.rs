@@ -11,7 +11,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use cellos_image::{build, Artifacts, BootParams, BuildOptions, Install};
-use cellos_qemu::{Accel, Boot, Config, Disk, DiskKind, Firmware, Regex, Vm};
+use cellos_qemu::{Accel, Boot, Config, Disk, DiskKind, Firmware, Regex, Segment, Vm};
 
 /// PID 1 for these tests; as /sbin/modprobe (the kernel's module loader,
 /// a symlink to /init) it hands over to busybox modprobe.
@@ -42,6 +42,23 @@ for b in /sys/block/sd*; do
   [ -e $b ] || continue
   echo "cellos-test: disk ${b##*/} rotational=$($bb cat $b/queue/rotational)"
 done
+# A second NIC on a shared segment (cellos.test.ip=ADDR/LEN), and a peer on it to
+# ping (cellos.test.ping=ADDR) until it answers.
+ip=$($bb sed -n 's/.*cellos.test.ip=\([0-9./]*\).*/\1/p' /proc/cmdline)
+if [ -n "$ip" ]; then
+  for i in $($bb seq 1 20); do
+    [ -e /sys/class/net/eth1 ] && break
+    for a in /sys/bus/*/devices/*/modalias; do $bb modprobe -q $($bb cat $a) 2>/dev/null; done
+    $bb sleep 0.5
+  done
+  $bb ip link set eth1 up && $bb ip addr add $ip dev eth1
+  echo "cellos-test: eth1 $ip mac $($bb cat /sys/class/net/eth1/address)"
+  peer=$($bb sed -n 's/.*cellos.test.ping=\([0-9.]*\).*/\1/p' /proc/cmdline)
+  for i in $($bb seq 1 60); do
+    [ -n "$peer" ] || break
+    $bb ping -c 1 -W 1 $peer >/dev/null 2>&1 && { echo "cellos-test: $peer answers"; break; }
+  done
+fi
 btn=
 for ev in /sys/class/input/event*; do
   [ "$($bb cat $ev/device/name)" = "Power Button" ] && btn=/dev/input/${ev##*/}
@@ -229,4 +246,57 @@ fn vm_timeout_reports_the_console_then_qmp_quit_ends_qemu() {
     vm.kill().or_fail(); // a no-op once QEMU is gone
     let err = vm.wait_for("anything", Duration::from_secs(5)).unwrap_err();
     assert!(err.to_string().contains("QEMU exited"), "{err}");
+}
+
+/// Two guests on one [`Segment`]: the second NIC comes up in each, one pings the
+/// other across the hub, and the capture holds the echo request between their MACs.
+#[test]
+fn vm_two_guests_share_a_segment() {
+    let image = image();
+    let _guard = one_vm_at_a_time();
+    let segment = Segment::start().or_fail();
+    let guest = |ip: &str, ping: &str| {
+        let port = segment.port().or_fail();
+        let mac = port.mac.clone();
+        let mut config = Config::new(Boot::Direct {
+            kernel: image.vmlinuz.clone(),
+            initrd: image.initramfs.clone(),
+            cmdline: format!("{} cellos.test.ip={ip} {ping}", image.cmdline),
+        });
+        config.accel = Accel::Tcg;
+        config.memory = "512M".into();
+        config.segment = Some(port);
+        (Vm::start(config).or_fail(), mac)
+    };
+    let (mut b, mac_b) = guest("192.168.77.12/24", "");
+    b.wait_for(
+        "cellos-test: eth1 192.168.77.12/24 mac 52:54:00:77:00:00",
+        BOOT_TIMEOUT,
+    )
+    .or_fail();
+    let (mut a, mac_a) = guest("192.168.77.11/24", "cellos.test.ping=192.168.77.12");
+    a.wait_for("cellos-test: 192.168.77.12 answers", BOOT_TIMEOUT)
+        .or_fail();
+    let mac = |text: &str| -> Vec<u8> {
+        text.split(':')
+            .map(|h| u8::from_str_radix(h, 16).unwrap())
+            .collect()
+    };
+    let (mac_a, mac_b) = (mac(&mac_a), mac(&mac_b));
+    // Ethernet: dst, src, type 0x0800; IPv4 protocol 1 (ICMP); ICMP type 8 (echo).
+    let echo = segment.frames().iter().any(|f| {
+        let d = &f.data;
+        d.len() > 34
+            && d[..6] == mac_b[..]
+            && d[6..12] == mac_a[..]
+            && d[12..14] == [0x08, 0x00]
+            && d[23] == 1
+            && d[34] == 8
+            && f.from == 1
+    });
+    assert!(
+        echo,
+        "no echo request from A to B in {} frames",
+        segment.frames().len()
+    );
 }
