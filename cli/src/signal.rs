@@ -19,6 +19,7 @@ where
     work.await?
 }
 
+/// Returns on the first Ctrl-C (SIGINT) or SIGTERM.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let term = async {

@@ -33,6 +33,7 @@ fn load_key(g: &Global) -> Result<ed25519_dalek::SigningKey> {
     })
 }
 
+/// The client of the ledger at --url, trusting --ca besides the built-in roots.
 pub fn client(g: &Global) -> Result<Client> {
     match &g.ca {
         None => Ok(Client::new(&g.url)?),

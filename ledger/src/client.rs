@@ -25,7 +25,7 @@ pub use crate::wire::{Digest, EventPage, EventRecord, Status};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("ledger at {url} is unreachable: {source}")]
+    #[error("ledger at {url} is unreachable")]
     Unreachable {
         url: String,
         #[source]

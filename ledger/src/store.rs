@@ -17,7 +17,7 @@ use crate::types::Hash;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("store {path}: {source}")]
+    #[error("store {path}")]
     Open {
         path: String,
         #[source]
