@@ -90,8 +90,7 @@ pub fn replay(
 ) -> Result<Replayed, ChainError> {
     let genesis = store.genesis()?.ok_or(ChainError::NoGenesis)?;
     let target = store.height()?;
-    let mut state = State::new(genesis.params.clone());
-    state.time = genesis.time;
+    let mut state = State::new(genesis.params.clone(), genesis.time);
     let mut head = genesis.hash();
     let mut next = 1u64;
     let mut txs = 0u64;
@@ -104,7 +103,7 @@ pub fn replay(
         let recorded = store.events(next, PAGE)?;
         for (i, block) in blocks.into_iter().enumerate() {
             let height = block.header.height;
-            block.check(next, head, state.time, &genesis.ledger_key)?;
+            block.check(next, head, state.time(), &genesis.ledger_key)?;
             let mut events = state.begin_block(height, block.header.time);
             for (index, stx) in block.txs.iter().enumerate() {
                 let hash = stx.hash();
@@ -328,10 +327,10 @@ impl Chain {
         now: u64,
     ) -> Result<Vec<Result<Receipt, TxError>>, ChainError> {
         let work = working(&mut self.spare, &mut self.lag, &self.current);
-        let (prev_height, prev_time) = (work.state.height, work.state.time);
+        let (prev_height, prev_time) = (work.state.height(), work.state.time());
         let height = prev_height + 1;
         let mut events = work.state.begin_block(height, now);
-        let time = work.state.time;
+        let time = work.state.time();
         let mut results = Vec::with_capacity(batch.len());
         let mut included = Vec::with_capacity(batch.len());
         for vtx in batch {
@@ -349,9 +348,8 @@ impl Chain {
             }
         }
         if included.is_empty() && events.is_empty() {
-            // Nothing happened: no block. begin_block changed only height and time.
-            work.state.height = prev_height;
-            work.state.time = prev_time;
+            // Nothing happened: no block.
+            work.state.abandon_block(prev_height, prev_time);
             return Ok(results);
         }
         let block = Block::seal(height, work.head, time, included, &self.key);
@@ -376,8 +374,8 @@ impl Chain {
     /// Commits an empty block when time alone changes the state (a grace period
     /// ran out). Returns whether a block was written.
     pub fn tick(&mut self, now: u64) -> Result<bool, ChainError> {
-        let before = self.state().height;
+        let before = self.state().height();
         self.commit(Vec::new(), now)?;
-        Ok(self.state().height != before)
+        Ok(self.state().height() != before)
     }
 }

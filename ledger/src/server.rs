@@ -171,7 +171,7 @@ impl Server {
             cfg.mailbox.clone(),
         )?);
         let chain_id = chain.state().params.chain_id.clone();
-        let (htx, hrx) = watch::channel(chain.state().height);
+        let (htx, hrx) = watch::channel(chain.state().height());
         let (qtx, qrx) = std_mpsc::sync_channel(QUEUE);
         let shared = Arc::new(Shared {
             view: chain.view(),
@@ -307,7 +307,7 @@ fn committer(
         let refs: Vec<Vec<Hash>> = txs.iter().map(blob_refs).collect();
         match chain.commit(txs, unix_now()) {
             Ok(results) => {
-                let h = chain.state().height;
+                let h = chain.state().height();
                 height.send_replace(h);
                 // Named by a committed transaction: out of the uploaders' quotas.
                 shared.mailbox.mark_referenced(
@@ -502,9 +502,9 @@ async fn status(AxState(s): AxState<Arc<Shared>>) -> ApiResult<Status> {
         dev_mode: st.params.dev_mode,
         ledger_key: c.genesis().ledger_key,
         genesis_hash: c.genesis().hash(),
-        height: st.height,
+        height: st.height(),
         head: c.head(),
-        time: st.time.max(unix_now()),
+        time: st.time().max(unix_now()),
     }))
 }
 
@@ -515,7 +515,7 @@ async fn genesis(AxState(s): AxState<Arc<Shared>>) -> ApiResult<Genesis> {
 async fn digest(AxState(s): AxState<Arc<Shared>>) -> ApiResult<Digest> {
     let c = s.chain();
     Ok(Json(Digest {
-        height: c.state().height,
+        height: c.state().height(),
         digest: c.state().digest(),
     }))
 }
@@ -775,7 +775,7 @@ fn admit_blob(s: &Arc<Shared>, hash: &str, headers: &HeaderMap) -> Result<Admit,
     let known = {
         let c = s.chain();
         let st = c.state();
-        let now = st.time.max(unix_now());
+        let now = st.time().max(unix_now());
         blob::verify(&auth, &s.chain_id, &want, now).map_err(|e| unauthorized(e.to_string()))?;
         st.account(&auth.key).is_some() || st.node_by_key(&auth.key).is_some()
     };

@@ -22,8 +22,7 @@ impl World {
     fn new() -> World {
         let mut p = ChainParams::new("arith", true);
         p.faucet_max = u64::MAX;
-        let mut st = State::new(p);
-        st.time = 1_000_000;
+        let st = State::new(p, 1_000_000);
         World {
             st,
             h: 0,

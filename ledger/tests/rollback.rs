@@ -50,7 +50,7 @@ fn grow_and_crash(
     if let Some(image) = crash_image {
         std::fs::copy(dir.join("ledger.redb"), image).expect("crash image");
     }
-    chain.state().height
+    chain.state().height()
 }
 
 /// Damages the latest commit of a crashed redb file: one byte of its commit slot

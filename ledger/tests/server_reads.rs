@@ -218,9 +218,9 @@ fn published_state_is_always_the_replayed_one() {
         check(&chain);
     }
     // The failed append had stored its block: the state is rebuilt with it.
-    assert_eq!(chain.state().height, 12);
+    assert_eq!(chain.state().height(), 12);
     // Old snapshots are untouched by later commits.
     for (i, s) in held.iter().enumerate() {
-        assert_eq!(s.state().height, 3 * i as u64 + 1);
+        assert_eq!(s.state().height(), 3 * i as u64 + 1);
     }
 }

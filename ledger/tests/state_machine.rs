@@ -16,8 +16,7 @@ impl World {
     fn new(dev: bool) -> World {
         let mut p = ChainParams::new("test", dev);
         p.grace_secs = GRACE;
-        let mut st = State::new(p);
-        st.time = 1_000_000;
+        let st = State::new(p, 1_000_000);
         World {
             st,
             t: 1_000_000,
