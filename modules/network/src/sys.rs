@@ -1,0 +1,472 @@
+//! The crate's one boundary with the kernel: namespaces, links, addresses and routes
+//! over rtnetlink, the WireGuard device over its generic-netlink family
+//! (wireguard-control), and the ruleset through `nft -f -`.
+//!
+//! Work inside a namespace runs on a thread of its own that `setns`es into it and
+//! ends afterwards, so no other thread of cellosd ever changes namespace and nothing
+//! forks `ip netns exec`. Every netlink socket is opened on that thread, so it
+//! speaks to that namespace. Each step is idempotent: it finds what exists and
+//! creates only what is missing.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::future::Future;
+use std::io::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::SystemTime;
+
+use cellos_ledger::network::{Ipv4Net, NetworkSpec, WgKey};
+use futures::TryStreamExt as _;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{setns, unshare, CloneFlags};
+use rtnetlink::packet_route::route::RouteScope;
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkWireguard, RouteMessageBuilder};
+use wireguard_control::{Backend, Device, DeviceUpdate, InterfaceName, Key, PeerConfigBuilder};
+
+/// What one peer's tunnel has done, from the WireGuard device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerStatus {
+    pub public_key: WgKey,
+    pub endpoint: Option<SocketAddr>,
+    /// When the last handshake completed; `None` if none has yet.
+    pub last_handshake: Option<SystemTime>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SysError {
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what}")]
+    Netlink {
+        what: String,
+        // Boxed: an rtnetlink error carries a whole netlink message.
+        #[source]
+        source: Box<rtnetlink::Error>,
+    },
+    #[error("nft refused the ruleset in namespace {ns}: {stderr}")]
+    Nft { ns: String, stderr: String },
+    #[error("the thread working in a namespace panicked")]
+    Panicked,
+}
+
+impl SysError {
+    /// The kernel does not know the link type (no `wireguard` module).
+    pub fn not_supported(&self) -> bool {
+        let code = match self {
+            SysError::Netlink { source, .. } => match source.as_ref() {
+                rtnetlink::Error::NetlinkError(m) => m.code.map(|c| c.get()),
+                _ => None,
+            },
+            SysError::Io { source, .. } => source.raw_os_error().map(|c| -c),
+            _ => None,
+        };
+        code == Some(-libc::EOPNOTSUPP)
+    }
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SysError {
+    let what = what.into();
+    move |source| SysError::Io { what, source }
+}
+
+fn errno(what: impl Into<String>) -> impl FnOnce(nix::errno::Errno) -> SysError {
+    let f = io(what);
+    move |e| f(e.into())
+}
+
+/// What the crate asks of the kernel. [`Linux`] is the real thing; unit tests put a
+/// recording fake here.
+pub trait Sys: Send + Sync {
+    fn netns_exists(&self, ns: &str) -> bool;
+    /// Creates the namespace and bind-mounts it under the namespace directory, so it
+    /// outlives cellosd.
+    fn create_netns(&self, ns: &str) -> Result<(), SysError>;
+    /// Unmounts and removes the namespace's mount point.
+    fn delete_netns(&self, ns: &str) -> Result<(), SysError>;
+    /// Inside `ns`: `lo` up, and the bridge up with `gateway` on it.
+    fn ensure_bridge(&self, ns: &str, bridge: &str, gateway: Ipv4Net) -> Result<(), SysError>;
+    /// `net.ipv4.ip_forward = 1` inside `ns` only.
+    fn enable_forwarding(&self, ns: &str) -> Result<(), SysError>;
+    /// Replaces the namespace's nftables table with `ruleset`.
+    fn apply_ruleset(&self, ns: &str, ruleset: &str) -> Result<(), SysError>;
+    /// Makes sure the WireGuard device `dev` is inside `ns`: created in the host
+    /// namespace (its UDP socket stays on the uplink) and moved in. Returns its index.
+    fn ensure_wireguard(&self, ns: &str, dev: &str) -> Result<u32, SysError>;
+    /// Inside `ns`: the device's key, port and peers as `spec` says (peers that left
+    /// are removed, the others updated in place), the node's address on it, up, and
+    /// the route for the whole range through it.
+    fn configure_wireguard(&self, ns: &str, dev: &str, spec: &NetworkSpec) -> Result<(), SysError>;
+    /// The device's peers and their counters.
+    fn wireguard_peers(&self, ns: &str, dev: &str) -> Result<Vec<PeerStatus>, SysError>;
+    /// Deletes link `name` inside `ns`, or in the host namespace for `None`; succeeds
+    /// if it is not there.
+    fn delete_link(&self, ns: Option<&str>, name: &str) -> Result<(), SysError>;
+}
+
+/// The running kernel.
+pub struct Linux {
+    /// Where namespaces are bind-mounted (`ip netns` looks there too).
+    pub netns_dir: PathBuf,
+    /// Debian's `nft`.
+    pub nft: PathBuf,
+}
+
+/// Where `ip netns` and this crate keep namespaces.
+pub const NETNS_DIR: &str = "/run/netns";
+/// Where Debian's `nftables` package puts `nft` (the image carries it there too).
+pub const NFT: &str = "/usr/sbin/nft";
+
+impl Default for Linux {
+    fn default() -> Self {
+        Linux {
+            netns_dir: NETNS_DIR.into(),
+            nft: NFT.into(),
+        }
+    }
+}
+
+/// Runs `f` on a thread of its own and waits for it.
+fn on_thread<T: Send>(f: impl FnOnce() -> Result<T, SysError> + Send) -> Result<T, SysError> {
+    std::thread::scope(|s| s.spawn(f).join().unwrap_or(Err(SysError::Panicked)))
+}
+
+/// Runs rtnetlink requests on the current thread (and so in its namespace).
+fn netlink<T, Fut>(what: &str, f: impl FnOnce(Handle) -> Fut) -> Result<T, SysError>
+where
+    Fut: Future<Output = Result<T, rtnetlink::Error>>,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(io("start a netlink runtime"))?;
+    rt.block_on(async {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(io("open rtnetlink"))?;
+        tokio::spawn(conn);
+        f(handle).await.map_err(|source| SysError::Netlink {
+            what: what.to_string(),
+            source: Box::new(source),
+        })
+    })
+}
+
+async fn link_index(h: &Handle, name: &str) -> Result<Option<u32>, rtnetlink::Error> {
+    let mut links = h.link().get().match_name(name.to_string()).execute();
+    match links.try_next().await {
+        Ok(link) => Ok(link.map(|l| l.header.index)),
+        Err(rtnetlink::Error::NetlinkError(e))
+            if e.code.map(|c| c.get()) == Some(-libc::ENODEV) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn existing(h: &Handle, name: &str) -> Result<u32, rtnetlink::Error> {
+    link_index(h, name)
+        .await?
+        .ok_or(rtnetlink::Error::RequestFailed)
+}
+
+async fn set_up(h: &Handle, index: u32) -> Result<(), rtnetlink::Error> {
+    h.link()
+        .set(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+}
+
+fn wg_name(dev: &str) -> Result<InterfaceName, SysError> {
+    dev.parse::<InterfaceName>()
+        .map_err(|e| io(format!("name {dev}"))(e.into()))
+}
+
+fn is_netns(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .map(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
+        .unwrap_or(false)
+}
+
+impl Linux {
+    fn path(&self, ns: &str) -> PathBuf {
+        self.netns_dir.join(ns)
+    }
+
+    /// Runs `f` on a thread that has entered namespace `ns`.
+    fn in_netns<T: Send>(
+        &self,
+        ns: &str,
+        f: impl FnOnce() -> Result<T, SysError> + Send,
+    ) -> Result<T, SysError> {
+        let path = self.path(ns);
+        on_thread(move || {
+            let fd = File::open(&path).map_err(io(format!("open namespace {}", path.display())))?;
+            setns(&fd, CloneFlags::CLONE_NEWNET)
+                .map_err(errno(format!("enter namespace {}", path.display())))?;
+            f()
+        })
+    }
+}
+
+impl Sys for Linux {
+    fn netns_exists(&self, ns: &str) -> bool {
+        is_netns(&self.path(ns))
+    }
+
+    fn create_netns(&self, ns: &str) -> Result<(), SysError> {
+        let path = self.path(ns);
+        if is_netns(&path) {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.netns_dir)
+            .map_err(io(format!("create {}", self.netns_dir.display())))?;
+        File::create(&path).map_err(io(format!("create {}", path.display())))?;
+        let made = on_thread(|| {
+            unshare(CloneFlags::CLONE_NEWNET).map_err(errno("create a network namespace"))?;
+            mount(
+                Some("/proc/thread-self/ns/net"),
+                &path,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(errno(format!(
+                "bind-mount the namespace on {}",
+                path.display()
+            )))
+        });
+        if made.is_err() {
+            // Best effort: the error that matters is the one returned.
+            let _ = std::fs::remove_file(&path);
+        }
+        made
+    }
+
+    fn delete_netns(&self, ns: &str) -> Result<(), SysError> {
+        let path = self.path(ns);
+        if is_netns(&path) {
+            umount2(&path, MntFlags::MNT_DETACH)
+                .map_err(errno(format!("unmount {}", path.display())))?;
+        }
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(io(format!("remove {}", path.display()))(e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn ensure_bridge(&self, ns: &str, bridge: &str, gateway: Ipv4Net) -> Result<(), SysError> {
+        self.in_netns(ns, || {
+            netlink(&format!("set up bridge {bridge} in {ns}"), |h| async move {
+                set_up(&h, existing(&h, "lo").await?).await?;
+                if link_index(&h, bridge).await?.is_none() {
+                    h.link()
+                        .add(LinkBridge::new(bridge).build())
+                        .execute()
+                        .await?;
+                }
+                let index = existing(&h, bridge).await?;
+                h.address()
+                    .add(index, IpAddr::V4(gateway.addr()), gateway.prefix_len())
+                    .replace()
+                    .execute()
+                    .await?;
+                set_up(&h, index).await
+            })
+        })
+    }
+
+    fn enable_forwarding(&self, ns: &str) -> Result<(), SysError> {
+        self.in_netns(ns, || {
+            // /proc/sys/net is the namespace of the thread that opens it.
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+                .map_err(io(format!("enable forwarding in {ns}")))
+        })
+    }
+
+    fn apply_ruleset(&self, ns: &str, ruleset: &str) -> Result<(), SysError> {
+        let nft = &self.nft;
+        self.in_netns(ns, || {
+            // The child inherits this thread's namespace.
+            let mut child = Command::new(nft)
+                .args(["-f", "-"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(io(format!("run {}", nft.display())))?;
+            if let Some(mut stdin) = child.stdin.take() {
+                stdin
+                    .write_all(ruleset.as_bytes())
+                    .map_err(io(format!("write the ruleset to {}", nft.display())))?;
+            }
+            let out = child
+                .wait_with_output()
+                .map_err(io(format!("wait for {}", nft.display())))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(SysError::Nft {
+                    ns: ns.to_string(),
+                    stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                })
+            }
+        })
+    }
+
+    fn ensure_wireguard(&self, ns: &str, dev: &str) -> Result<u32, SysError> {
+        let find = || {
+            self.in_netns(ns, || {
+                netlink(&format!("look for {dev} in {ns}"), |h| async move {
+                    link_index(&h, dev).await
+                })
+            })
+        };
+        if let Some(index) = find()? {
+            return Ok(index);
+        }
+        let path = self.path(ns);
+        let target = File::open(&path).map_err(io(format!("open namespace {}", path.display())))?;
+        on_thread(|| {
+            netlink(
+                &format!("create {dev} and move it into {ns}"),
+                |h| async move {
+                    // A device left here by a crash between create and move is reused.
+                    if link_index(&h, dev).await?.is_none() {
+                        h.link()
+                            .add(LinkWireguard::new(dev).build())
+                            .execute()
+                            .await?;
+                    }
+                    let index = existing(&h, dev).await?;
+                    h.link()
+                        .set(
+                            LinkUnspec::new_with_index(index)
+                                .setns_by_fd(target.as_raw_fd())
+                                .build(),
+                        )
+                        .execute()
+                        .await
+                },
+            )
+        })?;
+        find()?.ok_or_else(|| SysError::Netlink {
+            what: format!("{dev} is not in {ns} after the move"),
+            source: Box::new(rtnetlink::Error::RequestFailed),
+        })
+    }
+
+    fn configure_wireguard(&self, ns: &str, dev: &str, spec: &NetworkSpec) -> Result<(), SysError> {
+        self.in_netns(ns, || {
+            let iface = wg_name(dev)?;
+            let what = format!("configure WireGuard on {dev} in {ns}");
+            let current = Device::get(&iface, Backend::Kernel).map_err(io(what.clone()))?;
+            let wanted: BTreeSet<[u8; 32]> = spec.peers.iter().map(|p| p.public_key.0).collect();
+            let mut update = DeviceUpdate::new()
+                .set_private_key(Key(*spec.private_key.bytes()))
+                .set_listen_port(spec.listen_port);
+            // Peers that left are removed one by one; the others are updated in
+            // place, so their sessions and counters survive an update.
+            for p in &current.peers {
+                if !wanted.contains(&p.config.public_key.0) {
+                    update = update.remove_peer_by_key(&p.config.public_key);
+                }
+            }
+            for p in &spec.peers {
+                let mut peer = PeerConfigBuilder::new(&Key(p.public_key.0)).replace_allowed_ips();
+                for n in &p.allowed_subnets {
+                    peer = peer.add_allowed_ip(IpAddr::V4(n.network()), n.prefix_len());
+                }
+                if let Some(e) = p.endpoint {
+                    // Keepalives start the handshake at once and keep NAT state.
+                    peer = peer.set_endpoint(e).set_persistent_keepalive_interval(25);
+                }
+                update = update.add_peer(peer);
+            }
+            update.apply(&iface, Backend::Kernel).map_err(io(what))?;
+            let gateway = spec.gateway();
+            let range = spec.ip_range;
+            netlink(
+                &format!("address and route {dev} in {ns}"),
+                |h| async move {
+                    let index = existing(&h, dev).await?;
+                    h.address()
+                        .add(index, IpAddr::V4(gateway), 32)
+                        .replace()
+                        .execute()
+                        .await?;
+                    set_up(&h, index).await?;
+                    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+                        .destination_prefix(range.network(), range.prefix_len())
+                        .output_interface(index)
+                        .pref_source(gateway)
+                        .scope(RouteScope::Link)
+                        .build();
+                    h.route().add(route).replace().execute().await
+                },
+            )
+        })
+    }
+
+    fn wireguard_peers(&self, ns: &str, dev: &str) -> Result<Vec<PeerStatus>, SysError> {
+        self.in_netns(ns, || {
+            let iface = wg_name(dev)?;
+            let d = Device::get(&iface, Backend::Kernel)
+                .map_err(io(format!("read WireGuard device {dev} in {ns}")))?;
+            Ok(d.peers
+                .into_iter()
+                .map(|p| PeerStatus {
+                    public_key: WgKey(p.config.public_key.0),
+                    endpoint: p.config.endpoint,
+                    last_handshake: p.stats.last_handshake_time,
+                    rx_bytes: p.stats.rx_bytes,
+                    tx_bytes: p.stats.tx_bytes,
+                })
+                .collect())
+        })
+    }
+
+    fn delete_link(&self, ns: Option<&str>, name: &str) -> Result<(), SysError> {
+        let what = format!("delete {name} in {}", ns.unwrap_or("the host namespace"));
+        let delete = || {
+            netlink(&what, |h| async move {
+                match link_index(&h, name).await? {
+                    Some(index) => h.link().del(index).execute().await,
+                    None => Ok(()),
+                }
+            })
+        };
+        match ns {
+            Some(ns) => self.in_netns(ns, delete),
+            None => on_thread(delete),
+        }
+    }
+}
+
+/// Whether this kernel can create WireGuard devices: tries, in a scratch namespace
+/// that ends with the thread, so nothing is left behind.
+pub fn wireguard_available() -> Result<bool, SysError> {
+    on_thread(|| {
+        unshare(CloneFlags::CLONE_NEWNET).map_err(errno("create a scratch namespace"))?;
+        let made = netlink("create a WireGuard device", |h| async move {
+            h.link()
+                .add(LinkWireguard::new("wgprobe").build())
+                .execute()
+                .await
+        });
+        match made {
+            Ok(()) => Ok(true),
+            Err(e) if e.not_supported() => Ok(false),
+            Err(e) => Err(e),
+        }
+    })
+}
