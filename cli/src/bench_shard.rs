@@ -12,18 +12,17 @@
 //! promise shardd makes: acknowledged means on disk) and once with its default
 //! configuration (no per-write durability), and prints them side by side.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use cellos_shard::cipher::{Cipher, CipherKind};
-use cellos_shard::config::{BackendSpec, StoreConfig};
-use cellos_shard::ec::{Ec, RsCrate};
-use cellos_shard::object::{Backend, BackendError, Store};
 use cellos_shard::server::{Config, Server};
+use cellos_store::backend::{Backend, MemBackend};
+use cellos_store::cipher::{Cipher, CipherKind};
+use cellos_store::config::{BackendSpec, StoreConfig};
+use cellos_store::ec::{Ec, RsCrate};
+use cellos_store::object::Store;
 
 /// Runs `f` repeatedly for about `secs`; returns GB/s for `bytes` per call.
 fn rate(secs: f64, bytes: usize, mut f: impl FnMut()) -> f64 {
@@ -121,33 +120,6 @@ fn ec_figures(secs: f64, size: usize) -> Result<()> {
         println!("{:<20} seal {seal:>6.2}  open {open:>6.2}", kind.name());
     }
     Ok(())
-}
-
-/// Backends in memory: the pipeline's own cost, without network or disks.
-#[derive(Default)]
-struct MemBackend(Mutex<HashMap<Vec<u8>, Vec<u8>>>);
-
-impl MemBackend {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Vec<u8>>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-impl Backend for MemBackend {
-    async fn set(&self, key: &[u8], value: &[u8]) -> Result<(), BackendError> {
-        self.map().insert(key.to_vec(), value.to_vec());
-        Ok(())
-    }
-    async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
-        Ok(self.map().get(key).cloned())
-    }
-    async fn del(&self, key: &[u8]) -> Result<(), BackendError> {
-        self.map().remove(key);
-        Ok(())
-    }
-    async fn ping(&self) -> Result<(), BackendError> {
-        Ok(())
-    }
 }
 
 fn specs(addrs: &[SocketAddr]) -> Vec<BackendSpec> {

@@ -1,5 +1,5 @@
 //! `cellos store`: put, get, check and repair objects erasure-coded across shard
-//! servers (`shardd`), as configured in a `store.toml` (see `cellos_shard::config`).
+//! servers (`shardd`), as configured in a `store.toml` (see `cellos_store::config`).
 //!
 //! The library does the work; this file reads files, prints results and turns
 //! health into an exit status: `check` fails when an object is unreadable, and
@@ -9,8 +9,8 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use cellos_shard::config::StoreConfig;
-use cellos_shard::object::Store;
+use cellos_store::config::StoreConfig;
+use cellos_store::object::Store;
 use clap::{Args, Subcommand};
 
 #[derive(Args, Clone)]
@@ -55,7 +55,7 @@ pub enum StoreCmd {
     Keygen { path: PathBuf },
 }
 
-fn open(args: &StoreArgs) -> Result<Store<cellos_shard::object::RespBackend>> {
+fn open(args: &StoreArgs) -> Result<Store<cellos_store::backend::RespBackend>> {
     let cfg = StoreConfig::load(&args.config)?;
     Ok(Store::connect(cfg)?)
 }
@@ -174,7 +174,7 @@ pub async fn run(cmd: StoreCmd, json: bool) -> Result<()> {
         }
         StoreCmd::Keygen { path } => {
             use std::os::unix::fs::OpenOptionsExt;
-            let key = cellos_shard::config::generate_key();
+            let key = cellos_store::config::generate_key();
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)

@@ -3,18 +3,17 @@
 //! object store's metadata and segment decoders.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::Duration;
 
-use cellos_shard::config::{BackendSpec, StoreConfig};
-use cellos_shard::object::{Backend, BackendError, Store};
 use cellos_shard::record::{self, Item};
 use cellos_shard::resp::{parse_reply, Command, CommandParser, Limits, Reply};
 use cellos_shard::server::{Config, Server};
+use cellos_store::backend::MemBackend;
+use cellos_store::config::{BackendSpec, StoreConfig};
+use cellos_store::object::Store;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
 
@@ -294,36 +293,7 @@ pub fn object_config(segment_size: usize) -> StoreConfig {
     cfg
 }
 
-/// A backend holding whatever the input says it holds.
-#[derive(Default)]
-pub struct MemBackend {
-    pub data: Mutex<HashMap<Vec<u8>, Vec<u8>>>,
-}
-
-impl MemBackend {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Vec<u8>>> {
-        self.data.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-impl Backend for MemBackend {
-    async fn set(&self, key: &[u8], value: &[u8]) -> Result<(), BackendError> {
-        self.map().insert(key.to_vec(), value.to_vec());
-        Ok(())
-    }
-    async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
-        Ok(self.map().get(key).cloned())
-    }
-    async fn del(&self, key: &[u8]) -> Result<(), BackendError> {
-        self.map().remove(key);
-        Ok(())
-    }
-    async fn ping(&self) -> Result<(), BackendError> {
-        Ok(())
-    }
-}
-
-/// Layout of a metadata shard's header (object.rs `MetaHeader`): magic, then a
+/// Layout of a metadata shard's header (cellos-store's `MetaHeader`): magic, then a
 /// 16-byte BLAKE3 prefix of the shard at 41..57. The fuzzer cannot compute a hash,
 /// so entries flagged for it get theirs fixed and reach the decoder behind it.
 const META_MAGIC: &[u8] = b"CSM1";
@@ -364,7 +334,7 @@ pub fn object(data: &[u8]) {
         .map(|_| MemBackend::default())
         .collect();
     for (b, key, value) in object_entries(data) {
-        backends[b].map().insert(key, value);
+        backends[b].entries().insert(key, value);
     }
     let store = Store::new(object_config(64), backends).expect("the fuzz store's config is valid");
     RUNTIME.with(|rt| {

@@ -14,13 +14,12 @@ use std::path::Path;
 
 use cellos_fuzz::init::PACKET_MARKER;
 use cellos_fuzz::ledger::{key, NODE_KEY};
-use cellos_fuzz::shard::{
-    object_config, object_entries, MemBackend, OBJECT_K, OBJECT_M, OBJECT_NAME,
-};
+use cellos_fuzz::shard::{object_config, object_entries, OBJECT_K, OBJECT_M, OBJECT_NAME};
 use cellos_ledger::deployment::{self, Deployment};
 use cellos_ledger::{keys, EnrollToken, Hash, Interface, Prices, Resources, Tx, TxBody};
-use cellos_shard::object::Store;
 use cellos_shard::record::{self, Kind};
+use cellos_store::backend::{Backend, BackendError, MemBackend};
+use cellos_store::object::Store;
 use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode};
 use dhcproto::Encodable;
 
@@ -346,17 +345,27 @@ fn object_seed(data: &[u8], drop_backend: Option<usize>) -> Vec<u8> {
         );
         out.extend_from_slice(value);
     }
+    assert_eq!(read_object(&out, None), data);
+    out
+}
+
+/// The object stored in an `object` target input, read back, with the writes
+/// to backend `lose` left out.
+fn read_object(input: &[u8], lose: Option<usize>) -> Vec<u8> {
     let mem: Vec<MemBackend> = (0..OBJECT_K + OBJECT_M)
         .map(|_| MemBackend::default())
         .collect();
-    for (b, key, value) in object_entries(&out) {
-        mem[b].data.lock().expect("map").insert(key, value);
+    for (b, key, value) in object_entries(input) {
+        if Some(b) != lose {
+            mem[b].entries().insert(key, value);
+        }
     }
     let store = Store::new(object_config(64), mem).expect("store");
-    rt.block_on(async {
-        assert_eq!(store.get(OBJECT_NAME).await.expect("get"), data);
-    });
-    out
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(async { store.get(OBJECT_NAME).await.expect("get") })
 }
 
 type Log = std::sync::Arc<std::sync::Mutex<Vec<(usize, Vec<u8>, Vec<u8>)>>>;
@@ -367,40 +376,67 @@ struct RecBackend {
     log: Log,
 }
 
-impl cellos_shard::object::Backend for RecBackend {
-    async fn set(
-        &self,
-        key: &[u8],
-        value: &[u8],
-    ) -> Result<(), cellos_shard::object::BackendError> {
+impl Backend for RecBackend {
+    async fn set(&self, key: &[u8], value: &[u8]) -> Result<(), BackendError> {
         self.log
             .lock()
             .expect("log")
             .push((self.index, key.to_vec(), value.to_vec()));
         Ok(())
     }
-    async fn get(
-        &self,
-        _key: &[u8],
-    ) -> Result<Option<Vec<u8>>, cellos_shard::object::BackendError> {
+    async fn get(&self, _key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
         Ok(None)
     }
-    async fn del(&self, _key: &[u8]) -> Result<(), cellos_shard::object::BackendError> {
+    async fn del(&self, _key: &[u8]) -> Result<(), BackendError> {
         Ok(())
     }
-    async fn ping(&self) -> Result<(), cellos_shard::object::BackendError> {
+    async fn ping(&self) -> Result<(), BackendError> {
         Ok(())
     }
 }
 
-fn object_seeds() -> Vec<Vec<u8>> {
+/// What the object seeds hold, and whether a backend's writes are left out.
+fn object_plaintexts() -> Vec<(Vec<u8>, Option<usize>)> {
     let text: Vec<u8> = (0..300u32).map(|i| (i * 7 % 251) as u8).collect();
     vec![
-        object_seed(b"", None),
-        object_seed(b"hello, shards", None),
-        object_seed(&text, None),
-        object_seed(&text, Some(1)),
+        (Vec::new(), None),
+        (b"hello, shards".to_vec(), None),
+        (text.clone(), None),
+        (text, Some(1)),
     ]
+}
+
+fn object_seeds() -> Vec<Vec<u8>> {
+    object_plaintexts()
+        .iter()
+        .map(|(data, drop)| object_seed(data, *drop))
+        .collect()
+}
+
+/// Golden metadata: the committed object seeds were written by an earlier
+/// store (their metadata names its Reed-Solomon crate and cipher); today's
+/// store still reads each one back exactly, also with any one backend lost, so
+/// that the code it names rebuilds a lost data shard.
+#[test]
+fn committed_object_seeds_still_read_back() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/object");
+    for (i, (data, dropped)) in object_plaintexts().iter().enumerate() {
+        let seed = std::fs::read(dir.join(format!("seed-{i}"))).expect("a committed seed");
+        let losses = match dropped {
+            Some(_) => vec![None],
+            None => [None]
+                .into_iter()
+                .chain((0..OBJECT_K + OBJECT_M).map(Some))
+                .collect(),
+        };
+        for lose in losses {
+            assert_eq!(
+                &read_object(&seed, lose),
+                data,
+                "seed-{i}, backend {lose:?} lost"
+            );
+        }
+    }
 }
 
 #[test]
@@ -430,9 +466,9 @@ fn seeds_are_valid_inputs() {
         assert_eq!((d.validate(), d.verify()), (Ok(()), Ok(())));
     }
     let (cfg, _) =
-        cellos_init::cmdline::parse(std::str::from_utf8(&cmdline_seeds()[0]).expect("utf8"));
+        cellos_boot::cmdline::parse(std::str::from_utf8(&cmdline_seeds()[0]).expect("utf8"));
     assert!(cfg.enroll.is_some() && cfg.ledger.is_some());
-    assert!(cellos_init::bootcfg::parse_file(
+    assert!(cellos_boot::stick::parse_file(
         std::str::from_utf8(&bootcfg_seeds()[0]).expect("utf8")
     )
     .is_ok());

@@ -9,8 +9,8 @@ use std::time::Instant;
 
 mod common;
 
-use cellos_shard::config::{BackendSpec, StoreConfig};
-use cellos_shard::object::Store;
+use cellos_store::config::{BackendSpec, StoreConfig};
+use cellos_store::object::Store;
 use common::Shardd;
 
 fn start(dir: &Path) -> Shardd {

@@ -19,130 +19,25 @@
 //! answer, rebuilds them from k good ones and writes them to their backend, or to
 //! a healthy replacement backend when theirs is down, then writes new metadata.
 
-use std::collections::{BTreeMap, HashSet};
-use std::future::Future;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+mod metadata;
+mod segment;
 
-use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
 use tokio::task::JoinSet;
 
-use crate::cipher::{Cipher, CipherKind};
-use crate::client::{Client, ClientError};
-use crate::config::{BackendSpec, StoreConfig, MAX_SEGMENT};
-use crate::ec::{Ec, RsCrate};
+use self::metadata::{Meta, SegMeta};
+use self::segment::{hash, object_key, open_segment, seal_segment, shard_key, Obj, Slot};
+use crate::backend::{Backend, RespBackend};
+use crate::cipher::Cipher;
+use crate::config::{BackendSpec, Distinct, StoreConfig, MAX_SEGMENT};
+use crate::ec::Ec;
 
 /// Segments coded or fetched at once.
-const PIPELINE: usize = 4;
+pub(crate) const PIPELINE: usize = 4;
+/// Bytes of BLAKE3 kept to check a shard.
 const HASH_LEN: usize = 16;
-
-/// A failure talking to one backend.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct BackendError {
-    pub message: String,
-    /// The backend did not answer (vs. answered with an error).
-    pub unreachable: bool,
-}
-
-/// Where shards are stored: a shard server namespace, or a fake in tests.
-pub trait Backend: Send + Sync + 'static {
-    fn set(
-        &self,
-        key: &[u8],
-        value: &[u8],
-    ) -> impl Future<Output = Result<(), BackendError>> + Send;
-    fn get(&self, key: &[u8])
-        -> impl Future<Output = Result<Option<Vec<u8>>, BackendError>> + Send;
-    fn del(&self, key: &[u8]) -> impl Future<Output = Result<(), BackendError>> + Send;
-    fn ping(&self) -> impl Future<Output = Result<(), BackendError>> + Send;
-}
-
-/// A namespace on a shard server, over a small pool of RESP connections.
-pub struct RespBackend {
-    spec: BackendSpec,
-    idle: Mutex<Vec<Client>>,
-    timeout: Duration,
-}
-
-impl RespBackend {
-    pub fn new(spec: BackendSpec) -> RespBackend {
-        RespBackend {
-            spec,
-            idle: Mutex::new(Vec::new()),
-            timeout: Duration::from_secs(10),
-        }
-    }
-
-    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Client>> {
-        // The pool is a plain Vec: a poisoned lock still holds valid clients.
-        self.idle.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    async fn conn(&self) -> Result<Client, BackendError> {
-        if let Some(c) = self.idle().pop() {
-            return Ok(c);
-        }
-        let mut c = Client::connect(self.spec.address, self.timeout)
-            .await
-            .map_err(|e| self.err(e))?;
-        c.select(&self.spec.namespace, self.spec.password.as_deref())
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(c)
-    }
-
-    fn release(&self, c: Client) {
-        let mut idle = self.idle();
-        if idle.len() < 2 * PIPELINE {
-            idle.push(c);
-        }
-    }
-
-    fn err(&self, e: ClientError) -> BackendError {
-        let unreachable = !matches!(
-            e,
-            ClientError::Server { .. } | ClientError::Unexpected { .. }
-        );
-        BackendError {
-            message: format!(
-                "{} namespace {}: {e}",
-                self.spec.address, self.spec.namespace
-            ),
-            unreachable,
-        }
-    }
-}
-
-impl Backend for RespBackend {
-    async fn set(&self, key: &[u8], value: &[u8]) -> Result<(), BackendError> {
-        let mut c = self.conn().await?;
-        c.set(key, value).await.map_err(|e| self.err(e))?;
-        self.release(c);
-        Ok(())
-    }
-
-    async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
-        let mut c = self.conn().await?;
-        let v = c.get(key).await.map_err(|e| self.err(e))?;
-        self.release(c);
-        Ok(v)
-    }
-
-    async fn del(&self, key: &[u8]) -> Result<(), BackendError> {
-        let mut c = self.conn().await?;
-        c.del(key).await.map_err(|e| self.err(e))?;
-        self.release(c);
-        Ok(())
-    }
-
-    async fn ping(&self) -> Result<(), BackendError> {
-        let mut c = self.conn().await?;
-        c.ping().await.map_err(|e| self.err(e))?;
-        self.release(c);
-        Ok(())
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -193,30 +88,6 @@ pub enum StoreError {
 }
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct SegMeta {
-    /// Sealed bytes coded in this segment.
-    len: usize,
-    /// BLAKE3 (truncated) of each of the k+m shards, hex.
-    hashes: Vec<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Meta {
-    name: String,
-    object: String,
-    size: u64,
-    segment_size: usize,
-    k: usize,
-    m: usize,
-    erasure: RsCrate,
-    cipher: CipherKind,
-    compression: bool,
-    /// Backend id (address/namespace) holding shard i.
-    placement: Vec<String>,
-    segments: Vec<SegMeta>,
-}
 
 /// What `put` did.
 #[derive(Debug, Clone)]
@@ -276,6 +147,21 @@ struct Inner<B> {
     backends: Vec<B>,
 }
 
+impl<B: Backend> Inner<B> {
+    /// Writes `value` under `key` on backend `b`; `op` names the write in an error.
+    async fn write(&self, op: &'static str, b: usize, key: &[u8], value: &[u8]) -> Result<()> {
+        self.backends[b]
+            .set(key, value)
+            .await
+            .map_err(|e| StoreError::Backend {
+                op,
+                key: String::from_utf8_lossy(key).into_owned(),
+                backend: self.ids[b].clone(),
+                message: e.message,
+            })
+    }
+}
+
 /// The object store over a set of backends. Cheap to clone.
 pub struct Store<B: Backend> {
     inner: Arc<Inner<B>>,
@@ -295,27 +181,6 @@ impl Store<RespBackend> {
         let backends = cfg.backends.iter().cloned().map(RespBackend::new).collect();
         Store::new(cfg, backends)
     }
-}
-
-/// Per-object crypto and coding, shared by the segment tasks.
-struct Obj {
-    id: [u8; 16],
-    cipher: Cipher,
-    ec: Ec,
-}
-
-fn object_key(master: &[u8; 32], id: &[u8; 16]) -> [u8; 32] {
-    let mut h = blake3::Hasher::new_derive_key("cellos-store object key v1");
-    h.update(master).update(id);
-    *h.finalize().as_bytes()
-}
-
-fn shard_key(obj: &str, seg: usize, idx: usize) -> Vec<u8> {
-    format!("s:{obj}:{seg}:{idx}").into_bytes()
-}
-
-fn hash(data: &[u8]) -> String {
-    hex::encode(&blake3::hash(data).as_bytes()[..HASH_LEN])
 }
 
 fn task_err(e: tokio::task::JoinError) -> StoreError {
@@ -380,9 +245,9 @@ impl<B: Backend> Store<B> {
             need: n,
             healthy: chosen.len(),
             what: match cfg.distinct {
-                crate::config::Distinct::Backend => "backend",
-                crate::config::Distinct::Node => "node",
-                crate::config::Distinct::Farm => "farm",
+                Distinct::Backend => "backend",
+                Distinct::Node => "node",
+                Distinct::Farm => "farm",
             },
         })
     }
@@ -439,17 +304,7 @@ impl<B: Backend> Store<B> {
                     let inner = inner.clone();
                     let b = placement[i];
                     let key = shard_key(&obj_hex, seg, i);
-                    up.spawn(async move {
-                        inner.backends[b]
-                            .set(&key, &shard)
-                            .await
-                            .map_err(|e| StoreError::Backend {
-                                op: "write",
-                                key: String::from_utf8_lossy(&key).into_owned(),
-                                backend: inner.ids[b].clone(),
-                                message: e.message,
-                            })
-                    });
+                    up.spawn(async move { inner.write("write", b, &key, &shard).await });
                 }
                 while let Some(r) = up.join_next().await {
                     r.map_err(task_err)??;
@@ -563,62 +418,6 @@ impl<B: Backend> Store<B> {
             });
         }
         Ok(all)
-    }
-
-    /// Fetches the shards of one segment, verified; stops once `want` are intact
-    /// (reading data shards first, which need no decoding).
-    async fn fetch(
-        &self,
-        meta: &Meta,
-        places: &[Option<usize>],
-        seg: usize,
-        want: usize,
-        down: &Mutex<HashSet<usize>>,
-    ) -> Vec<Slot> {
-        let total = meta.k + meta.m;
-        let mut slots: Vec<Slot> = vec![Slot::Missing; total];
-        let mut next = 0;
-        while next < total {
-            let intact = slots.iter().filter(|s| matches!(s, Slot::Ok(_))).count();
-            if intact >= want {
-                break;
-            }
-            let batch: Vec<usize> = (next..total).take(want - intact).collect();
-            next += batch.len();
-            let mut set = JoinSet::new();
-            for i in batch {
-                let Some(b) = places[i] else {
-                    slots[i] = Slot::Unreachable;
-                    continue;
-                };
-                if lock(down).contains(&b) {
-                    slots[i] = Slot::Unreachable;
-                    continue;
-                }
-                let inner = self.inner.clone();
-                let key = shard_key(&meta.object, seg, i);
-                set.spawn(async move { (i, b, inner.backends[b].get(&key).await) });
-            }
-            while let Some(r) = set.join_next().await {
-                let Ok((i, b, r)) = r else { continue };
-                slots[i] = match r {
-                    Ok(Some(v)) => {
-                        if meta.segments[seg].hashes.get(i).map(String::as_str) == Some(&hash(&v)) {
-                            Slot::Ok(v)
-                        } else {
-                            Slot::Corrupt
-                        }
-                    }
-                    Ok(None) => Slot::Missing,
-                    Err(e) if e.unreachable => {
-                        lock(down).insert(b);
-                        Slot::Unreachable
-                    }
-                    Err(_) => Slot::Corrupt,
-                };
-            }
-        }
-        slots
     }
 
     fn map_placement(&self, meta: &Meta) -> Vec<Option<usize>> {
@@ -777,15 +576,7 @@ impl<B: Backend> Store<B> {
                     });
                 }
                 let key = shard_key(&meta.object, seg, i);
-                self.inner.backends[b]
-                    .set(&key, shard)
-                    .await
-                    .map_err(|e| StoreError::Backend {
-                        op: "write",
-                        key: String::from_utf8_lossy(&key).into_owned(),
-                        backend: self.inner.ids[b].clone(),
-                        message: e.message,
-                    })?;
+                self.inner.write("write", b, &key, shard).await?;
                 report.rebuilt += 1;
             }
         }
@@ -794,392 +585,16 @@ impl<B: Backend> Store<B> {
         }
         Ok(report)
     }
-
-    fn meta_key(&self, name: &str) -> Vec<u8> {
-        let k = blake3::derive_key("cellos-store metadata name v1", &self.inner.cfg.key);
-        let h = blake3::keyed_hash(&k, name.as_bytes());
-        format!("m:{}", hex::encode(&h.as_bytes()[..16])).into_bytes()
-    }
-
-    fn meta_cipher(&self, salt: &[u8; 16], kind: CipherKind) -> Cipher {
-        let mut h = blake3::Hasher::new_derive_key("cellos-store metadata key v1");
-        h.update(&self.inner.cfg.key).update(salt);
-        Cipher::new(kind, h.finalize().as_bytes())
-    }
-
-    /// Seals and codes the metadata, one shard to each placement backend.
-    async fn write_meta(&self, meta: &Meta, gen: u64) -> Result<()> {
-        let name = meta.name.clone();
-        let mut blob = serde_json::to_vec(meta).map_err(|e| StoreError::BadMeta {
-            name: name.clone(),
-            reason: e.to_string(),
-        })?;
-        let salt: [u8; 16] = rand::random();
-        let cipher = self.meta_cipher(&salt, meta.cipher);
-        cipher
-            .seal(0, &gen.to_le_bytes(), &mut blob)
-            .map_err(|e| StoreError::Corrupt {
-                name: name.clone(),
-                segment: 0,
-                reason: e.to_string(),
-            })?;
-        let ec =
-            Ec::new(meta.erasure, meta.k, meta.m).map_err(|e| StoreError::Config(e.to_string()))?;
-        let shards = ec
-            .encode(&blob)
-            .map_err(|e| StoreError::Config(e.to_string()))?;
-        let key = self.meta_key(&name);
-        let mut set = JoinSet::new();
-        for (i, shard) in shards.into_iter().enumerate() {
-            let Some(b) = self.inner.ids.iter().position(|x| *x == meta.placement[i]) else {
-                continue;
-            };
-            let hdr = MetaHeader {
-                gen,
-                k: meta.k as u8,
-                m: meta.m as u8,
-                index: i as u8,
-                erasure: meta.erasure,
-                cipher: meta.cipher,
-                salt,
-                len: blob.len() as u64,
-            };
-            let value = hdr.encode(&shard);
-            let (inner, key) = (self.inner.clone(), key.clone());
-            set.spawn(async move {
-                inner.backends[b]
-                    .set(&key, &value)
-                    .await
-                    .map_err(|e| StoreError::Backend {
-                        op: "write metadata",
-                        key: String::from_utf8_lossy(&key).into_owned(),
-                        backend: inner.ids[b].clone(),
-                        message: e.message,
-                    })
-            });
-        }
-        while let Some(r) = set.join_next().await {
-            r.map_err(task_err)??;
-        }
-        Ok(())
-    }
-
-    /// Reads the metadata copies from every backend.
-    async fn scan_meta(&self, name: &str) -> MetaScan {
-        let key = self.meta_key(name);
-        let mut set = JoinSet::new();
-        for b in 0..self.inner.backends.len() {
-            let (inner, key) = (self.inner.clone(), key.clone());
-            set.spawn(async move { inner.backends[b].get(&key).await });
-        }
-        // Grouped by (generation, salt): shards of one write.
-        let mut groups: BTreeMap<(u64, [u8; 16]), MetaGroup> = BTreeMap::new();
-        let mut scan = MetaScan::default();
-        while let Some(r) = set.join_next().await {
-            let v = match r {
-                Ok(Ok(Some(v))) => v,
-                Ok(Err(e)) if e.unreachable => {
-                    scan.unreachable += 1;
-                    continue;
-                }
-                _ => continue,
-            };
-            let Some((h, shard)) = MetaHeader::decode(&v) else {
-                continue;
-            };
-            scan.found += 1;
-            scan.max_gen = scan.max_gen.max(h.gen);
-            let total = h.k as usize + h.m as usize;
-            let entry = groups
-                .entry((h.gen, h.salt))
-                .or_insert_with(|| (h.clone(), vec![None; total]));
-            if entry.0.same_code(&h) && (h.index as usize) < total {
-                entry.1[h.index as usize] = Some(shard.to_vec());
-            }
-        }
-        for ((gen, _), (h, shards)) in groups.into_iter().rev() {
-            let have = shards.iter().filter(|s| s.is_some()).count();
-            scan.best_have = scan.best_have.max(have);
-            scan.need = h.k as usize;
-            let Ok(ec) = Ec::new(h.erasure, h.k as usize, h.m as usize) else {
-                continue;
-            };
-            let Ok(mut blob) = ec.decode(shards, h.len as usize) else {
-                continue;
-            };
-            if self
-                .meta_cipher(&h.salt, h.cipher)
-                .open(0, &gen.to_le_bytes(), &mut blob)
-                .is_err()
-            {
-                continue;
-            }
-            match serde_json::from_slice::<Meta>(&blob) {
-                Ok(meta) if meta.name == name => {
-                    scan.best = Some((meta, gen));
-                    break;
-                }
-                _ => continue,
-            }
-        }
-        scan
-    }
-
-    async fn read_meta(&self, name: &str) -> Result<(Meta, u64)> {
-        let scan = self.scan_meta(name).await;
-        match scan.best {
-            Some(b) => Ok(b),
-            None if scan.found == 0 && scan.unreachable == 0 => {
-                Err(StoreError::NotFound(name.into()))
-            }
-            None if scan.found == 0 => Err(StoreError::Unavailable {
-                name: name.into(),
-                unreachable: scan.unreachable,
-            }),
-            None => Err(StoreError::MetaLost {
-                name: name.into(),
-                have: scan.best_have,
-                need: scan.need,
-            }),
-        }
-    }
-}
-
-/// The shards of one metadata write found so far.
-type MetaGroup = (MetaHeader, Vec<Option<Vec<u8>>>);
-
-#[derive(Default)]
-struct MetaScan {
-    best: Option<(Meta, u64)>,
-    max_gen: u64,
-    found: usize,
-    unreachable: usize,
-    best_have: usize,
-    need: usize,
-}
-
-/// Header of a metadata shard: enough to group shards of one write and decode
-/// them before anything is decrypted.
-#[derive(Debug, Clone)]
-struct MetaHeader {
-    gen: u64,
-    k: u8,
-    m: u8,
-    index: u8,
-    erasure: RsCrate,
-    cipher: CipherKind,
-    salt: [u8; 16],
-    len: u64,
-}
-
-const META_MAGIC: &[u8; 4] = b"CSM1";
-const META_HDR: usize = 4 + 8 + 5 + 16 + 8 + HASH_LEN;
-
-impl MetaHeader {
-    fn encode(&self, shard: &[u8]) -> Vec<u8> {
-        let mut v = Vec::with_capacity(META_HDR + shard.len());
-        v.extend_from_slice(META_MAGIC);
-        v.extend_from_slice(&self.gen.to_le_bytes());
-        v.extend_from_slice(&[
-            self.k,
-            self.m,
-            self.index,
-            self.erasure.to_byte(),
-            self.cipher.to_byte(),
-        ]);
-        v.extend_from_slice(&self.salt);
-        v.extend_from_slice(&self.len.to_le_bytes());
-        v.extend_from_slice(&blake3::hash(shard).as_bytes()[..HASH_LEN]);
-        v.extend_from_slice(shard);
-        v
-    }
-
-    /// Parses and verifies a metadata shard; `None` if it is not one or is damaged.
-    fn decode(v: &[u8]) -> Option<(MetaHeader, &[u8])> {
-        if v.len() < META_HDR || &v[..4] != META_MAGIC {
-            return None;
-        }
-        let u64_at = |i: usize| {
-            v.get(i..i + 8)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_le_bytes)
-        };
-        let h = MetaHeader {
-            gen: u64_at(4)?,
-            k: v[12],
-            m: v[13],
-            index: v[14],
-            erasure: RsCrate::from_byte(v[15])?,
-            cipher: CipherKind::from_byte(v[16])?,
-            salt: v[17..33].try_into().ok()?,
-            len: u64_at(33)?,
-        };
-        let shard = &v[META_HDR..];
-        if blake3::hash(shard).as_bytes()[..HASH_LEN] != v[41..META_HDR] || h.k == 0 || h.m == 0 {
-            return None;
-        }
-        if h.len > (MAX_SEGMENT as u64) {
-            return None;
-        }
-        Some((h, shard))
-    }
-
-    fn same_code(&self, o: &MetaHeader) -> bool {
-        (self.k, self.m, self.erasure, self.cipher, self.len)
-            == (o.k, o.m, o.erasure, o.cipher, o.len)
-    }
-}
-
-#[derive(Debug, Clone)]
-enum Slot {
-    Ok(Vec<u8>),
-    Missing,
-    Corrupt,
-    Unreachable,
-}
-
-impl Slot {
-    fn into_ok(self) -> Option<Vec<u8>> {
-        match self {
-            Slot::Ok(v) => Some(v),
-            _ => None,
-        }
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Compresses, seals and codes one segment: (sealed length, k+m shards).
-fn seal_segment(
-    obj: &Obj,
-    seg: usize,
-    data: &[u8],
-    level: i32,
-) -> std::result::Result<(usize, Vec<Vec<u8>>), String> {
-    let mut buf = Vec::with_capacity(data.len() + 64);
-    match zstd::bulk::compress(data, level) {
-        Ok(z) if z.len() < data.len() => {
-            buf.push(1);
-            buf.extend_from_slice(&z);
-        }
-        _ => {
-            buf.push(0);
-            buf.extend_from_slice(data);
-        }
-    }
-    obj.cipher
-        .seal(seg as u64, &aad(&obj.id, seg), &mut buf)
-        .map_err(|e| e.to_string())?;
-    let shards = obj.ec.encode(&buf).map_err(|e| e.to_string())?;
-    Ok((buf.len(), shards))
-}
-
-fn aad(id: &[u8; 16], seg: usize) -> Vec<u8> {
-    let mut a = id.to_vec();
-    a.extend_from_slice(&(seg as u64).to_le_bytes());
-    a
-}
-
-/// Decodes, opens and decompresses one segment from its fetched shards.
-async fn open_segment(
-    meta: &Arc<Meta>,
-    obj: &Arc<Obj>,
-    seg: usize,
-    slots: Vec<Slot>,
-) -> Result<Vec<u8>> {
-    let have = slots.iter().filter(|s| matches!(s, Slot::Ok(_))).count();
-    if have < meta.k {
-        return Err(StoreError::SegmentLost {
-            name: meta.name.clone(),
-            segment: seg,
-            have,
-            need: meta.k,
-        });
-    }
-    let (meta2, obj) = (meta.clone(), obj.clone());
-    tokio::task::spawn_blocking(move || {
-        let meta = meta2;
-        let corrupt = |reason: String| StoreError::Corrupt {
-            name: meta.name.clone(),
-            segment: seg,
-            reason,
-        };
-        let want = meta
-            .segment_size
-            .min((meta.size - (seg * meta.segment_size) as u64) as usize);
-        let opt = slots.into_iter().map(Slot::into_ok).collect();
-        let mut buf = obj
-            .ec
-            .decode(opt, meta.segments[seg].len)
-            .map_err(|e| corrupt(e.to_string()))?;
-        obj.cipher
-            .open(seg as u64, &aad(&obj.id, seg), &mut buf)
-            .map_err(|e| corrupt(e.to_string()))?;
-        let data = match buf.split_first() {
-            Some((0, raw)) => raw.to_vec(),
-            Some((1, z)) => {
-                zstd::bulk::decompress(z, want).map_err(|e| corrupt(format!("zstd: {e}")))?
-            }
-            _ => return Err(corrupt("unknown segment encoding".into())),
-        };
-        if data.len() != want {
-            return Err(corrupt(format!("{} bytes, expected {want}", data.len())));
-        }
-        Ok(data)
-    })
-    .await
-    .map_err(task_err)?
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use crate::config::Distinct;
-    use std::collections::HashMap;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use crate::backend::MemBackend;
+    use crate::ec::RsCrate;
+    use std::future::Future;
 
-    /// An in-memory backend that can be taken down.
-    #[derive(Default)]
-    pub struct MemBackend {
-        pub data: Mutex<HashMap<Vec<u8>, Vec<u8>>>,
-        pub down: AtomicBool,
-    }
-
-    impl MemBackend {
-        fn check(&self) -> Result<(), BackendError> {
-            if self.down.load(Ordering::Relaxed) {
-                return Err(BackendError {
-                    message: "down".into(),
-                    unreachable: true,
-                });
-            }
-            Ok(())
-        }
-    }
-
-    impl Backend for Arc<MemBackend> {
-        async fn set(&self, key: &[u8], value: &[u8]) -> Result<(), BackendError> {
-            self.check()?;
-            lock(&self.data).insert(key.to_vec(), value.to_vec());
-            Ok(())
-        }
-        async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
-            self.check()?;
-            Ok(lock(&self.data).get(key).cloned())
-        }
-        async fn del(&self, key: &[u8]) -> Result<(), BackendError> {
-            self.check()?;
-            lock(&self.data).remove(key);
-            Ok(())
-        }
-        async fn ping(&self) -> Result<(), BackendError> {
-            self.check()
-        }
-    }
-
-    pub fn mem_store(
+    fn mem_store(
         k: usize,
         m: usize,
         n: usize,
@@ -1221,7 +636,7 @@ pub(crate) mod tests {
             .map(|p| ids.iter().position(|x| x == p).unwrap())
             .collect();
         for &b in &down {
-            mems[b].down.store(true, Ordering::Relaxed);
+            mems[b].set_down(true);
         }
         assert_eq!(store.get("obj").await.unwrap(), d);
         let h = store.check("obj").await.unwrap();
@@ -1233,7 +648,7 @@ pub(crate) mod tests {
         assert!(store.check("obj").await.unwrap().healthy());
         // The old backends come back with stale metadata: the new one wins.
         for &b in &down {
-            mems[b].down.store(false, Ordering::Relaxed);
+            mems[b].set_down(false);
         }
         assert_eq!(store.get("obj").await.unwrap(), d);
         assert!(store.check("obj").await.unwrap().healthy());
@@ -1245,7 +660,7 @@ pub(crate) mod tests {
         store.put("x", &data(500)).await.unwrap();
         store.put("x", b"short").await.unwrap();
         assert_eq!(store.get("x").await.unwrap(), b"short");
-        let keys: usize = mems.iter().map(|m| lock(&m.data).len()).sum();
+        let keys: usize = mems.iter().map(|m| m.entries().len()).sum();
         assert_eq!(keys, 3 + 3, "one segment of 3 shards + 3 metadata shards");
         assert!(matches!(
             store.get("nope").await,
@@ -1280,7 +695,7 @@ pub(crate) mod tests {
         store.put("c", &d).await.unwrap();
         // Flip a byte in every shard held by two backends.
         for m in &mems[..2] {
-            for (k, v) in lock(&m.data).iter_mut() {
+            for (k, v) in m.entries().iter_mut() {
                 if k.starts_with(b"s:") {
                     v[0] ^= 0x55;
                 }
@@ -1341,10 +756,10 @@ pub(crate) mod tests {
                     if whole_backends {
                         let lost = pick(n, m + 1);
                         for &b in &lost[..m] {
-                            mems[b].down.store(true, Ordering::Relaxed);
+                            mems[b].set_down(true);
                         }
                         prop_assert_eq!(&store.get("p").await.unwrap(), &payload);
-                        mems[lost[m]].down.store(true, Ordering::Relaxed);
+                        mems[lost[m]].set_down(true);
                         let e = store.get("p").await.unwrap_err();
                         prop_assert!(
                             matches!(e, StoreError::MetaLost { .. } | StoreError::Unavailable { .. }),
@@ -1358,7 +773,7 @@ pub(crate) mod tests {
                             let extra = usize::from(s == nseg - 1);
                             for i in pick(n, m + extra) {
                                 let b = places[i].unwrap();
-                                lock(&mems[b].data).remove(&shard_key(&meta.object, s, i));
+                                mems[b].entries().remove(&shard_key(&meta.object, s, i));
                             }
                             if s + 1 == nseg {
                                 break;
@@ -1376,7 +791,7 @@ pub(crate) mod tests {
                         for s in 0..meta.segments.len() {
                             for i in pick(n, m) {
                                 let b = places[i].unwrap();
-                                lock(&mems[b].data).remove(&shard_key(&meta.object, s, i));
+                                mems[b].entries().remove(&shard_key(&meta.object, s, i));
                             }
                         }
                         prop_assert_eq!(&store.get("p").await.unwrap(), &payload);
