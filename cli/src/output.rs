@@ -1,7 +1,8 @@
 //! Text for people. JSON output is serde's; this is the other half of `--json`.
 
 use anyhow::Result;
-use cellos_ledger::{human_bytes, Account, Contract, Farm, Node};
+use cellos_ledger::deployment::Size;
+use cellos_ledger::{Account, Contract, Farm, Node};
 use serde::Serialize;
 
 use crate::args::Global;
@@ -80,9 +81,9 @@ pub fn node_row(n: &Node) -> String {
         n.status.to_string(),
         if n.approved { "approved" } else { "pending" },
         n.capacity.cru,
-        human_bytes(n.capacity.mru),
-        human_bytes(n.capacity.sru),
-        human_bytes(n.capacity.hru)
+        Size(n.capacity.mru),
+        Size(n.capacity.sru),
+        Size(n.capacity.hru)
     )
 }
 

@@ -66,7 +66,7 @@ pub fn build_image(req: &ImageRequest) -> Result<Artifacts> {
             "image: {} ({}, {}): write it to a stick with `cellos image flash --device /dev/sdX`; \
              farm, ledger and token can be changed later in cellos.cfg on its FAT partition",
             usb.path.display(),
-            cellos_ledger::human_bytes(usb.size),
+            cellos_ledger::deployment::Size(usb.size),
             usb.stub_package
         );
     }
@@ -75,9 +75,9 @@ pub fn build_image(req: &ImageRequest) -> Result<Artifacts> {
         t.elapsed().as_secs_f64(),
         a.kernel_release,
         a.kernel_package,
-        cellos_ledger::human_bytes(a.vmlinuz_size),
-        cellos_ledger::human_bytes(a.initramfs_size),
-        cellos_ledger::human_bytes(a.initramfs_uncompressed_size),
+        cellos_ledger::deployment::Size(a.vmlinuz_size),
+        cellos_ledger::deployment::Size(a.initramfs_size),
+        cellos_ledger::deployment::Size(a.initramfs_uncompressed_size),
         a.module_count
     );
     Ok(a)
@@ -101,9 +101,9 @@ pub fn flash(image: &Path, device: &Path, force: bool) -> Result<()> {
     eprintln!(
         "flash: writing {} ({}) to {} ({}{})",
         image.display(),
-        cellos_ledger::human_bytes(size),
+        cellos_ledger::deployment::Size(size),
         target.device.display(),
-        cellos_ledger::human_bytes(target.size),
+        cellos_ledger::deployment::Size(target.size),
         if target.removable { ", removable" } else { "" }
     );
     let t = Instant::now();
@@ -114,8 +114,8 @@ pub fn flash(image: &Path, device: &Path, force: bool) -> Result<()> {
             eprint!(
                 "\rflash: {:3}% ({} of {})",
                 done * 100 / total.max(1),
-                cellos_ledger::human_bytes(done),
-                cellos_ledger::human_bytes(total)
+                cellos_ledger::deployment::Size(done),
+                cellos_ledger::deployment::Size(total)
             );
         }
     })?;

@@ -5,9 +5,9 @@ use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use cellos_init::bootcfg::{self, FileError};
-use cellos_init::cmdline;
-use cellos_init::dhcp::{self, Lease, Transport};
+use cellos_boot::cmdline;
+use cellos_boot::stick::{self, FileError};
+use cellos_dhcp::{self as dhcp, Lease, Transport};
 use cellos_ledger::EnrollToken;
 use dhcproto::v4::Message;
 use dhcproto::{Decodable, Decoder};
@@ -16,9 +16,9 @@ use dhcproto::{Decodable, Decoder};
 pub fn cmdline(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let (cfg, errors) = cmdline::parse(&text);
-    let _ = bootcfg::from_stick(&text);
+    let _ = stick::from_stick(&text);
     for e in &errors {
-        let _ = bootcfg::is_boot_key(e);
+        let _ = stick::is_boot_key(e);
     }
     // A value the parser took is one it takes again on its own.
     if let Some(url) = &cfg.ledger {
@@ -50,7 +50,7 @@ pub fn bootcfg(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    match bootcfg::parse_file(text) {
+    match stick::parse_file(text) {
         Ok(words) => {
             // The words are appended to the cmdline: each must be one cellos.* word
             // the cmdline parser takes.

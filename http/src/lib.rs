@@ -60,7 +60,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    #[error("RLIMIT_NOFILE: {0}")]
+    #[error("RLIMIT_NOFILE")]
     FdLimit(#[source] std::io::Error),
     #[error(
         "{max_connections} connections leave no headroom below the file-descriptor limit \

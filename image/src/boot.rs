@@ -3,6 +3,8 @@
 //! USB image the syslinux config (BIOS) and `cellos.cfg`, the file a farmer
 //! edits to change farm, ledger or token without rebuilding.
 
+use cellos_boot::cmdline::key;
+
 use crate::error::{Error, Result};
 
 /// The per-deployment boot parameters baked into the cmdline.
@@ -35,11 +37,11 @@ fn check_word(name: &str, value: &str) -> Result<()> {
 pub fn kernel_cmdline(base: &str, params: &BootParams) -> Result<String> {
     check_word("the ledger URL", &params.ledger)?;
     let mut words: Vec<String> = base.split_whitespace().map(str::to_string).collect();
-    words.push(format!("cellos.farm={}", params.farm));
-    words.push(format!("cellos.ledger={}", params.ledger));
+    words.push(format!("{}={}", key::FARM, params.farm));
+    words.push(format!("{}={}", key::LEDGER, params.ledger));
     if let Some(token) = &params.enroll {
         check_word("the enrollment token", token)?;
-        words.push(format!("cellos.enroll={token}"));
+        words.push(format!("{}={token}", key::ENROLL));
     }
     if params.extra.contains(|c: char| c.is_control() && c != ' ') {
         return Err(Error::Cmdline(format!(
@@ -65,11 +67,6 @@ pub fn ipxe_script(kernel: &str, initrd: &str, cmdline: &str, release: &str) -> 
          boot\n"
     )
 }
-
-/// What the USB image adds to the cmdline: it tells init to look for the
-/// boot partition and its `cellos.cfg` (a PXE boot has neither, so init
-/// does not wait for one).
-pub const USB_MARKER: &str = "cellos.boot=usb";
 
 /// The syslinux config of the BIOS path: boot at once, no menu, messages
 /// on the first serial port as well as the screen.
@@ -106,8 +103,8 @@ fn cellos_words(extra: &str) -> String {
 }
 
 /// `cellos.cfg` as the build writes it: the values baked into the image,
-/// with a note on how to change them. Init's parser (cellos-init bootcfg)
-/// reads exactly these keys.
+/// with a note on how to change them. The parser init reads it with is
+/// [`cellos_boot::stick::parse_file`].
 pub fn usb_config(params: &BootParams) -> String {
     let enroll = match &params.enroll {
         Some(token) => format!("enroll = {}\n", toml_string(token)),

@@ -54,6 +54,9 @@ pub enum Error {
         set: String,
         kernel: String,
     },
+    /// depmod's index of the kernel tree could not be read.
+    #[error(transparent)]
+    ModuleIndex(#[from] cellos_boot::modules::ReadError),
     #[error("[load] names module `{0}`, which no [modules] set takes into the image")]
     LoadNotInImage(String),
     #[error("cannot parse ELF {path}: {reason}")]

@@ -31,12 +31,12 @@ mod usb;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-pub use boot::{ipxe_script, kernel_cmdline, syslinux_cfg, usb_config, BootParams, USB_MARKER};
+use cellos_boot::modules::ModuleIndex;
+
+pub use boot::{ipxe_script, kernel_cmdline, syslinux_cfg, usb_config, BootParams};
+pub use cellos_boot::stick::{CONFIG_FILE as USB_CONFIG, USB_MARKER};
 pub use error::{Error, Result};
-pub use usb::{
-    write as write_usb_image, UsbImage, UsbInputs, BOOT_PARTITION_NAME, ESP_OFFSET, USB_CONFIG,
-    USB_IMAGE,
-};
+pub use usb::{write as write_usb_image, UsbImage, UsbInputs, ESP_OFFSET, USB_IMAGE};
 
 /// File names in the output directory (boot.ipxe refers to them by name).
 pub const VMLINUZ: &str = "vmlinuz";
@@ -190,8 +190,8 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<Artifacts> 
         });
     }
 
-    let index = modules::ModuleIndex::read(&kernel.modules_dir())?;
-    let selection = index.select(&manifest, &kernel.release)?;
+    let index = ModuleIndex::load(&kernel.modules_dir())?;
+    let selection = modules::select(&index, &manifest, &kernel.release)?;
     progress(&format!(
         "depmod {} ({} modules selected)",
         kernel.release,

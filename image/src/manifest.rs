@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use cellos_boot::modules::normalize;
 use serde::Deserialize;
 
 use crate::error::{io, Error, Result};
@@ -58,11 +59,6 @@ impl Manifest {
             .iter()
             .flat_map(|(set, names)| names.iter().map(move |n| (set.as_str(), normalize(n))))
     }
-}
-
-/// The canonical spelling of a module name: dashes become underscores.
-pub fn normalize(name: &str) -> String {
-    name.replace('-', "_")
 }
 
 #[cfg(test)]

@@ -7,150 +7,45 @@
 //! again, so the image's modules.dep/alias/softdep describe exactly the
 //! modules it carries (init's coldplug trusts modules.alias).
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use cellos_boot::modules::{normalize, ModuleIndex};
+
 use crate::error::{io, Error, Result};
-use crate::manifest::{normalize, Manifest};
+use crate::manifest::Manifest;
 use crate::sys;
 
-/// What depmod knows about a kernel tree, read from its text index files.
-#[derive(Debug, Default)]
-pub struct ModuleIndex {
-    /// Module name -> path relative to lib/modules/<release>.
-    paths: BTreeMap<String, String>,
-    /// Module name -> names of the modules it depends on.
-    deps: BTreeMap<String, Vec<String>>,
-    /// Module name -> names or aliases it soft-depends on (pre and post).
-    softdeps: BTreeMap<String, Vec<String>>,
-    /// Exact alias -> module names (only aliases without wildcards: softdeps
-    /// name things like `crypto-crc32c`, never device patterns).
-    aliases: BTreeMap<String, BTreeSet<String>>,
-    builtin: BTreeSet<String>,
-}
-
-/// The module name of a path in modules.dep or modules.builtin.
-fn name_of(path: &str) -> String {
-    let file = path.rsplit('/').next().unwrap_or(path);
-    let stem = [".ko.xz", ".ko.zst", ".ko.gz", ".ko"]
-        .iter()
-        .find_map(|s| file.strip_suffix(s))
-        .unwrap_or(file);
-    normalize(stem)
-}
-
-impl ModuleIndex {
-    /// Reads modules.dep, modules.softdep, modules.alias and modules.builtin
-    /// from `dir` (a lib/modules/<release> directory depmod has run on).
-    pub fn read(dir: &Path) -> Result<ModuleIndex> {
-        let read = |name: &str| {
-            let path = dir.join(name);
-            fs::read_to_string(&path).map_err(io("cannot read", path))
-        };
-        Ok(ModuleIndex::parse(
-            &read("modules.dep")?,
-            &read("modules.softdep")?,
-            &read("modules.alias")?,
-            &read("modules.builtin")?,
-        ))
+/// Closes the manifest's module sets over dependencies and softdeps (what init's loader
+/// would load for each, [`ModuleIndex::plan`]). Returns module paths relative to
+/// lib/modules/<release>, sorted.
+pub fn select(index: &ModuleIndex, manifest: &Manifest, release: &str) -> Result<Selection> {
+    let mut wanted = BTreeSet::new();
+    let mut taken = BTreeSet::new();
+    for (set, module) in manifest.wanted_modules() {
+        if index.contains(&module) {
+            taken.extend(index.plan(&module));
+        } else if !index.is_builtin(&module) {
+            return Err(Error::UnknownModule {
+                module,
+                set: set.to_string(),
+                kernel: release.to_string(),
+            });
+        }
+        wanted.insert(module);
     }
-
-    fn parse(dep: &str, softdep: &str, alias: &str, builtin: &str) -> ModuleIndex {
-        let mut index = ModuleIndex::default();
-        for line in dep.lines() {
-            let Some((module, deps)) = line.split_once(':') else {
-                continue;
-            };
-            let name = name_of(module);
-            index.paths.insert(name.clone(), module.trim().to_string());
-            index
-                .deps
-                .insert(name, deps.split_whitespace().map(name_of).collect());
+    for module in &manifest.load.always {
+        if !wanted.contains(&normalize(module)) {
+            return Err(Error::LoadNotInImage(module.clone()));
         }
-        for line in softdep.lines() {
-            let mut words = line.split_whitespace();
-            if words.next() != Some("softdep") {
-                continue;
-            }
-            let Some(module) = words.next() else { continue };
-            index
-                .softdeps
-                .entry(normalize(module))
-                .or_default()
-                .extend(words.filter(|w| !w.ends_with(':')).map(str::to_string));
-        }
-        for line in alias.lines() {
-            let mut words = line.split_whitespace();
-            if let (Some("alias"), Some(pattern), Some(module)) =
-                (words.next(), words.next(), words.next())
-            {
-                if !pattern.contains(['*', '?', '[']) {
-                    index
-                        .aliases
-                        .entry(pattern.to_string())
-                        .or_default()
-                        .insert(normalize(module));
-                }
-            }
-        }
-        index.builtin = builtin.lines().map(name_of).collect();
-        index
     }
-
-    /// Module names a softdep entry stands for: itself if it is a module,
-    /// else the modules carrying it as an alias. Nothing if it is built in
-    /// or unknown, as modprobe treats a softdep that cannot load.
-    fn softdep_targets(&self, name: &str) -> Vec<String> {
-        let module = normalize(name);
-        if self.paths.contains_key(&module) {
-            return vec![module];
-        }
-        self.aliases
-            .get(name)
-            .map(|m| m.iter().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    /// Closes the manifest's module sets over dependencies and softdeps.
-    /// Returns module paths relative to lib/modules/<release>, sorted.
-    pub fn select(&self, manifest: &Manifest, release: &str) -> Result<Selection> {
-        let mut queue = VecDeque::new();
-        let mut wanted = BTreeSet::new();
-        for (set, module) in manifest.wanted_modules() {
-            if self.paths.contains_key(&module) {
-                queue.push_back(module.clone());
-            } else if !self.builtin.contains(&module) {
-                return Err(Error::UnknownModule {
-                    module,
-                    set: set.to_string(),
-                    kernel: release.to_string(),
-                });
-            }
-            wanted.insert(module);
-        }
-        for module in &manifest.load.always {
-            if !wanted.contains(&normalize(module)) {
-                return Err(Error::LoadNotInImage(module.clone()));
-            }
-        }
-        let mut taken = BTreeSet::new();
-        while let Some(module) = queue.pop_front() {
-            if !taken.insert(module.clone()) {
-                continue;
-            }
-            queue.extend(self.deps.get(&module).into_iter().flatten().cloned());
-            for soft in self.softdeps.get(&module).into_iter().flatten() {
-                queue.extend(self.softdep_targets(soft));
-            }
-        }
-        Ok(Selection {
-            paths: taken
-                .iter()
-                .filter_map(|m| self.paths.get(m).cloned())
-                .collect(),
-        })
-    }
+    Ok(Selection {
+        paths: taken
+            .iter()
+            .filter_map(|m| index.relative_path(m).map(str::to_string))
+            .collect(),
+    })
 }
 
 /// The module files an image carries.
@@ -215,7 +110,7 @@ kernel/drivers/net/e1000e/e1000e.ko:
     }
 
     fn index() -> ModuleIndex {
-        ModuleIndex::parse(DEP, SOFTDEP, ALIAS, BUILTIN)
+        ModuleIndex::parse(Path::new("/lib/modules/6.1"), DEP, ALIAS, SOFTDEP, BUILTIN)
     }
 
     #[test]
@@ -224,7 +119,7 @@ kernel/drivers/net/e1000e/e1000e.ko:
             "[kernel]\npackage='k'\n[modules]\nfs=['btrfs']\nvirtio=['virtio']\n\
              [load]\nalways=['btrfs','virtio']\n",
         );
-        let sel = index().select(&m, "6.1").unwrap();
+        let sel = select(&index(), &m, "6.1").unwrap();
         let got: Vec<_> = sel.paths.iter().map(String::as_str).collect();
         assert_eq!(
             got,
@@ -242,7 +137,7 @@ kernel/drivers/net/e1000e/e1000e.ko:
     #[test]
     fn unknown_module_is_an_error_naming_it() {
         let m = manifest("[kernel]\npackage='k'\n[modules]\nnic=['e1000e','nosuch_nic']\n");
-        let err = index().select(&m, "6.1").unwrap_err().to_string();
+        let err = select(&index(), &m, "6.1").unwrap_err().to_string();
         assert!(err.contains("nosuch_nic") && err.contains("nic"), "{err}");
     }
 
@@ -251,18 +146,13 @@ kernel/drivers/net/e1000e/e1000e.ko:
         let m = manifest(
             "[kernel]\npackage='k'\n[modules]\ninput=['button']\n[load]\nalways=['btrfs']\n",
         );
-        let err = index().select(&m, "6.1").unwrap_err().to_string();
+        let err = select(&index(), &m, "6.1").unwrap_err().to_string();
         assert!(err.contains("btrfs"), "{err}");
     }
 
     #[test]
     fn dashes_and_underscores_are_one_name() {
-        assert_eq!(
-            name_of("kernel/arch/x86/crypto/crc32c-intel.ko"),
-            "crc32c_intel"
-        );
-        assert_eq!(name_of("kernel/fs/x.ko.xz"), "x");
         let m = manifest("[kernel]\npackage='k'\n[modules]\nc=['crc32c-intel']\n");
-        assert_eq!(index().select(&m, "6.1").unwrap().paths.len(), 1);
+        assert_eq!(select(&index(), &m, "6.1").unwrap().paths.len(), 1);
     }
 }

@@ -13,9 +13,9 @@
 //!   installer) loads `/syslinux/ldlinux.sys`, which reads
 //!   `/syslinux/syslinux.cfg` and boots `/vmlinuz` with `/initramfs.cpio.zst`.
 //! - `/cellos.cfg`: farm, ledger, token and extra settings, which a farmer
-//!   edits on any computer; init reads it at boot (cellos-init `bootcfg`)
-//!   and its values win over the cmdline's. The cmdline carries
-//!   [`USB_MARKER`] so init knows to look for it.
+//!   edits on any computer; init reads it at boot and its values win over
+//!   the cmdline's. The cmdline carries [`USB_MARKER`] so init knows to look
+//!   for it. Names and parser are the contract in [`cellos_boot::stick`].
 //!
 //! Built without root or loop devices: the FAT filesystem is made in a file
 //! with mtools, the syslinux installer works on that file, and the GPT is
@@ -27,7 +27,9 @@ use std::fs;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use crate::boot::{syslinux_cfg, usb_config, BootParams, USB_MARKER};
+use cellos_boot::stick::{CONFIG_FILE, PARTITION_NAME, USB_MARKER};
+
+use crate::boot::{syslinux_cfg, usb_config, BootParams};
 use crate::deb;
 use crate::error::{io, Error, Result};
 use crate::gpt::{self, Disk, Guid, Partition, SECTOR};
@@ -35,13 +37,8 @@ use crate::sys;
 
 /// File name of the USB image in the output directory.
 pub const USB_IMAGE: &str = "cellos-usb.img";
-/// The config file at the root of the boot partition.
-pub const USB_CONFIG: &str = "cellos.cfg";
 /// Where the boot partition starts, in bytes: for mtools, `-i IMG@@1M`.
 pub const ESP_OFFSET: u64 = 1 << 20;
-/// The boot partition's GPT name; Linux shows it as PARTNAME in the
-/// partition's uevent, which is how init finds the stick.
-pub const BOOT_PARTITION_NAME: &str = "cellos-boot";
 
 /// Debian package and path of the UKI stub.
 const STUB_PACKAGE: &str = "systemd-boot-efi";
@@ -218,7 +215,7 @@ pub fn write(inputs: &UsbInputs, out: &Path, progress: &dyn Fn(&str)) -> Result<
     let uki = work.path().join("BOOTX64.EFI");
     progress(&format!("UKI from {package}"));
     build_uki(&stub, inputs, &cmdline, work.path(), &uki)?;
-    let config = work.path().join("cellos.cfg");
+    let config = work.path().join(CONFIG_FILE);
     fs::write(&config, usb_config(inputs.boot)).map_err(io("cannot write", &config))?;
     let kernel_name = crate::VMLINUZ;
     let initrd_name = crate::INITRAMFS;
@@ -258,7 +255,7 @@ pub fn write(inputs: &UsbInputs, out: &Path, progress: &dyn Fn(&str)) -> Result<
         (inputs.kernel, format!("/{kernel_name}")),
         (inputs.initrd, format!("/{initrd_name}")),
         (syslinux.as_path(), "/syslinux/syslinux.cfg".to_string()),
-        (config.as_path(), format!("/{USB_CONFIG}")),
+        (config.as_path(), format!("/{CONFIG_FILE}")),
     ] {
         sys::mcopy(&esp, from, &to, epoch)?;
     }
@@ -284,7 +281,7 @@ pub fn write(inputs: &UsbInputs, out: &Path, progress: &dyn Fn(&str)) -> Result<
             first_lba: first,
             last_lba: first + esp_size / SECTOR - 1,
             attributes: gpt::LEGACY_BIOS_BOOTABLE,
-            name: BOOT_PARTITION_NAME.into(),
+            name: PARTITION_NAME.into(),
         }],
     };
     disk.check().map_err(|reason| Error::Usb {

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use cellos_boot::stick::parse_file;
 use cellos_image::{
     ipxe_script, kernel_cmdline, syslinux_cfg, usb_config, BootParams, BOOT_IPXE, INITRAMFS,
     USB_CONFIG, USB_MARKER, VMLINUZ,
@@ -68,5 +69,22 @@ fn syslinux_cfg_matches_golden() {
     check_golden(
         "syslinux.cfg",
         &syslinux_cfg(VMLINUZ, INITRAMFS, &format!("{cmdline} {USB_MARKER}")),
+    );
+}
+
+#[test]
+fn the_usb_config_the_build_writes_is_what_init_reads() {
+    // The golden files above, read with the parser init uses at boot.
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let text = std::fs::read_to_string(golden.join(USB_CONFIG)).unwrap();
+    assert_eq!(
+        parse_file(&text).unwrap(),
+        "cellos.farm=3 cellos.ledger=http://10.0.2.2:8080 \
+         cellos.enroll=3.18446744073709551615.ENROLLTOKEN cellos.mode=test cellos.debug"
+    );
+    let text = std::fs::read_to_string(golden.join("cellos-no-token.cfg")).unwrap();
+    assert_eq!(
+        parse_file(&text).unwrap(),
+        "cellos.farm=3 cellos.ledger=http://10.0.2.2:8080"
     );
 }

@@ -3,40 +3,23 @@
 //!
 //! Why: a farmer writes `cellos-usb.img` to a stick once and changes farm, ledger or
 //! enrollment token afterwards by editing one text file on the stick's FAT partition, on
-//! any computer, without rebuilding. Its values win over the cmdline's. The image build
-//! adds [`BOOT_KEY`]`=usb` to the USB image's cmdline only, so a PXE boot never waits for
-//! a stick that is not there.
+//! any computer, without rebuilding. Its values win over the cmdline's. The contract with
+//! the image build (the cmdline marker, the partition's name, the file and its parser) is
+//! in [`cellos_boot::stick`]; this module does the finding, mounting and reading.
 //!
-//! The stick is found by its GPT partition name ([`PARTITION_NAME`], shown by the kernel
-//! as `PARTNAME` in the partition's uevent), mounted read-only just long enough to read
-//! the file, and unmounted again. Its disk's kernel name goes to [`BOOT_DEVICE_FILE`] and
-//! to services as [`BOOT_DEVICE_ENV`]: storage must never format it.
-//!
-//! The file is strict TOML with four optional keys (`farm`, `ledger`, `enroll`,
-//! `extra`); anything else, or a value the cmdline parser would refuse, rejects the whole
-//! file with one console line, and the values built into the image stay. A malformed
-//! file never stops the boot.
+//! The stick is found by its GPT partition name (shown by the kernel as `PARTNAME` in the
+//! partition's uevent), mounted read-only just long enough to read the file, and unmounted
+//! again. Its disk's kernel name goes to [`cellos_boot::run::BOOT_DEVICE_FILE`] and to
+//! services as [`cellos_boot::env::BOOT_DEVICE`]: storage must never format it. A missing
+//! or malformed file is one console line and never stops the boot.
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
+use cellos_boot::run;
+use cellos_boot::stick::{parse_file, CONFIG_FILE, PARTITION_NAME};
 
-use crate::cmdline::{self, CmdlineError};
-
-/// `cellos.boot=usb` on the cmdline: the node booted from a cellos USB image.
-pub const BOOT_KEY: &str = "cellos.boot";
-/// The GPT name of the boot partition (cellos-image's `BOOT_PARTITION_NAME`).
-pub const PARTITION_NAME: &str = "cellos-boot";
-/// The config file at the root of the boot partition.
-pub const CONFIG_FILE: &str = "cellos.cfg";
-/// Holds the boot disk's kernel name (e.g. `sda`) once found.
-pub const BOOT_DEVICE_FILE: &str = "/run/cellos/boot-device";
-/// Exported to services: the boot disk's kernel name, absent after a PXE boot.
-pub const BOOT_DEVICE_ENV: &str = "CELLOS_BOOT_DEVICE";
-/// Where the boot partition is mounted while the file is read.
-pub const MOUNT_POINT: &str = "/run/cellos/boot";
 /// Modules a stick boot needs before the stick shows up: the first coldplug pass may run
 /// before the USB device has enumerated, so its drivers are loaded by name.
 pub const MODULES: &[&str] = &[
@@ -55,21 +38,6 @@ pub const MOUNT_OPTIONS: &str = "codepage=437,iocharset=iso8859-1";
 /// How long init waits for the stick: USB enumeration plus usb-storage's settle delay,
 /// generously, for emulated machines.
 pub const WAIT: Duration = Duration::from_secs(30);
-
-/// Whether the cmdline says the node booted from a cellos USB image.
-pub fn from_stick(cmdline: &str) -> bool {
-    cmdline
-        .split_whitespace()
-        .filter_map(|w| w.strip_prefix(BOOT_KEY)?.strip_prefix('='))
-        .next_back()
-        == Some("usb")
-}
-
-/// Whether a cmdline error is only the cmdline parser not knowing [`BOOT_KEY`], which
-/// this module handles.
-pub fn is_boot_key(e: &CmdlineError) -> bool {
-    matches!(e, CmdlineError::UnknownKey { key } if key == BOOT_KEY)
-}
 
 /// The boot partition and the disk that holds it, as kernel names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,104 +76,6 @@ pub fn find_partition(class_block: &Path) -> Option<BootPartition> {
     })
 }
 
-/// Why a `cellos.cfg` was not used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FileError {
-    /// Not TOML, an unknown key, or a value of the wrong type.
-    #[error("line {line}: {message}")]
-    Syntax { line: usize, message: String },
-    /// A key whose value cellos cannot use.
-    #[error("{key}: {reason}")]
-    Value { key: &'static str, reason: String },
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFile {
-    farm: Option<u32>,
-    ledger: Option<String>,
-    enroll: Option<String>,
-    extra: Option<String>,
-}
-
-/// One word a value must be: the kernel splits the cmdline on spaces.
-fn word(key: &'static str, value: &str) -> Result<(), FileError> {
-    if value.contains(|c: char| c.is_whitespace() || c == '"' || c.is_control()) {
-        return Err(FileError::Value {
-            key,
-            reason: format!("{value:?} must be one word without spaces or quotes"),
-        });
-    }
-    Ok(())
-}
-
-/// Parses `cellos.cfg` into the cmdline words it stands for (`cellos.farm=3 ...`), to
-/// be appended to the cmdline so they win. Empty strings and missing keys add nothing.
-pub fn parse_file(text: &str) -> Result<String, FileError> {
-    // Windows editors may add a byte order mark; CRLF line ends are TOML already.
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let raw: RawFile = toml::from_str(text).map_err(|e| {
-        let message = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
-        // serde reports an unknown key against the whole table: find its own line.
-        let unknown = message
-            .strip_prefix("unknown field `")
-            .and_then(|m| m.split('`').next())
-            .and_then(|key| {
-                text.lines()
-                    .position(|l| l.trim_start().starts_with(key))
-                    .map(|i| i + 1)
-            });
-        let at = e.span().map_or(1, |s| {
-            text[..s.start.min(text.len())].lines().count().max(1)
-        });
-        FileError::Syntax {
-            line: unknown.unwrap_or(at),
-            message,
-        }
-    })?;
-    let mut words = Vec::new();
-    if let Some(farm) = raw.farm {
-        words.push(format!("cellos.farm={farm}"));
-    }
-    for (key, value) in [("ledger", &raw.ledger), ("enroll", &raw.enroll)] {
-        if let Some(v) = value.as_deref().filter(|v| !v.is_empty()) {
-            word(key, v)?;
-            words.push(format!("cellos.{key}={v}"));
-        }
-    }
-    for w in raw.extra.as_deref().unwrap_or_default().split_whitespace() {
-        if !w.starts_with("cellos.") || w.starts_with(&format!("{BOOT_KEY}=")) || w == BOOT_KEY {
-            return Err(FileError::Value {
-                key: "extra",
-                reason: format!(
-                    "{w:?}: only cellos.* settings take effect from {CONFIG_FILE} (the kernel has already started)"
-                ),
-            });
-        }
-        word("extra", w)?;
-        words.push(w.to_string());
-    }
-    let words = words.join(" ");
-    let (_, errors) = cmdline::parse(&words);
-    if let Some(e) = errors.first() {
-        let key = match e {
-            CmdlineError::BadValue { key, .. } | CmdlineError::UnknownKey { key } => {
-                match key.as_str() {
-                    "cellos.farm" => "farm",
-                    "cellos.ledger" => "ledger",
-                    "cellos.enroll" => "enroll",
-                    _ => "extra",
-                }
-            }
-        };
-        return Err(FileError::Value {
-            key,
-            reason: e.to_string(),
-        });
-    }
-    Ok(words)
-}
-
 /// The side effects of reading the stick, so the flow is tested without a kernel.
 pub trait Stick {
     /// Mounts `device` (vfat) read-only on `at`.
@@ -241,7 +111,7 @@ impl Default for StickPaths {
         StickPaths {
             class_block: "/sys/class/block".into(),
             dev: "/dev".into(),
-            mount_point: MOUNT_POINT.into(),
+            mount_point: run::STICK_MOUNT.into(),
             wait: WAIT,
         }
     }
@@ -320,17 +190,6 @@ mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
 
-    #[test]
-    fn the_marker_is_read_from_the_cmdline() {
-        assert!(from_stick("console=ttyS0 cellos.farm=1 cellos.boot=usb"));
-        assert!(!from_stick("console=ttyS0 cellos.farm=1"));
-        assert!(!from_stick("cellos.boot=usb cellos.boot=pxe"));
-        assert!(!from_stick("cellos.bootx=usb"));
-        let (_, errors) = cmdline::parse("cellos.boot=usb cellos.colour=blue");
-        let left: Vec<_> = errors.iter().filter(|e| !is_boot_key(e)).collect();
-        assert_eq!(left.len(), 1, "{errors:?}");
-    }
-
     /// A sysfs tree like the kernel's: /sys/class/block/<name> are links into
     /// /sys/devices/.../block/<disk>[/<partition>].
     fn sysfs(partname: &str) -> tempfile::TempDir {
@@ -367,81 +226,6 @@ mod tests {
         let dir = sysfs("EFI system partition");
         assert_eq!(find_partition(&dir.path().join("class/block")), None);
         assert_eq!(find_partition(Path::new("/nonexistent")), None);
-    }
-
-    #[test]
-    fn a_full_file_becomes_cmdline_words() {
-        let text = "# comment\r\nfarm = 5\r\nledger = \"http://10.0.2.2:8080\"\r\n\
-                    enroll = \"5.abc\"\r\nextra = \" cellos.mode=test  cellos.debug \"\r\n";
-        assert_eq!(
-            parse_file(&format!("\u{feff}{text}")).unwrap(),
-            "cellos.farm=5 cellos.ledger=http://10.0.2.2:8080 cellos.enroll=5.abc \
-             cellos.mode=test cellos.debug"
-        );
-        assert_eq!(parse_file("").unwrap(), "");
-        assert_eq!(
-            parse_file("enroll = \"\"\nextra = \"\"\nfarm = 2").unwrap(),
-            "cellos.farm=2",
-            "empty strings keep the image's values"
-        );
-    }
-
-    #[test]
-    fn the_file_the_image_build_writes_is_accepted() {
-        // cellos-image's golden cellos.cfg: what the build writes is what init reads.
-        let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../image/tests/golden");
-        let text = std::fs::read_to_string(golden.join("cellos.cfg")).unwrap();
-        assert_eq!(
-            parse_file(&text).unwrap(),
-            "cellos.farm=3 cellos.ledger=http://10.0.2.2:8080 \
-             cellos.enroll=3.18446744073709551615.ENROLLTOKEN cellos.mode=test cellos.debug"
-        );
-        let text = std::fs::read_to_string(golden.join("cellos-no-token.cfg")).unwrap();
-        assert_eq!(
-            parse_file(&text).unwrap(),
-            "cellos.farm=3 cellos.ledger=http://10.0.2.2:8080"
-        );
-    }
-
-    #[test]
-    fn the_words_win_over_the_cmdline() {
-        let baked = "console=ttyS0 cellos.farm=1 cellos.ledger=http://a cellos.enroll=x";
-        let words = parse_file("farm = 2\nenroll = \"y\"").unwrap();
-        let (cfg, errors) = cmdline::parse(&format!("{baked} {words}"));
-        assert!(errors.is_empty());
-        assert_eq!(cfg.farm, Some(2));
-        assert_eq!(cfg.ledger.as_deref(), Some("http://a"));
-        assert_eq!(cfg.enroll.as_deref(), Some("y"));
-    }
-
-    #[test]
-    fn malformed_files_are_refused_whole_with_the_reason() {
-        for (text, want) in [
-            ("farm = 3\nledger = http://x\n", "line 2: "),
-            ("farm = \"3\"\n", "line 1: invalid type"),
-            ("farm = -1\n", "line 1: "),
-            (
-                "farm = 3\ncolour = \"blue\"\n",
-                "line 2: unknown field `colour`",
-            ),
-            ("farm = 3\nfarm = 4\n", "line 1: duplicate key `farm`"),
-            (
-                "ledger = \"ftp://x\"",
-                "ledger: bad cellos.ledger=\"ftp://x\"",
-            ),
-            ("enroll = \"a b\"", "enroll: \"a b\" must be one word"),
-            ("extra = \"quiet\"", "extra: \"quiet\": only cellos.*"),
-            ("extra = \"cellos.mode=staging\"", "extra: bad cellos.mode"),
-            (
-                "extra = \"cellos.colour=blue\"",
-                "extra: unknown key cellos.colour",
-            ),
-            ("extra = \"cellos.boot=pxe\"", "extra: \"cellos.boot=pxe\""),
-        ] {
-            let err = parse_file(text).unwrap_err().to_string();
-            assert!(err.starts_with(want), "{text:?}: {err}");
-            assert!(!err.contains('\n'), "one console line: {err:?}");
-        }
     }
 
     /// Mounting copies a fixture directory in; unmounting empties the mount point.

@@ -9,13 +9,15 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cellos_boot::modules::ModuleIndex;
+use cellos_boot::{cmdline, env, run, stick};
 use cellos_init::backoff::BackoffPolicy;
-use cellos_init::console::{line, say};
-use cellos_init::kmod::{self, KmodError, Modprobe, ModuleIndex};
+use cellos_init::console::{chain, line, say};
+use cellos_init::kmod::{self, KmodError, Modprobe};
 use cellos_init::manifest::{self, ServiceSpec, MANIFEST_PATH};
 use cellos_init::power::{self, Action};
 use cellos_init::supervisor::Supervisor;
-use cellos_init::{bootcfg, cmdline, net, sys};
+use cellos_init::{bootcfg, net, sys};
 
 /// Modules the image builder asks for, one name per line.
 const MODULES_LOAD: &str = "/etc/cellos/modules.load";
@@ -25,8 +27,6 @@ const ALWAYS_LOAD: &[&str] = &["button", "evdev"];
 const NET_WAIT: Duration = Duration::from_secs(30);
 /// Grace between SIGTERM and SIGKILL for each service at shutdown.
 const STOP_GRACE: Duration = Duration::from_secs(10);
-/// Exported to services: CLOCK_BOOTTIME ms when init started.
-const INIT_START_ENV: &str = "CELLOS_INIT_START";
 
 fn main() {
     let argv0 = std::env::args_os().next().unwrap_or_default();
@@ -79,7 +79,7 @@ fn modprobe_main(args: Vec<String>) -> i32 {
         Ok(i) => i,
         Err(e) => {
             if !quiet {
-                eprintln_safe(&format!("modprobe: {e}"));
+                eprintln_safe(&format!("modprobe: {}", chain(&e)));
             }
             return 1;
         }
@@ -89,13 +89,13 @@ fn modprobe_main(args: Vec<String>) -> i32 {
         Ok(report) if report.failed.is_empty() => 0,
         Ok(report) => {
             for e in report.failed {
-                eprintln_safe(&format!("modprobe: {e}"));
+                eprintln_safe(&format!("modprobe: {}", chain(&e)));
             }
             1
         }
         Err(e) => {
             if !quiet {
-                eprintln_safe(&format!("modprobe: {e}"));
+                eprintln_safe(&format!("modprobe: {}", chain(&e)));
             }
             1
         }
@@ -134,10 +134,10 @@ fn init_main() {
 
     let text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let (mut cfg, errors) = cmdline::parse(&text);
-    for e in errors.iter().filter(|e| !bootcfg::is_boot_key(e)) {
+    for e in errors.iter().filter(|e| !stick::is_boot_key(e)) {
         say(&e.to_string());
     }
-    let from_stick = bootcfg::from_stick(&text);
+    let from_stick = stick::from_stick(&text);
     load_modules(cfg.debug, if from_stick { bootcfg::MODULES } else { &[] });
     let boot_device = if from_stick {
         let (stick_cfg, device) = read_boot_stick(&text);
@@ -225,9 +225,9 @@ fn init_main() {
     }
 
     let mut env = cfg.to_env();
-    env.push((INIT_START_ENV.into(), start_ms.to_string()));
+    env.push((env::INIT_START.into(), start_ms.to_string()));
     if let Some(disk) = boot_device {
-        env.push((bootcfg::BOOT_DEVICE_ENV.into(), disk));
+        env.push((env::BOOT_DEVICE.into(), disk));
     }
     if std::env::var_os("PATH").is_none() {
         env.push((
@@ -271,7 +271,7 @@ fn read_boot_stick(text: &str) -> (Option<cmdline::BootConfig>, Option<String>) 
         .words
         .map(|words| cmdline::parse(&format!("{text} {words}")).0);
     let disk = out.partition.map(|p| {
-        let file = Path::new(bootcfg::BOOT_DEVICE_FILE);
+        let file = Path::new(run::BOOT_DEVICE_FILE);
         let written = file
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)
@@ -291,7 +291,7 @@ fn load_modules(debug: bool, extra: &[&str]) {
     let index = match ModuleIndex::load(&dir) {
         Ok(i) => i,
         Err(e) => {
-            say(&format!("no kernel modules will be loaded: {e}"));
+            say(&format!("no kernel modules will be loaded: {}", chain(&e)));
             return;
         }
     };
@@ -314,7 +314,7 @@ fn load_modules(debug: bool, extra: &[&str]) {
                 report.failed.extend(r.failed);
             }
             Err(e @ KmodError::NotFound { .. }) => say(&format!("module {name}: {e}")),
-            Err(e) => say(&e.to_string()),
+            Err(e) => say(&chain(&e)),
         }
     }
     // The explicit modules can bring buses of their own.
@@ -322,7 +322,7 @@ fn load_modules(debug: bool, extra: &[&str]) {
     report.loaded.extend(more.loaded);
     report.failed.extend(more.failed);
     for e in &report.failed {
-        say(&e.to_string());
+        say(&chain(e));
     }
     say(&format!(
         "loaded {} kernel modules in {} ms",
@@ -379,7 +379,10 @@ fn read_manifest() -> Vec<ServiceSpec> {
             services
         }
         Err(e) => {
-            say(&format!("{MANIFEST_PATH}: {e}; no services to start"));
+            say(&format!(
+                "{MANIFEST_PATH}: {}; no services to start",
+                chain(&e)
+            ));
             Vec::new()
         }
     }

@@ -37,7 +37,7 @@ struct ManifestFile {
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     /// Not valid TOML, or a `[[service]]` table of the wrong shape.
-    #[error("cannot parse the manifest: {0}")]
+    #[error("cannot parse the manifest")]
     Parse(#[from] toml::de::Error),
 }
 

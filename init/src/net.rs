@@ -10,11 +10,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::backoff::{human, Backoff, BackoffPolicy};
-use crate::cmdline::{NetConfig, StaticNet};
-use crate::console::say;
-use crate::dhcp::{self, Lease};
+use crate::console::{chain, say};
 use crate::netlink::same_subnet;
 use crate::sys::{Netlink, UdpTransport};
+use cellos_boot::cmdline::{NetConfig, StaticNet};
+use cellos_dhcp::{self as dhcp, Lease};
 
 /// A network interface seen in sysfs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -252,8 +252,9 @@ fn run_dhcp(nl: &mut Netlink, wanted: Option<&str>, hostname: &str, up: impl FnO
             Err(e) => {
                 let d = retry.on_exit(Duration::ZERO);
                 say(&format!(
-                    "DHCP on {}: {e}, retrying in {}",
+                    "DHCP on {}: {}, retrying in {}",
                     iface.name,
+                    chain(&e),
                     human(d)
                 ));
                 std::thread::sleep(d);
@@ -346,8 +347,9 @@ fn keep(
                 let wait = (until.saturating_sub(got.elapsed()) / 2).max(Duration::from_secs(5));
                 let what = if rebinding { "rebind" } else { "renew" };
                 say(&format!(
-                    "DHCP {what} on {} failed: {e}, retrying in {}",
+                    "DHCP {what} on {} failed: {}, retrying in {}",
                     iface.name,
+                    chain(&e),
                     human(wait)
                 ));
                 std::thread::sleep(wait);

@@ -13,9 +13,9 @@ use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
 
-use crate::dhcp::Transport;
 use crate::kmod::ModuleInserter;
 use crate::netlink;
+use cellos_dhcp::Transport;
 
 /// One filesystem init mounts early.
 struct Mount {

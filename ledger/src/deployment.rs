@@ -78,7 +78,8 @@ impl<'de> Deserialize<'de> for Size {
 
 impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&human_bytes(self.0))
+        // `pad`, not `write_str`: tables align sizes with `{:<9}`.
+        f.pad(&human_bytes(self.0))
     }
 }
 

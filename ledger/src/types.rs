@@ -193,8 +193,10 @@ impl fmt::Display for Resources {
     }
 }
 
-/// Formats a byte count with a binary unit, one decimal (`2.0GiB`).
-pub fn human_bytes(n: u64) -> String {
+/// Formats a byte count with a binary unit, one decimal (`2.0GiB`): the text of
+/// [`Resources`] and of [`crate::deployment::Size`], whose `Display` is how other
+/// crates print a byte count (`Size(n)`), so there is one formatter.
+pub(crate) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut v = n as f64;
     let mut i = 0;

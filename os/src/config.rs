@@ -1,31 +1,23 @@
 //! The boot config as init hands it over: `CELLOS_*` environment variables taken from
-//! the kernel cmdline (see `cellos_init::cmdline::env`).
+//! the kernel cmdline (their names are the contract in [`cellos_boot::env`]), plus the
+//! few variables only cellosd reads, for host runs and tests.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
-use cellos_init::cmdline::env;
+use cellos_boot::{env, run};
 use cellos_ledger::FarmId;
 use cellos_storage::ForeignDisks;
 
-/// CLOCK_BOOTTIME in ms when init started; set by init, absent when run by hand.
-pub const INIT_START: &str = "CELLOS_INIT_START";
 /// Seconds between uptime reports (default 60); for tests and labs.
 pub const UPTIME_SECS: &str = "CELLOS_UPTIME_SECS";
-/// The device the node booted from (USB boots), never made a pool; init also
-/// writes it to [`BOOT_DEVICE_FILE`].
-pub const BOOT_DEVICE: &str = "CELLOS_BOOT_DEVICE";
-pub const BOOT_DEVICE_FILE: &str = "/run/cellos/boot-device";
 /// Run by hand or in host tests: keep the state here and touch no disk.
 pub const STATE_DIR: &str = "CELLOS_STATE_DIR";
 /// Where the node API listens (host runs and tests; default 0.0.0.0:8646).
 pub const API_ADDR: &str = "CELLOS_API_ADDR";
-/// An extra CA for the ledger's TLS (`cellos.ca=` on the cmdline), base64 DER.
-pub const CA: &str = "CELLOS_CA";
 /// Where cellosd leaves what other services read (host runs point it elsewhere).
 pub const RUN_DIR: &str = "CELLOS_RUN_DIR";
-pub const DEFAULT_RUN_DIR: &str = "/run/cellos";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootEnv {
@@ -96,10 +88,10 @@ impl BootEnv {
         let test_mode = set(env::MODE).as_deref() == Some("test");
         Ok(BootEnv {
             disks,
-            boot_device: set(BOOT_DEVICE),
+            boot_device: set(env::BOOT_DEVICE),
             state_dir: set(STATE_DIR).map(PathBuf::from),
-            run_dir: PathBuf::from(set(RUN_DIR).unwrap_or_else(|| DEFAULT_RUN_DIR.into())),
-            ca: set(CA),
+            run_dir: PathBuf::from(set(RUN_DIR).unwrap_or_else(|| run::DIR.into())),
+            ca: set(env::CA),
             api_addr: match set(API_ADDR) {
                 None => None,
                 Some(v) => Some(v.parse().map_err(|_| {
@@ -111,7 +103,7 @@ impl BootEnv {
             ledger,
             enroll: set(env::ENROLL),
             // Only used for the timing in one console line: a bad value means "unknown".
-            init_start_ms: set(INIT_START).and_then(|v| v.parse().ok()),
+            init_start_ms: set(env::INIT_START).and_then(|v| v.parse().ok()),
             uptime_every,
             test_mode,
         })
@@ -156,7 +148,7 @@ mod tests {
                 boot_device: Some("/dev/sdb".into()),
                 selftest: Some("volume-quota".into()),
                 state_dir: None,
-                run_dir: PathBuf::from(DEFAULT_RUN_DIR),
+                run_dir: PathBuf::from(run::DIR),
                 ca: None,
                 api_addr: None,
                 test_mode: true,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use cellos_capacity::sys::SystemAddresses;
 use cellos_capacity::{CapacityError, HostPaths, Inventory};
-use cellos_ledger::human_bytes;
+use cellos_ledger::deployment::Size;
 use cellos_registrar::{Capacity, Host};
 use cellos_storage::Storage;
 
@@ -66,7 +66,7 @@ fn describe(inv: &Inventory) -> String {
                 (false, true) => "hdd",
                 (false, false) => "ssd",
             };
-            format!("{} {} {kind}", d.name, human_bytes(d.size))
+            format!("{} {} {kind}", d.name, Size(d.size))
         })
         .collect();
     let nics: Vec<String> = inv
@@ -88,7 +88,9 @@ fn describe(inv: &Inventory) -> String {
         none_if_empty(nics.join(", ")),
     );
     for e in &inv.skipped {
-        line.push_str(&format!("; skipped {e}"));
+        // Each holds at most an OS error as its source.
+        let cause = std::error::Error::source(e).map(|c| format!(": {c}"));
+        line.push_str(&format!("; skipped {e}{}", cause.unwrap_or_default()));
     }
     line
 }

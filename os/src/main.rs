@@ -30,7 +30,8 @@ use cellos_storage::sys::System;
 use cellos_storage::{BtrfsVolumes, DiskKind, StateDir, Storage};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
-use config::{BootEnv, BOOT_DEVICE_FILE};
+use cellos_boot::{env as boot_env, run};
+use config::BootEnv;
 use host::Machine;
 
 fn main() -> ExitCode {
@@ -44,10 +45,20 @@ fn main() -> ExitCode {
     };
     let client = match &env.ca {
         None => Client::new(&env.ledger).map_err(|e| {
-            format!("CELLOS_LEDGER: {e} (cellos.ledger= on the kernel cmdline)")
+            format!(
+                "{}: {:#} (cellos.ledger= on the kernel cmdline)",
+                boot_env::LEDGER,
+                anyhow::Error::new(e)
+            )
         }),
-        Some(der) => Client::with_ca(&env.ledger, pem(der).as_bytes())
-            .map_err(|e| format!("CELLOS_LEDGER with CELLOS_CA: {e} (cellos.ledger= and cellos.ca= on the kernel cmdline)")),
+        Some(der) => Client::with_ca(&env.ledger, pem(der).as_bytes()).map_err(|e| {
+            format!(
+                "{} with {}: {:#} (cellos.ledger= and cellos.ca= on the kernel cmdline)",
+                boot_env::LEDGER,
+                boot_env::CA,
+                anyhow::Error::new(e)
+            )
+        }),
     };
     let client = match client {
         Ok(c) => c,
@@ -85,7 +96,7 @@ async fn run(env: BootEnv, client: Client, started: Instant) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("handling SIGINT")?;
 
     let boot_device = env.boot_device.clone().or_else(|| {
-        std::fs::read_to_string(BOOT_DEVICE_FILE)
+        std::fs::read_to_string(run::BOOT_DEVICE_FILE)
             .ok()
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty())
@@ -280,7 +291,8 @@ async fn identity(dir: &Path) -> Identity {
             }
             Err(e) => {
                 println!(
-                    "cellos: identity: {e}; not registering, checking again in {}s",
+                    "cellos: identity: {:#}; not registering, checking again in {}s",
+                    anyhow::Error::new(e),
                     IDENTITY_RETRY.as_secs()
                 );
                 tokio::time::sleep(IDENTITY_RETRY).await;

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use cellos_ledger::human_bytes;
+use cellos_ledger::deployment::Size;
 use cellos_storage::{VolumeName, Volumes};
 
 const MIB: u64 = 1 << 20;
@@ -36,7 +36,7 @@ fn volume_quota(volumes: &dyn Volumes, pool: &Path) -> Result<()> {
         v.name,
         v.pool,
         v.path.display(),
-        human_bytes(v.size)
+        Size(v.size)
     );
     let inside = fill(&v.path.join("fill"), 4 * size);
     let outside_path = pool.join("selftest-outside");
@@ -50,36 +50,33 @@ fn volume_quota(volumes: &dyn Volumes, pool: &Path) -> Result<()> {
         (written, Some(e)) if e.raw_os_error() == Some(nix::libc::EDQUOT) && written <= size => {
             println!(
                 "cellos: selftest volume-quota: wrote {} into it, then: {e}",
-                human_bytes(written)
+                Size(written)
             )
         }
         (written, Some(e)) => bail!(
             "expected EDQUOT by {}, got {e} after {}",
-            human_bytes(size),
-            human_bytes(written)
+            Size(size),
+            Size(written)
         ),
         (written, None) => bail!(
             "wrote {} into a {} volume without an error",
-            human_bytes(written),
-            human_bytes(size)
+            Size(written),
+            Size(size)
         ),
     }
     println!(
         "cellos: selftest volume-quota: the volume used {} of {}",
-        human_bytes(usage.used),
-        human_bytes(usage.size)
+        Size(usage.used),
+        Size(usage.size)
     );
     match outside {
         (written, None) => println!(
             "cellos: selftest volume-quota: wrote {} outside it on the same pool",
-            human_bytes(written)
+            Size(written)
         ),
         (written, Some(e)) => {
             return Err(e).with_context(|| {
-                format!(
-                    "writing outside the volume failed after {}",
-                    human_bytes(written)
-                )
+                format!("writing outside the volume failed after {}", Size(written))
             })
         }
     }

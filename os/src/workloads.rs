@@ -34,8 +34,9 @@ pub struct VolumeProvisioner<V: Volumes> {
     pub volumes: V,
 }
 
-fn err(e: impl std::fmt::Display) -> WorkloadError {
-    WorkloadError(e.to_string())
+/// A workload error's text: the error and every cause, as the console shows it.
+fn err(e: impl std::error::Error + Send + Sync + 'static) -> WorkloadError {
+    WorkloadError(format!("{:#}", anyhow::Error::new(e)))
 }
 
 impl<V: Volumes> Provisioner for VolumeProvisioner<V> {
@@ -123,7 +124,8 @@ impl ShardProvisioner {
                     Ok(c) => break c,
                     Err(e) if tokio::time::Instant::now() >= deadline => {
                         return Err(WorkloadError(format!(
-                            "the shard server is not answering: {e}"
+                            "the shard server is not answering: {}",
+                            err(e).0
                         )))
                     }
                     Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
@@ -143,11 +145,9 @@ impl ShardProvisioner {
     async fn damaged_records(&self) -> Result<u64, String> {
         let mut c = ShardClient::connect(self.addr, SHARD_TIMEOUT)
             .await
-            .map_err(|e| e.to_string())?;
-        c.auth(&self.admin_password)
-            .await
-            .map_err(|e| e.to_string())?;
-        let info = match c.call(&[b"INFO"]).await.map_err(|e| e.to_string())? {
+            .map_err(|e| err(e).0)?;
+        c.auth(&self.admin_password).await.map_err(|e| err(e).0)?;
+        let info = match c.call(&[b"INFO"]).await.map_err(|e| err(e).0)? {
             cellos_shard::resp::Reply::Bulk(b) => String::from_utf8_lossy(&b).into_owned(),
             other => return Err(format!("unexpected INFO reply {other:?}")),
         };

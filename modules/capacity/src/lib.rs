@@ -27,7 +27,7 @@ use cellos_ledger::{Interface, Resources};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CapacityError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         path: PathBuf,
         #[source]
@@ -35,7 +35,7 @@ pub enum CapacityError {
     },
     #[error("{path}: {reason}")]
     Parse { path: PathBuf, reason: String },
-    #[error("listing interface addresses (getifaddrs): {0}")]
+    #[error("listing interface addresses (getifaddrs)")]
     Addresses(#[source] std::io::Error),
 }
 

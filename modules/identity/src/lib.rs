@@ -44,7 +44,7 @@ pub enum Origin {
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path}")]
     Io {
         op: &'static str,
         path: PathBuf,

@@ -22,7 +22,7 @@ use cellos_ledger::deployment::{
 use cellos_ledger::*;
 use ed25519_dalek::SigningKey;
 
-use crate::ledger::{Ledger, LedgerError};
+use crate::ledger::{chain, Ledger, LedgerError};
 use crate::store::{Phase, Record, Store, StoreError};
 use crate::workload::{rank, Provisioners, WorkloadId};
 
@@ -113,7 +113,8 @@ impl<L: Ledger> Engine<L> {
                 Ok(()) => backoff = Duration::from_secs(1),
                 Err(e) => {
                     self.say(&format!(
-                        "cellos: provision pass failed: {e}; retrying in {}s",
+                        "cellos: provision pass failed: {}; retrying in {}s",
+                        chain(&e),
                         backoff.as_secs()
                     ));
                     tokio::time::sleep(backoff).await;
@@ -123,7 +124,7 @@ impl<L: Ledger> Engine<L> {
             }
             if Instant::now() >= next_usage {
                 if let Err(e) = self.report_usage().await {
-                    self.say(&format!("cellos: usage report failed: {e}"));
+                    self.say(&format!("cellos: usage report failed: {}", chain(&e)));
                 }
                 next_usage = Instant::now() + self.config.usage_every;
             }

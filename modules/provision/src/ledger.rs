@@ -18,11 +18,20 @@ pub enum LedgerError {
 impl From<ClientError> for LedgerError {
     fn from(e: ClientError) -> Self {
         if e.is_transient() {
-            LedgerError::Unreachable(e.to_string())
+            LedgerError::Unreachable(chain(&e))
         } else {
-            LedgerError::Refused(e.to_string())
+            LedgerError::Refused(chain(&e))
         }
     }
+}
+
+/// An error and its causes on one line (`what: why: ...`): errors keep their cause as
+/// `source()` only, and the engine's console lines must not lose it.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    std::iter::successors(Some(e), |e| e.source())
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 pub trait Ledger: Send + Sync {

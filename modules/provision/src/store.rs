@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("state {path}: {source}")]
+    #[error("state {path}")]
     Io {
         path: PathBuf,
         #[source]

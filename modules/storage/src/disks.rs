@@ -94,7 +94,9 @@ pub fn discover(
         let (size, rotational, removable, ro) = match attrs {
             Ok(a) => a,
             Err(e) => {
-                skip(e.to_string());
+                // The reason is a string: keep the OS error the variant holds as its source.
+                let cause = std::error::Error::source(&e).map(|c| format!(": {c}"));
+                skip(format!("{e}{}", cause.unwrap_or_default()));
                 continue;
             }
         };
@@ -114,7 +116,10 @@ pub fn discover(
             continue;
         }
         if size < MIN_SIZE {
-            skip(format!("too small ({})", cellos_ledger::human_bytes(size)));
+            skip(format!(
+                "too small ({})",
+                cellos_ledger::deployment::Size(size)
+            ));
             continue;
         }
         let holders = entries(&dir.join("holders")).unwrap_or_default();

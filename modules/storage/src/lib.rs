@@ -20,6 +20,7 @@
 //! root are read under an injected [`HostPaths`].
 
 pub mod disks;
+#[cfg(any(test, feature = "test-util"))]
 pub mod fake;
 pub mod pools;
 pub mod probe;
@@ -63,7 +64,7 @@ impl Default for HostPaths {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         path: PathBuf,
         #[source]
@@ -71,14 +72,14 @@ pub enum StorageError {
     },
     #[error("{path}: {reason}")]
     Parse { path: PathBuf, reason: String },
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path}")]
     Io {
         op: &'static str,
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("mounting {device} at {target}: {source}")]
+    #[error("mounting {device} at {target}")]
     Mount {
         device: PathBuf,
         target: PathBuf,

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use cellos_ledger::human_bytes;
+use cellos_ledger::deployment::Size;
 
 use crate::disks::{self, BlockDisk, Skipped};
 use crate::probe::{self, Content, LABEL_PREFIX};
@@ -249,7 +249,7 @@ impl fmt::Display for Event {
                 "cellos: pool {} on {} ({}, {}) mounted at {}",
                 p.name,
                 p.disk,
-                human_bytes(p.size),
+                Size(p.size),
                 p.name.kind,
                 p.mount.display()
             ),

@@ -1,4 +1,7 @@
-//! A DHCPv4 client: DISCOVER, OFFER, REQUEST, ACK, and renewal.
+//! cellos-dhcp: a DHCPv4 client: DISCOVER, OFFER, REQUEST, ACK, and renewal.
+//!
+//! A crate of its own (not a module of init) so that the fuzzer drives it with hostile
+//! servers' packets without depending on the PID 1 crate.
 //!
 //! Packets are built and parsed with `dhcproto`; the network is behind [`Transport`] so the
 //! whole exchange is tested against a fake server. In init the transport is a UDP socket on
@@ -28,7 +31,7 @@ pub trait Transport {
 #[derive(Debug, thiserror::Error)]
 pub enum DhcpError {
     /// Sending or receiving failed.
-    #[error("DHCP I/O failed: {0}")]
+    #[error("DHCP I/O failed")]
     Io(#[from] std::io::Error),
     /// A packet could not be encoded.
     #[error("cannot encode a DHCP packet: {0}")]

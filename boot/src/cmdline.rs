@@ -1,13 +1,37 @@
 //! The boot configuration carried on the kernel command line.
 //!
 //! Farmers bake `cellos.*` keys into the image's cmdline (PXE script, UKI); init reads them from
-//! `/proc/cmdline` and so does the node agent, which depends on this crate as a library. This
-//! module is pure: it takes the cmdline as a string and never touches the system, so both
-//! callers (and tests) get the same answer. A bad value never aborts the boot: the parser
+//! `/proc/cmdline` and hands them to its services as the [`env`] variables. This module is
+//! pure: it takes the cmdline as a string and never touches the system, so init, the fuzzer
+//! and tests get the same answer. A bad value never aborts the boot: the parser
 //! reports it as a [`CmdlineError`], keeps the default, and goes on.
 
 use std::fmt;
 use std::net::Ipv4Addr;
+
+use crate::env;
+
+/// The `cellos.*` keys, as written on the cmdline (and in the image builder's cmdline).
+pub mod key {
+    /// `cellos.farm=<farm id>`.
+    pub const FARM: &str = "cellos.farm";
+    /// `cellos.ledger=<url>`.
+    pub const LEDGER: &str = "cellos.ledger";
+    /// `cellos.enroll=<token>`.
+    pub const ENROLL: &str = "cellos.enroll";
+    /// `cellos.ca=<base64 DER>`.
+    pub const CA: &str = "cellos.ca";
+    /// `cellos.mode=dev|test|prod`.
+    pub const MODE: &str = "cellos.mode";
+    /// `cellos.debug[=0|1]`.
+    pub const DEBUG: &str = "cellos.debug";
+    /// `cellos.net=...`.
+    pub const NET: &str = "cellos.net";
+    /// `cellos.disks=keep|wipe`.
+    pub const DISKS: &str = "cellos.disks";
+    /// `cellos.selftest=<name>`.
+    pub const SELFTEST: &str = "cellos.selftest";
+}
 
 /// How strict the node is. `Prod` unless the cmdline says otherwise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -91,26 +115,6 @@ pub struct BootConfig {
     pub ca: Option<String>,
 }
 
-/// Environment variable names under which init hands the boot config to its services.
-pub mod env {
-    /// Farm id, absent when unset.
-    pub const FARM: &str = "CELLOS_FARM";
-    /// Ledger URL, absent when unset.
-    pub const LEDGER: &str = "CELLOS_LEDGER";
-    /// Enrollment token, absent when unset.
-    pub const ENROLL: &str = "CELLOS_ENROLL";
-    /// `dev`, `test` or `prod`.
-    pub const MODE: &str = "CELLOS_MODE";
-    /// `1` or `0`.
-    pub const DEBUG: &str = "CELLOS_DEBUG";
-    /// `keep` or `wipe`, absent when unset.
-    pub const DISKS: &str = "CELLOS_DISKS";
-    /// A self-test's name, absent when unset.
-    pub const SELFTEST: &str = "CELLOS_SELFTEST";
-    /// An extra CA certificate (base64 DER), absent when unset.
-    pub const CA: &str = "CELLOS_CA";
-}
-
 impl BootConfig {
     /// The `CELLOS_*` environment variables that carry this config to services.
     pub fn to_env(&self) -> Vec<(String, String)> {
@@ -189,19 +193,19 @@ pub fn parse(cmdline: &str) -> (BootConfig, Vec<CmdlineError>) {
             expected,
         };
         match key.as_str() {
-            "cellos.farm" => match value.as_deref().map(str::parse::<u32>) {
+            key::FARM => match value.as_deref().map(str::parse::<u32>) {
                 Some(Ok(farm)) => cfg.farm = Some(farm),
                 _ => errors.push(bad(FARM_EXPECTED)),
             },
-            "cellos.ledger" => match value.as_deref() {
+            key::LEDGER => match value.as_deref() {
                 Some(url) if valid_url(url) => cfg.ledger = Some(url.to_string()),
                 _ => errors.push(bad(LEDGER_EXPECTED)),
             },
-            "cellos.enroll" => match value.as_deref() {
+            key::ENROLL => match value.as_deref() {
                 Some(token) if !token.is_empty() => cfg.enroll = Some(token.to_string()),
                 _ => errors.push(bad(ENROLL_EXPECTED)),
             },
-            "cellos.ca" => match value.as_deref() {
+            key::CA => match value.as_deref() {
                 Some(b64)
                     if !b64.is_empty()
                         && b64
@@ -212,26 +216,26 @@ pub fn parse(cmdline: &str) -> (BootConfig, Vec<CmdlineError>) {
                 }
                 _ => errors.push(bad(CA_EXPECTED)),
             },
-            "cellos.mode" => match value.as_deref() {
+            key::MODE => match value.as_deref() {
                 Some("dev") => cfg.mode = Mode::Dev,
                 Some("test") => cfg.mode = Mode::Test,
                 Some("prod") => cfg.mode = Mode::Prod,
                 _ => errors.push(bad(MODE_EXPECTED)),
             },
-            "cellos.debug" => match value.as_deref() {
+            key::DEBUG => match value.as_deref() {
                 None | Some("1") | Some("true") | Some("yes") | Some("on") => cfg.debug = true,
                 Some("0") | Some("false") | Some("no") | Some("off") => cfg.debug = false,
                 Some(_) => errors.push(bad(DEBUG_EXPECTED)),
             },
-            "cellos.net" => match value.as_deref().and_then(parse_net) {
+            key::NET => match value.as_deref().and_then(parse_net) {
                 Some(net) => cfg.net = net,
                 None => errors.push(bad(NET_EXPECTED)),
             },
-            "cellos.disks" => match value.as_deref() {
+            key::DISKS => match value.as_deref() {
                 Some(v @ ("keep" | "wipe")) => cfg.disks = Some(v.to_string()),
                 _ => errors.push(bad(DISKS_EXPECTED)),
             },
-            "cellos.selftest" => match value.as_deref() {
+            key::SELFTEST => match value.as_deref() {
                 Some(v) if !v.is_empty() => cfg.selftest = Some(v.to_string()),
                 _ => errors.push(bad(SELFTEST_EXPECTED)),
             },

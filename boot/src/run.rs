@@ -1,0 +1,16 @@
+//! Paths under `/run` (a tmpfs) that init and cellosd share.
+
+/// The directory, as a literal the paths below are built from.
+macro_rules! dir {
+    () => {
+        "/run/cellos"
+    };
+}
+
+/// Where cellos keeps what lives only until the next boot.
+pub const DIR: &str = dir!();
+/// Holds the boot disk's kernel name (e.g. `sda`) once init has found it: cellosd reads it
+/// when it is restarted without [`crate::env::BOOT_DEVICE`].
+pub const BOOT_DEVICE_FILE: &str = concat!(dir!(), "/boot-device");
+/// Where init mounts the boot stick's partition while it reads [`crate::stick::CONFIG_FILE`].
+pub const STICK_MOUNT: &str = concat!(dir!(), "/boot");
