@@ -57,6 +57,15 @@ REQUIRED=(
   redis-benchmark:redis-tools
 )
 
+# cargo-deny (scripts/test.sh checks licenses, duplicate versions and sources with
+# it), pinned: 0.20.2 needs rustc 1.88 or newer to build.
+CARGO_DENY_VERSION=0.20.2
+
+# Whether the pinned cargo-deny is on PATH.
+cargo_deny_ok() {
+  [ "$(cargo deny --version 2>/dev/null)" = "cargo-deny $CARGO_DENY_VERSION" ]
+}
+
 found() {
   case "$1" in
     /*) [ -e "$1" ] ;;
@@ -74,6 +83,7 @@ missing_required() {
 
 if [ "${1:-}" = "--check" ]; then
   gone=$(missing_required)
+  cargo_deny_ok || gone="$gone cargo-deny@$CARGO_DENY_VERSION:cargo-install"
   if [ -n "$gone" ]; then
     echo "setup: missing: $(echo "$gone" | tr '\n' ' ')" >&2
     exit 1
@@ -131,4 +141,9 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo is missing: install a Rust toolchain (1.80 or newer, e.g. with rustup) and run this again" >&2
   exit 1
 fi
-echo "setup: ok ($(cargo --version), $(qemu-system-x86_64 --version | head -n1), $(qemu-img --version | head -n1))"
+if ! cargo_deny_ok; then
+  echo "setup: installing cargo-deny $CARGO_DENY_VERSION (compiles for a few minutes)"
+  nice cargo install --locked cargo-deny --version "$CARGO_DENY_VERSION"
+  cargo_deny_ok || { echo "setup: cargo-deny $CARGO_DENY_VERSION is not on PATH after installing it (is ~/.cargo/bin on PATH?)" >&2; exit 1; }
+fi
+echo "setup: ok ($(cargo --version), $(cargo deny --version), $(qemu-system-x86_64 --version | head -n1), $(qemu-img --version | head -n1))"
