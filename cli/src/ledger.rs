@@ -55,6 +55,7 @@ pub async fn run(g: &Global, c: LedgerCmd) -> Result<()> {
                     ),
                     _ => None,
                 },
+                clock: std::sync::Arc::new(server::SystemClock),
             };
             if accept_rollback {
                 accept_rollback_in(&data)?;

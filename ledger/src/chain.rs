@@ -37,7 +37,7 @@ pub enum ChainError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Block(#[from] BlockError),
-    #[error("block {height}, transaction {index} ({hash}): {source}")]
+    #[error("block {height}, transaction {index} ({hash}) is not signed right")]
     TxSignature {
         height: u64,
         index: usize,
@@ -45,7 +45,7 @@ pub enum ChainError {
         #[source]
         source: SignatureError,
     },
-    #[error("block {height}, transaction {index} ({hash}) does not apply: {source}")]
+    #[error("block {height}, transaction {index} ({hash}) does not apply")]
     TxRejected {
         height: u64,
         index: usize,

@@ -18,7 +18,7 @@ use crate::types::{EncryptionKey, PublicKey};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("key file {path}: {source}")]
+    #[error("key file {path}")]
     Io {
         path: PathBuf,
         #[source]

@@ -13,14 +13,17 @@
 //! wrong; nothing a client sends can panic the server. Connections are served by
 //! `cellos_http::serve` under [`Config::limits`]: a connection cap below the fd
 //! limit, and header, body and idle timeouts (DESIGN §9, bounded everything), with
-//! TLS when [`Config::tls`] is given.
+//! TLS when [`Config::tls`] is given. All its time comes from [`Config::clock`]
+//! (a [`Clock`]), which only a test replaces.
+
+mod clock;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -44,6 +47,8 @@ use crate::tx::{SignedTx, TxBody, VerifiedTx};
 use crate::types::*;
 use crate::wire::{Digest, EventPage, EventRecord, Status};
 
+pub use clock::{Clock, ManualClock, SystemClock};
+
 /// Largest batch one block takes.
 const MAX_BATCH: usize = 8192;
 /// Transactions waiting for the committer before senders get 503.
@@ -54,7 +59,7 @@ const MAX_WAIT_SECS: u64 = 60;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("data directory {path}: {source}")]
+    #[error("data directory {path}")]
     DataDir {
         path: PathBuf,
         #[source]
@@ -66,7 +71,7 @@ pub enum ServerError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Chain(#[from] ChainError),
-    #[error("listen on {addr}: {source}")]
+    #[error("listen on {addr}")]
     Listen {
         addr: SocketAddr,
         #[source]
@@ -87,6 +92,9 @@ pub struct Config {
     pub mailbox: Policy,
     /// Serve HTTPS with this certificate instead of plain HTTP.
     pub tls: Option<Tls>,
+    /// Block times, the status time and the mailbox's windows: [`SystemClock`]
+    /// except in tests.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Default for Config {
@@ -100,6 +108,7 @@ impl Default for Config {
             limits: Limits::for_fd_limit(cellos_http::fd_limit().unwrap_or(1024)),
             mailbox: Policy::default(),
             tls: None,
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -109,12 +118,6 @@ fn create_data_dir(data: &std::path::Path) -> Result<(), ServerError> {
         path: data.to_path_buf(),
         source,
     })
-}
-
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 struct Pending {
@@ -131,6 +134,7 @@ struct Shared {
     blob_limit: usize,
     mailbox: Arc<Mailbox>,
     chain_id: String,
+    clock: Arc<dyn Clock>,
 }
 
 impl Shared {
@@ -165,7 +169,7 @@ impl Server {
     ) -> Result<Server, ServerError> {
         create_data_dir(&cfg.data)?;
         let (key, _) = keys::load_or_create(&cfg.data.join("ledger.key"))?;
-        let chain = Chain::open(store.clone(), key, cfg.params.clone(), unix_now())?;
+        let chain = Chain::open(store.clone(), key, cfg.params.clone(), cfg.clock.now())?;
         let mailbox = Arc::new(Mailbox::open(
             &cfg.data.join("mailbox"),
             cfg.mailbox.clone(),
@@ -181,6 +185,7 @@ impl Server {
             blob_limit: cfg.blob_limit,
             mailbox,
             chain_id,
+            clock: cfg.clock.clone(),
         });
         let s2 = shared.clone();
         std::thread::Builder::new()
@@ -248,14 +253,15 @@ async fn sweep_mailbox(shared: Arc<Shared>) {
         tick.tick().await;
         let live = live_blobs(&shared.chain());
         let mb = shared.mailbox.clone();
-        match tokio::task::spawn_blocking(move || mb.sweep(&live, unix_now())).await {
+        let now = shared.clock.now();
+        match tokio::task::spawn_blocking(move || mb.sweep(&live, now)).await {
             Ok(Ok(sw)) if sw.released + sw.expired > 0 => tracing::info!(
                 "mailbox: removed {} blobs of closed or updated contracts and {} that no contract named in time",
                 sw.released,
                 sw.expired
             ),
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::error!("mailbox sweep failed (retrying): {e}"),
+            Ok(Err(e)) => tracing::error!("mailbox sweep failed (retrying): {}", causes(&e)),
             Err(e) => tracing::error!("mailbox sweep failed (retrying): {e}"),
         }
     }
@@ -305,7 +311,7 @@ fn committer(
         }
         let (txs, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.tx, p.reply)).unzip();
         let refs: Vec<Vec<Hash>> = txs.iter().map(blob_refs).collect();
-        match chain.commit(txs, unix_now()) {
+        match chain.commit(txs, shared.clock.now()) {
             Ok(results) => {
                 let h = chain.state().height();
                 height.send_replace(h);
@@ -323,6 +329,7 @@ fn committer(
                 }
             }
             Err(e) => {
+                let e = causes(&e);
                 tracing::error!("commit failed, nothing in this batch was acknowledged: {e}");
                 for reply in replies {
                     let _ = reply.send(Err(ApiError::new(
@@ -361,9 +368,18 @@ impl ApiError {
     fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, message)
     }
-    fn internal(e: impl std::fmt::Display) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    fn internal(e: impl std::error::Error) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, causes(&e))
     }
+}
+
+/// An error and each of its causes, `: `-separated: errors keep their cause as
+/// `source()` only, and a log line or an answer must not lose it.
+fn causes(e: &dyn std::error::Error) -> String {
+    std::iter::successors(Some(e), |e| e.source())
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 impl IntoResponse for ApiError {
@@ -504,7 +520,7 @@ async fn status(AxState(s): AxState<Arc<Shared>>) -> ApiResult<Status> {
         genesis_hash: c.genesis().hash(),
         height: st.height(),
         head: c.head(),
-        time: st.time().max(unix_now()),
+        time: st.time().max(s.clock.now()),
     }))
 }
 
@@ -753,7 +769,8 @@ async fn put_blob(
         )));
     }
     let mb = s.mailbox.clone();
-    tokio::task::spawn_blocking(move || mb.put(reservation, &want, &body, unix_now()))
+    let now = s.clock.now();
+    tokio::task::spawn_blocking(move || mb.put(reservation, &want, &body, now))
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
@@ -775,7 +792,7 @@ fn admit_blob(s: &Arc<Shared>, hash: &str, headers: &HeaderMap) -> Result<Admit,
     let known = {
         let c = s.chain();
         let st = c.state();
-        let now = st.time().max(unix_now());
+        let now = st.time().max(s.clock.now());
         blob::verify(&auth, &s.chain_id, &want, now).map_err(|e| unauthorized(e.to_string()))?;
         st.account(&auth.key).is_some() || st.node_by_key(&auth.key).is_some()
     };

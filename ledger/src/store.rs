@@ -23,7 +23,7 @@ pub enum StoreError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("store I/O: {0}")]
+    #[error("store I/O")]
     Io(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("store holds a record that does not decode ({what} at {key}): {reason}")]
     Corrupt {

@@ -11,7 +11,7 @@ use cellos_ledger::deployment::{
     self, Deployment, DeploymentResult, Size, Workload, WorkloadSpec, WorkloadState,
 };
 use cellos_ledger::keys::{self, Signer};
-use cellos_ledger::server::{Config as ServerConfig, Server};
+use cellos_ledger::server::{Config as ServerConfig, ManualClock, Server};
 use cellos_ledger::*;
 use cellos_provision::*;
 use ed25519_dalek::SigningKey;
@@ -62,7 +62,10 @@ impl Provisioner for FakeVolumes {
                 runs.push((start, Instant::now()));
             }
         }
-        let (WorkloadSpec::Volume { size } | WorkloadSpec::Shard { size, .. }) = spec;
+        let size = match spec {
+            WorkloadSpec::Volume { size } | WorkloadSpec::Shard { size, .. } => *size,
+            WorkloadSpec::Network(_) => Size(0),
+        };
         let p = self.dir.join(id.node_name());
         std::fs::create_dir_all(&p).map_err(|e| WorkloadError(e.to_string()))?;
         Ok(BTreeMap::from([
@@ -94,16 +97,20 @@ struct World {
     state: PathBuf,
     volumes: FakeVolumes,
     lines: Arc<Mutex<Vec<String>>>,
+    /// The ledger's clock: it moves only when a test advances it.
+    clock: ManualClock,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 async fn world() -> World {
     let dirs = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::at_system_time();
     let srv = Server::bind(ServerConfig {
         data: dirs.path().join("ledger"),
         listen: "127.0.0.1:0".parse().expect("addr"),
         params: ChainParams::new(CHAIN, true),
         blob_limit: 1 << 20,
+        clock: Arc::new(clock.clone()),
         ..Default::default()
     })
     .await
@@ -182,6 +189,7 @@ async fn world() -> World {
         state,
         volumes,
         lines: Arc::default(),
+        clock,
         _stop: stop,
     }
 }
@@ -199,6 +207,7 @@ impl World {
             Provisioners {
                 volume: std::sync::Arc::new(self.volumes.clone()),
                 shard: std::sync::Arc::new(self.volumes.clone()),
+                network: std::sync::Arc::new(self.volumes.clone()),
             },
             self.node,
             self.node_key.clone(),
@@ -472,11 +481,11 @@ async fn usage_moves_escrow_and_downtime_is_free() {
     let c = w.deploy(&w.deployment(&[("data", 100 << 30)])).await;
     let mut e = w.engine();
     e.reconcile().await.expect("pass");
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // 100 GiB = 1 SU at 3600/h: one unit per second of ledger time.
+    w.clock.advance(2);
     e.report_usage().await.expect("usage");
     let k = w.contract(c).await;
-    // 100 GiB = 1 SU at 3600/h: one unit per second.
-    assert!(k.paid >= 2, "paid {}", k.paid);
+    assert_eq!(k.paid, 2, "two seconds of use");
     let farmer = w
         .client
         .account(&w.farmer.public_key())
@@ -490,18 +499,18 @@ async fn usage_moves_escrow_and_downtime_is_free() {
 
     // The node is off for 3 s; a new engine bills only from its own start.
     drop(e);
-    tokio::time::sleep(Duration::from_millis(3100)).await;
+    w.clock.advance(3);
     let mut e = w.engine();
     e.reconcile().await.expect("pass");
     let paid_before = w.contract(c).await.paid;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    w.clock.advance(1);
     e.report_usage().await.expect("usage");
     let paid_after = w.contract(c).await.paid;
-    assert!(
-        paid_after - paid_before <= 2,
-        "downtime was billed: {paid_before} -> {paid_after}"
+    assert_eq!(
+        paid_after - paid_before,
+        1,
+        "only the second since the restart is billed, not the downtime: {paid_before} -> {paid_after}"
     );
-    assert!(paid_after > paid_before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
