@@ -12,13 +12,13 @@ use crate::resp::{self, Limits, Reply};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("shard {addr}: connect: {source}")]
+    #[error("shard {addr}: connect")]
     Connect {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
-    #[error("shard {addr}: {source}")]
+    #[error("shard {addr}: connection")]
     Io {
         addr: SocketAddr,
         #[source]
@@ -28,7 +28,7 @@ pub enum ClientError {
     Timeout { addr: SocketAddr, secs: u64 },
     #[error("shard {addr}: connection closed")]
     Closed { addr: SocketAddr },
-    #[error("shard {addr}: {source}")]
+    #[error("shard {addr}: reply")]
     Protocol {
         addr: SocketAddr,
         #[source]

@@ -24,3 +24,35 @@ pub mod record;
 pub mod resp;
 pub mod server;
 mod sys;
+
+/// An error and its causes on one line (`what failed: why: ...`). Errors here
+/// keep their cause as `source` only, not in their own message (so a chain
+/// printed whole names each cause once); a RESP reply or a log line that is
+/// one string uses this.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        line.push_str(": ");
+        line.push_str(&c.to_string());
+        cause = c.source();
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chain_names_each_cause_once() {
+        let e = sys::IoError {
+            op: "read",
+            path: "/x".into(),
+            source: std::io::Error::other("disk on fire"),
+        };
+        assert_eq!(e.to_string(), "read /x");
+        let ns = namespace::NsError::Io(e);
+        assert_eq!(error_chain(&ns), "read /x: disk on fire");
+    }
+}

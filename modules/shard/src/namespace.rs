@@ -37,6 +37,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 
 pub use self::compact::{CompactPolicy, CompactReport};
+use crate::error_chain;
 use crate::record::{self, Item, Kind, HEADER};
 use crate::sys::{self, IoError};
 
@@ -1007,7 +1008,7 @@ impl Namespace {
     }
 
     fn poison(&self, st: &mut State, e: IoError) -> NsError {
-        st.failed = Some(e.to_string());
+        st.failed = Some(error_chain(&e));
         NsError::Io(e)
     }
 
@@ -1049,7 +1050,7 @@ impl Namespace {
             let mut st = self.lock();
             match res {
                 Ok(Ok(())) => st.synced = st.synced.max(target),
-                Ok(Err(e)) => st.failed = Some(e.to_string()),
+                Ok(Err(e)) => st.failed = Some(error_chain(&e)),
                 Err(join) => st.failed = Some(format!("fsync task: {join}")),
             }
         }

@@ -53,6 +53,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 
+use crate::error_chain;
 use crate::guard::{AuthLimiter, Budget, Conns, Held, Slot};
 use crate::namespace::{Mode, Namespace, NamespaceOptions, NsError, Truncation};
 use crate::resp::{CommandParser, Limits, Reply};
@@ -115,7 +116,7 @@ pub enum ServerError {
     Io(#[from] IoError),
     #[error(transparent)]
     Namespace(#[from] NsError),
-    #[error("listen on {addr}: {source}")]
+    #[error("listen on {addr}")]
     Listen {
         addr: SocketAddr,
         #[source]
@@ -877,7 +878,7 @@ async fn handle(shared: &Arc<Shared>, s: &mut Session, args: Vec<Vec<u8>>) -> Re
             let sh = shared.clone();
             match io!(move || sh.create(&name, &opts)) {
                 Ok(()) => Reply::ok(),
-                Err(e) => Reply::err(e),
+                Err(e) => Reply::err(error_chain(&e)),
             }
         }
         b"NSDEL" => {
@@ -886,7 +887,7 @@ async fn handle(shared: &Arc<Shared>, s: &mut Session, args: Vec<Vec<u8>>) -> Re
             let sh = shared.clone();
             match io!(move || sh.delete(&name)) {
                 Ok(()) => Reply::ok(),
-                Err(e) => Reply::err(e),
+                Err(e) => Reply::err(error_chain(&e)),
             }
         }
         b"NSSET" => {
@@ -898,7 +899,7 @@ async fn handle(shared: &Arc<Shared>, s: &mut Session, args: Vec<Vec<u8>>) -> Re
             let (prop, value) = (text(&a[1]), text(&a[2]));
             match io!(move || ns.set_property(&prop, &value)) {
                 Ok(()) => Reply::ok(),
-                Err(e) => Reply::err(e),
+                Err(e) => Reply::err(error_chain(&e)),
             }
         }
         b"NSCOMPACT" => {
@@ -915,7 +916,7 @@ async fn handle(shared: &Arc<Shared>, s: &mut Session, args: Vec<Vec<u8>>) -> Re
                     )
                     .into_bytes(),
                 ),
-                Err(e) => Reply::err(e),
+                Err(e) => Reply::err(error_chain(&e)),
             }
         }
         b"NSINFO" => {
@@ -998,7 +999,7 @@ async fn handle(shared: &Arc<Shared>, s: &mut Session, args: Vec<Vec<u8>>) -> Re
             let (key, mode) = match stored {
                 None => return strict_denied(&ns),
                 Some(Ok(r)) => r,
-                Some(Err(e)) => return Reply::err(e),
+                Some(Err(e)) => return Reply::err(error_chain(&e)),
             };
             if mode == Mode::Seq {
                 Reply::Bulk(key)
@@ -1017,13 +1018,13 @@ async fn handle(shared: &Arc<Shared>, s: &mut Session, args: Vec<Vec<u8>>) -> Re
                 match io!(move || ns.get(&key)) {
                     Ok(Some(v)) => Reply::Bulk(v),
                     Ok(None) => Reply::Nil,
-                    Err(e) => Reply::err(e),
+                    Err(e) => Reply::err(error_chain(&e)),
                 }
             } else {
                 match io!(move || ns.check(&key)) {
                     Ok(true) => Reply::ok(),
                     Ok(false) => Reply::Nil,
-                    Err(e) => Reply::err(e),
+                    Err(e) => Reply::err(error_chain(&e)),
                 }
             }
         }
@@ -1068,7 +1069,7 @@ async fn handle(shared: &Arc<Shared>, s: &mut Session, args: Vec<Vec<u8>>) -> Re
                 Err(r) => r,
                 Ok(None) => strict_denied(&ns),
                 Ok(Some(Ok(n))) => Reply::Int(n),
-                Ok(Some(Err(e))) => Reply::err(e),
+                Ok(Some(Err(e))) => Reply::err(error_chain(&e)),
             }
         }
         b"EXISTS" => {
@@ -1089,7 +1090,7 @@ async fn handle(shared: &Arc<Shared>, s: &mut Session, args: Vec<Vec<u8>>) -> Re
             });
             match found {
                 Ok(n) => Reply::Int(n),
-                Err(e) => Reply::err(e),
+                Err(e) => Reply::err(error_chain(&e)),
             }
         }
         b"SCAN" => {
@@ -1114,7 +1115,7 @@ async fn handle(shared: &Arc<Shared>, s: &mut Session, args: Vec<Vec<u8>>) -> Re
                     Reply::Bulk(next),
                     Reply::Array(keys.into_iter().map(Reply::Bulk).collect()),
                 ]),
-                Err(e) => Reply::err(e),
+                Err(e) => Reply::err(error_chain(&e)),
             }
         }
         _ => Reply::err(format!("unknown command '{}'", text(&cmd))),

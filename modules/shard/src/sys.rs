@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 /// An I/O error together with what was being done and on which path.
 #[derive(Debug, thiserror::Error)]
-#[error("{op} {path}: {source}")]
+#[error("{op} {path}")]
 pub struct IoError {
     pub op: &'static str,
     pub path: PathBuf,

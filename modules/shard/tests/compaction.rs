@@ -107,7 +107,7 @@ async fn sigkill_during_compaction_loses_nothing_and_disk_use_falls() {
             }));
         }
         wait_for_acks(&acks, ACKS_PER_ROUND).await;
-        let delay = rand::thread_rng().gen_range(0..1200);
+        let delay = rand::thread_rng().gen_range(300..1500);
         tokio::time::sleep(Duration::from_millis(delay)).await;
         if round % 2 == 1 {
             // Wait (up to 3 s) for a compaction to be copying, then kill at a

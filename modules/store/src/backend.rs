@@ -103,8 +103,10 @@ impl RespBackend {
         );
         BackendError {
             message: format!(
-                "{} namespace {}: {e}",
-                self.spec.address, self.spec.namespace
+                "{} namespace {}: {}",
+                self.spec.address,
+                self.spec.namespace,
+                cellos_shard::error_chain(&e)
             ),
             unreachable,
         }

@@ -28,7 +28,7 @@ use crate::ec::RsCrate;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("read {path}: {source}")]
+    #[error("read {path}")]
     Read {
         path: PathBuf,
         #[source]

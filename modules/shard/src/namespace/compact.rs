@@ -164,7 +164,7 @@ impl Namespace {
                     r.disk_after,
                     if r.stopped { " (stopped)" } else { "" }
                 ),
-                Err(e) => tracing::warn!("namespace {}: compaction: {e}", job.name),
+                Err(e) => tracing::warn!("namespace {}: compaction: {}", job.name, error_chain(&e)),
             });
         match spawned {
             Ok(t) => *thread = Some(t),
@@ -592,7 +592,7 @@ impl Job {
                 Ok(())
             }
             Err(e) => {
-                st.failed = Some(e.to_string());
+                st.failed = Some(error_chain(&e));
                 Err(e.into())
             }
         }
