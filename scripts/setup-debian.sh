@@ -28,6 +28,7 @@ PACKAGES=(
   cpio zstd         # inspecting images
   ca-certificates curl
   redis-tools redis-server  # redis-cli, redis-benchmark and the side-by-side server for `cellos bench shard`
+  nftables iproute2 # nft in the image (tenant networks' rulesets); nft and ip in the network host tests
 )
 
 # What the project runs or reads, and the package that provides it. A path is a
@@ -55,6 +56,8 @@ REQUIRED=(
   redis-server:redis-server
   redis-cli:redis-tools
   redis-benchmark:redis-tools
+  nft:nftables
+  ip:iproute2
 )
 
 # cargo-deny (scripts/test.sh checks licenses, duplicate versions and sources with

@@ -14,6 +14,7 @@ use std::fmt;
 use ed25519_dalek::{Signer as _, SigningKey};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::network::NetworkSpec;
 use crate::tx::{encode, verify_sig};
 use crate::types::*;
 
@@ -109,6 +110,10 @@ pub enum WorkloadSpec {
         #[serde(default)]
         password: Option<String>,
     },
+    /// This node's part of a tenant network (a WireGuard overlay); the workload's
+    /// name is the network's name, which containers and VMs of the same deployment
+    /// will name to attach to it ([`Deployment::network`]).
+    Network(NetworkSpec),
 }
 
 /// How a shard namespace names its values.
@@ -127,6 +132,7 @@ impl WorkloadSpec {
         match self {
             WorkloadSpec::Volume { .. } => "volume",
             WorkloadSpec::Shard { .. } => "shard",
+            WorkloadSpec::Network(_) => "network",
         }
     }
 
@@ -141,6 +147,8 @@ impl WorkloadSpec {
                 hru: size.0,
                 ..Default::default()
             },
+            // Traffic is billed by use (`nu_bytes`), not reserved.
+            WorkloadSpec::Network(_) => Resources::default(),
         }
     }
 }
@@ -233,7 +241,10 @@ impl Deployment {
                         )));
                     }
                 }
+                WorkloadSpec::Network(n) => n.check().map_err(bad)?,
             }
+            // Hook: container and VM workloads will name their network here; check
+            // it with `self.network(name)` (a network of this same deployment).
             if let WorkloadSpec::Shard { password, .. } = &w.spec {
                 // A node's shard server takes writes only into namespaces with a
                 // password and a quota (DESIGN §9): without one the shard is useless.
@@ -255,6 +266,14 @@ impl Deployment {
             }
         }
         Ok(())
+    }
+
+    /// The network workload called `name`, for the workloads that attach to it.
+    pub fn network(&self, name: &str) -> Option<&NetworkSpec> {
+        self.workloads.iter().find_map(|w| match &w.spec {
+            WorkloadSpec::Network(n) if w.name == name => Some(n),
+            _ => None,
+        })
     }
 
     /// Everything the workloads need, summed.
@@ -494,6 +513,52 @@ mod tests {
                 "{pw:?}"
             );
         }
+    }
+
+    #[test]
+    fn network_workloads() {
+        let text = r#"
+            version = 1
+            owner = "0000000000000000000000000000000000000000000000000000000000000000"
+            [[workloads]]
+            name = "net"
+            spec.network.ip_range = "10.20.0.0/16"
+            spec.network.subnet = "10.20.3.0/24"
+            spec.network.private_key = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="
+            spec.network.listen_port = 51820
+            [[workloads.spec.network.peers]]
+            public_key = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI="
+            endpoint = "192.168.77.12:51820"
+            allowed_subnets = ["10.20.5.0/24"]
+        "#;
+        let mut d: Deployment = toml::from_str(text).expect("toml");
+        assert_eq!(d.validate(), Ok(()));
+        let n = d.network("net").expect("the network");
+        assert_eq!(n.subnet.to_string(), "10.20.3.0/24");
+        assert_eq!(n.peers[0].public_key.0, [2; 32]);
+        assert_eq!(d.resources(), Resources::default());
+        assert!(d.network("other").is_none());
+        let json = serde_json::to_string(&d).expect("json");
+        let back: Deployment = serde_json::from_str(&json).expect("parse");
+        assert_eq!((back.hash(), &back), (d.hash(), &d));
+
+        // A bad field is rejected with the workload's name and the field.
+        if let WorkloadSpec::Network(n) = &mut d.workloads[0].spec {
+            n.subnet = "10.21.3.0/24".parse().expect("net");
+        }
+        let err = d.validate().expect_err("outside").to_string();
+        assert!(
+            err.contains("\"net\"") && err.contains("subnet 10.21.3.0/24 is outside"),
+            "{err}"
+        );
+        // A key that is not 32 bytes of base64 does not even parse.
+        let short = text.replace("AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=", "AgIC");
+        let err = toml::from_str::<Deployment>(&short)
+            .expect_err("short key")
+            .to_string();
+        assert!(err.contains("32 bytes of base64; this is 3 bytes"), "{err}");
+        let unknown = text.replace("listen_port", "port");
+        assert!(toml::from_str::<Deployment>(&unknown).is_err());
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod block;
 pub mod chain;
 pub mod deployment;
 pub mod keys;
+pub mod network;
 pub mod request;
 pub mod state;
 pub mod store;

@@ -2,7 +2,8 @@
 //! the node's local HTTP API.
 //!
 //! Each workload type is a [`Provisioner`] over a module: volumes over the storage
-//! module's btrfs subvolumes, shards over namespaces of the node's shard server. The engine follows the ledger for contracts on this node
+//! module's btrfs subvolumes, shards over namespaces of the node's shard server,
+//! networks over the network module's namespaces and WireGuard devices. The engine follows the ledger for contracts on this node
 //! and records its progress in the state directory, so this runs the same after a
 //! crash or a reboot: it converges.
 
@@ -61,6 +62,44 @@ impl<V: Volumes> Provisioner for VolumeProvisioner<V> {
     fn remove(&self, id: &WorkloadId, _: &WorkloadSpec) -> Result<(), WorkloadError> {
         let name = VolumeName::new(&id.node_name()).map_err(err)?;
         self.volumes.delete(&name).map_err(err)
+    }
+}
+
+/// `network` workloads: per network a namespace with a bridge, a WireGuard device
+/// and an nftables ruleset ([`cellos_network`]). They live in the kernel, not in
+/// cellosd: a crash of cellosd leaves them up, and the engine's first pass after a
+/// reboot builds them again from the recorded deployments.
+pub struct NetworkProvisioner {
+    pub networks: cellos_network::Networks,
+}
+
+impl Provisioner for NetworkProvisioner {
+    fn ensure(
+        &self,
+        id: &WorkloadId,
+        spec: &WorkloadSpec,
+    ) -> Result<BTreeMap<String, String>, WorkloadError> {
+        let WorkloadSpec::Network(n) = spec else {
+            return Err(WorkloadError(format!("{} is not a network", spec.kind())));
+        };
+        let names = self.networks.ensure(&id.node_name(), n).map_err(err)?;
+        // Never the private key: only what the owner needs to reach the network.
+        Ok(BTreeMap::from([
+            ("namespace".to_string(), names.netns),
+            ("bridge".to_string(), names.bridge),
+            ("wireguard".to_string(), names.wireguard),
+            ("subnet".to_string(), n.subnet.to_string()),
+            ("gateway".to_string(), n.gateway().to_string()),
+            ("listen_port".to_string(), n.listen_port.to_string()),
+            (
+                "public_key".to_string(),
+                cellos_network::public_key(&n.private_key).to_string(),
+            ),
+        ]))
+    }
+
+    fn remove(&self, id: &WorkloadId, _: &WorkloadSpec) -> Result<(), WorkloadError> {
+        self.networks.remove(&id.node_name()).map_err(err)
     }
 }
 
@@ -355,6 +394,9 @@ pub async fn run<V: Volumes + 'static>(w: Wiring<V>) -> Result<std::convert::Inf
         Provisioners {
             volume: Arc::new(VolumeProvisioner { volumes: w.volumes }),
             shard: w.shards,
+            network: Arc::new(NetworkProvisioner {
+                networks: cellos_network::Networks::new(cellos_network::Linux::default()),
+            }),
         },
         w.node,
         w.key,

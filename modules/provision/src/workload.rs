@@ -3,7 +3,7 @@
 //! Each workload type is one [`Provisioner`]; `ensure` and `remove` must be idempotent
 //! (the engine repeats them after a crash and on every reconcile), and `remove` deletes
 //! the workload's data. Unit tests put fakes here; the node puts the storage module's
-//! volumes (and later containers, VMs, networks, shards).
+//! volumes, shards and networks (and later containers and VMs).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -45,6 +45,7 @@ pub trait Provisioner: Send + Sync {
 pub struct Provisioners {
     pub volume: Arc<dyn Provisioner>,
     pub shard: Arc<dyn Provisioner>,
+    pub network: Arc<dyn Provisioner>,
 }
 
 impl Provisioners {
@@ -52,6 +53,7 @@ impl Provisioners {
         match spec {
             WorkloadSpec::Volume { .. } => self.volume.clone(),
             WorkloadSpec::Shard { .. } => self.shard.clone(),
+            WorkloadSpec::Network(_) => self.network.clone(),
         }
     }
 
@@ -83,6 +85,7 @@ impl Provisioners {
 pub fn rank(spec: &WorkloadSpec) -> u8 {
     match spec {
         WorkloadSpec::Volume { .. } => 0,
+        WorkloadSpec::Network(_) => 1,
         WorkloadSpec::Shard { .. } => 2,
     }
 }
