@@ -27,6 +27,8 @@ pub mod key {
     pub const DEBUG: &str = "cellos.debug";
     /// `cellos.net=...`.
     pub const NET: &str = "cellos.net";
+    /// `cellos.net.peer=<iface>:<ip/prefix>`.
+    pub const NET_PEER: &str = "cellos.net.peer";
     /// `cellos.disks=keep|wipe`.
     pub const DISKS: &str = "cellos.disks";
     /// `cellos.selftest=<name>`.
@@ -77,6 +79,20 @@ pub struct StaticNet {
     pub dns: Option<Ipv4Addr>,
 }
 
+/// A second interface with a fixed address and no route
+/// (`cellos.net.peer=eth1:192.168.77.11/24`): the node's side of a segment it shares
+/// with other nodes, where tenant networks' WireGuard endpoints listen. It is never
+/// taken as the uplink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerNet {
+    /// Interface name, e.g. `eth1`.
+    pub iface: String,
+    /// The node's address on the segment.
+    pub addr: Ipv4Addr,
+    /// Prefix length, 0..=32.
+    pub prefix: u8,
+}
+
 /// How init brings up the uplink.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum NetConfig {
@@ -104,6 +120,8 @@ pub struct BootConfig {
     pub debug: bool,
     /// `cellos.net`, default DHCP.
     pub net: NetConfig,
+    /// `cellos.net.peer`: a second interface with a fixed address.
+    pub peer: Option<PeerNet>,
     /// `cellos.disks=keep|wipe`: what the node does with disks that hold foreign
     /// data (default keep: left alone).
     pub disks: Option<String>,
@@ -173,6 +191,7 @@ const MODE_EXPECTED: &str = "dev, test or prod";
 const DEBUG_EXPECTED: &str = "no value, 0 or 1";
 const DISKS_EXPECTED: &str = "keep or wipe";
 const SELFTEST_EXPECTED: &str = "a self-test name";
+const NET_PEER_EXPECTED: &str = "<iface>:<ip/prefix>, e.g. eth1:192.168.77.11/24";
 const NET_EXPECTED: &str = "dhcp, <iface> or static:<iface>,<ip/prefix>,<gw>[,<dns>]";
 
 /// Parse a kernel command line (the contents of `/proc/cmdline`).
@@ -230,6 +249,10 @@ pub fn parse(cmdline: &str) -> (BootConfig, Vec<CmdlineError>) {
             key::NET => match value.as_deref().and_then(parse_net) {
                 Some(net) => cfg.net = net,
                 None => errors.push(bad(NET_EXPECTED)),
+            },
+            key::NET_PEER => match value.as_deref().and_then(parse_peer) {
+                Some(peer) => cfg.peer = Some(peer),
+                None => errors.push(bad(NET_PEER_EXPECTED)),
             },
             key::DISKS => match value.as_deref() {
                 Some(v @ ("keep" | "wipe")) => cfg.disks = Some(v.to_string()),
@@ -306,6 +329,23 @@ fn valid_iface(name: &str) -> bool {
             .any(|c| c == '/' || c == ':' || c == ',' || c.is_whitespace())
 }
 
+/// `192.168.1.10/24`.
+fn parse_cidr(cidr: &str) -> Option<(Ipv4Addr, u8)> {
+    let (addr, prefix) = cidr.split_once('/')?;
+    let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 32)?;
+    Some((addr.parse().ok()?, prefix))
+}
+
+fn parse_peer(value: &str) -> Option<PeerNet> {
+    let (iface, cidr) = value.split_once(':')?;
+    let (addr, prefix) = parse_cidr(cidr)?;
+    valid_iface(iface).then(|| PeerNet {
+        iface: iface.to_string(),
+        addr,
+        prefix,
+    })
+}
+
 fn parse_net(value: &str) -> Option<NetConfig> {
     if value == "dhcp" {
         return Some(NetConfig::Dhcp);
@@ -320,15 +360,14 @@ fn parse_net(value: &str) -> Option<NetConfig> {
         if !valid_iface(iface) {
             return None;
         }
-        let (addr, prefix) = cidr.split_once('/')?;
-        let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 32)?;
+        let (addr, prefix) = parse_cidr(cidr)?;
         let dns = match dns {
             Some(d) => Some(d.parse().ok()?),
             None => None,
         };
         return Some(NetConfig::Static(StaticNet {
             iface: iface.to_string(),
-            addr: addr.parse().ok()?,
+            addr,
             prefix,
             gateway: gw.parse().ok()?,
             dns,
@@ -348,6 +387,36 @@ mod tests {
         assert_eq!(cfg.mode, Mode::Prod);
         assert_eq!(cfg.net, NetConfig::Dhcp);
         assert!(errs.is_empty());
+    }
+
+    #[test]
+    fn a_peer_interface_has_a_name_and_an_address() {
+        let (cfg, errs) = parse("cellos.net.peer=eth1:192.168.77.11/24");
+        assert!(errs.is_empty(), "{errs:?}");
+        assert_eq!(
+            cfg.peer,
+            Some(PeerNet {
+                iface: "eth1".into(),
+                addr: Ipv4Addr::new(192, 168, 77, 11),
+                prefix: 24,
+            })
+        );
+        assert_eq!(cfg.net, NetConfig::Dhcp, "the uplink is unchanged");
+        for bad in [
+            "eth1",
+            "eth1:192.168.77.11",
+            "eth1:192.168.77.11/33",
+            ":10.0.0.1/8",
+            "a/b:10.0.0.1/8",
+            "eth1:300.1.1.1/24",
+        ] {
+            let (cfg, errs) = parse(&format!("cellos.net.peer={bad}"));
+            assert_eq!(cfg.peer, None, "{bad}");
+            assert!(
+                matches!(&errs[..], [CmdlineError::BadValue { key, .. }] if key == key::NET_PEER),
+                "{bad}: {errs:?}"
+            );
+        }
     }
 
     #[test]

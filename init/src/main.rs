@@ -171,11 +171,12 @@ fn init_main() {
 
     let (tx, rx) = mpsc::channel();
     let net_cfg = cfg.net.clone();
+    let peer_cfg = cfg.peer.clone();
     let net_started = Instant::now();
     let spawned = std::thread::Builder::new()
         .name("net".into())
         .spawn(move || {
-            net::run(net_cfg, hostname, move |up| {
+            net::run(net_cfg, peer_cfg, hostname, move |up| {
                 let _ = tx.send(up);
             })
         });

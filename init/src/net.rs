@@ -13,7 +13,7 @@ use crate::backoff::{human, Backoff, BackoffPolicy};
 use crate::console::{chain, say};
 use crate::netlink::same_subnet;
 use crate::sys::{Netlink, UdpTransport};
-use cellos_boot::cmdline::{NetConfig, StaticNet};
+use cellos_boot::cmdline::{NetConfig, PeerNet, StaticNet};
 use cellos_dhcp::{self as dhcp, Lease};
 
 /// A network interface seen in sysfs.
@@ -87,11 +87,20 @@ pub fn hostname_for(mac: [u8; 6]) -> String {
     format!("cellos-{:02x}{:02x}{:02x}", mac[3], mac[4], mac[5])
 }
 
-/// The interface to configure: the named one, else the first with carrier, else the first.
-pub fn pick_uplink<'a>(ifaces: &'a [Iface], wanted: Option<&str>) -> Option<&'a Iface> {
+/// The interface to configure: the named one, else the first with carrier, else the
+/// first, never `peer` (the segment interface of `cellos.net.peer`).
+pub fn pick_uplink<'a>(
+    ifaces: &'a [Iface],
+    wanted: Option<&str>,
+    peer: Option<&str>,
+) -> Option<&'a Iface> {
+    let mut usable = ifaces.iter().filter(|i| Some(i.name.as_str()) != peer);
     match wanted {
-        Some(name) => ifaces.iter().find(|i| i.name == name),
-        None => ifaces.iter().find(|i| i.carrier).or_else(|| ifaces.first()),
+        Some(name) => usable.find(|i| i.name == name),
+        None => {
+            let first = usable.clone().next();
+            usable.find(|i| i.carrier).or(first)
+        }
     }
 }
 
@@ -132,7 +141,12 @@ fn apply(
 }
 
 /// Wait until one of the interfaces that should be used has carrier (up to `wait`).
-fn choose(wanted: Option<&str>, wait: Duration, nl: &mut Netlink) -> Option<Iface> {
+fn choose(
+    wanted: Option<&str>,
+    peer: Option<&str>,
+    wait: Duration,
+    nl: &mut Netlink,
+) -> Option<Iface> {
     let start = Instant::now();
     let mut raised = Vec::new();
     loop {
@@ -145,7 +159,7 @@ fn choose(wanted: Option<&str>, wait: Duration, nl: &mut Netlink) -> Option<Ifac
                 raised.push(i.index);
             }
         }
-        let picked = pick_uplink(&ifaces, wanted).cloned();
+        let picked = pick_uplink(&ifaces, wanted, peer).cloned();
         match picked {
             Some(i) if i.carrier || start.elapsed() >= wait => return Some(i),
             None if start.elapsed() >= wait => return None,
@@ -154,9 +168,26 @@ fn choose(wanted: Option<&str>, wait: Duration, nl: &mut Netlink) -> Option<Ifac
     }
 }
 
+/// Gives the `cellos.net.peer` interface its address (no route: only the segment is
+/// behind it), waiting a while for the interface to appear. Failing here costs the
+/// node its tenant networks' endpoint, not its uplink: say so and go on.
+fn peer_up(nl: &mut Netlink, p: &PeerNet) {
+    let result = choose(Some(&p.iface), None, Duration::from_secs(10), nl)
+        .ok_or_else(|| format!("no interface {}", p.iface))
+        .and_then(|i| apply(nl, i.index, p.addr, p.prefix, None).map_err(|e| e.to_string()));
+    match result {
+        Ok(()) => say(&format!(
+            "peer network on {} {}/{}",
+            p.iface, p.addr, p.prefix
+        )),
+        Err(e) => say(&format!("peer network on {}: {e}", p.iface)),
+    }
+}
+
 /// Bring up the uplink per `cfg`, retrying with backoff until it works, then call `up` once
-/// and (for DHCP) keep the lease renewed forever. Runs on its own thread.
-pub fn run(cfg: NetConfig, hostname: String, up: impl FnOnce(Uplink)) {
+/// and (for DHCP) keep the lease renewed forever. The `peer` interface is configured
+/// first and never taken as the uplink. Runs on its own thread.
+pub fn run(cfg: NetConfig, peer: Option<PeerNet>, hostname: String, up: impl FnOnce(Uplink)) {
     let mut retry = Backoff::new(BackoffPolicy::default());
     let mut nl = loop {
         match Netlink::open() {
@@ -174,17 +205,21 @@ pub fn run(cfg: NetConfig, hostname: String, up: impl FnOnce(Uplink)) {
     if let Err(e) = loopback_up(&mut nl) {
         say(&format!("cannot set lo up: {e}"));
     }
+    if let Some(p) = &peer {
+        peer_up(&mut nl, p);
+    }
+    let peer = peer.as_ref().map(|p| p.iface.as_str());
     match cfg {
         NetConfig::Static(s) => run_static(&mut nl, &s, up),
-        NetConfig::Dhcp => run_dhcp(&mut nl, None, &hostname, up),
-        NetConfig::DhcpOn(name) => run_dhcp(&mut nl, Some(&name), &hostname, up),
+        NetConfig::Dhcp => run_dhcp(&mut nl, None, peer, &hostname, up),
+        NetConfig::DhcpOn(name) => run_dhcp(&mut nl, Some(&name), peer, &hostname, up),
     }
 }
 
 fn run_static(nl: &mut Netlink, s: &StaticNet, up: impl FnOnce(Uplink)) {
     let mut retry = Backoff::new(BackoffPolicy::default());
     loop {
-        let result = choose(Some(&s.iface), Duration::from_secs(5), nl)
+        let result = choose(Some(&s.iface), None, Duration::from_secs(5), nl)
             .ok_or_else(|| format!("no interface {}", s.iface))
             .and_then(|i| {
                 apply(nl, i.index, s.addr, s.prefix, Some(s.gateway)).map_err(|e| e.to_string())
@@ -220,11 +255,17 @@ fn xid_seed(mac: [u8; 6]) -> u32 {
     (crate::sys::boottime_ms() as u32).wrapping_mul(2_654_435_761) ^ m ^ (crate::sys::pid() as u32)
 }
 
-fn run_dhcp(nl: &mut Netlink, wanted: Option<&str>, hostname: &str, up: impl FnOnce(Uplink)) {
+fn run_dhcp(
+    nl: &mut Netlink,
+    wanted: Option<&str>,
+    peer: Option<&str>,
+    hostname: &str,
+    up: impl FnOnce(Uplink),
+) {
     let mut retry = Backoff::new(BackoffPolicy::default());
     let mut up = Some(up);
     loop {
-        let Some(iface) = choose(wanted, Duration::from_secs(5), nl) else {
+        let Some(iface) = choose(wanted, peer, Duration::from_secs(5), nl) else {
             let d = retry.on_exit(Duration::ZERO);
             let what = wanted.map_or("no ethernet interface".to_string(), |w| {
                 format!("no interface {w}")
@@ -383,14 +424,20 @@ mod tests {
         assert_eq!(names, vec!["eth0", "eth1"]);
         assert_eq!(ifaces[0].mac, [0x52, 0x54, 0, 0x12, 0x34, 0x56]);
         assert_eq!(
-            pick_uplink(&ifaces, None).map(|i| i.name.as_str()),
+            pick_uplink(&ifaces, None, None).map(|i| i.name.as_str()),
             Some("eth1")
         );
         assert_eq!(
-            pick_uplink(&ifaces, Some("eth0")).map(|i| i.name.as_str()),
+            pick_uplink(&ifaces, Some("eth0"), None).map(|i| i.name.as_str()),
             Some("eth0")
         );
-        assert_eq!(pick_uplink(&ifaces, Some("eth9")), None);
+        assert_eq!(pick_uplink(&ifaces, Some("eth9"), None), None);
+        // The peer segment's interface is never the uplink, carrier or not.
+        assert_eq!(
+            pick_uplink(&ifaces, None, Some("eth1")).map(|i| i.name.as_str()),
+            Some("eth0")
+        );
+        assert_eq!(pick_uplink(&ifaces, Some("eth1"), Some("eth1")), None);
         let no_carrier: Vec<Iface> = ifaces
             .iter()
             .cloned()
@@ -400,7 +447,7 @@ mod tests {
             })
             .collect();
         assert_eq!(
-            pick_uplink(&no_carrier, None).map(|i| i.name.as_str()),
+            pick_uplink(&no_carrier, None, None).map(|i| i.name.as_str()),
             Some("eth0")
         );
         assert_eq!(hostname_for(ifaces[0].mac), "cellos-123456");
