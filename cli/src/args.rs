@@ -84,6 +84,9 @@ pub enum Cmd {
     /// Deployments: hash, show, update, cancel.
     #[command(subcommand)]
     Deployment(DeploymentCmd),
+    /// Tenant networks: WireGuard overlays across nodes.
+    #[command(subcommand)]
+    Network(NetworkCmd),
     /// Build node images.
     #[command(subcommand)]
     Image(ImageCmd),
@@ -137,6 +140,37 @@ pub enum DeploymentCmd {
     /// Cancel: the node removes the workloads and their data; the rest of the escrow
     /// comes back.
     Cancel { contract: u64 },
+}
+
+#[derive(Subcommand)]
+pub enum NetworkCmd {
+    /// Write one deployment file per node for a network across --nodes: a /24 of
+    /// --range, a WireGuard key pair and the full peer mesh each (endpoints from the
+    /// nodes' ledger records). Then `cellos deploy FILE --node N` for each.
+    Plan {
+        /// The nodes, e.g. 3,5,8 (node N gets the Nth /24 of the range).
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<u32>,
+        /// The network's IPv4 /16.
+        #[arg(long)]
+        range: cellos_ledger::network::Ipv4Net,
+        /// The network's name (the workload's name; containers and VMs attach by it).
+        #[arg(long, default_value = "net")]
+        name: String,
+        /// The UDP port WireGuard listens on, on every node.
+        #[arg(long, default_value_t = 51820)]
+        port: u16,
+        /// Take each node's endpoint from this interface's address (default: the
+        /// first IPv4 address the node lists).
+        #[arg(long)]
+        interface: Option<String>,
+        /// Where the files go (one per node, mode 0600: they hold private keys).
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// Replace files of an earlier plan (every node gets new keys).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]

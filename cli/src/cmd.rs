@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 
-use crate::args::{BenchCmd, Cli, Cmd, ImageCmd, QemuCmd};
+use crate::args::{BenchCmd, Cli, Cmd, ImageCmd, NetworkCmd, QemuCmd};
 use crate::{ledger, qemu, signal, tx};
 
 pub async fn run(cli: Cli) -> Result<()> {
@@ -22,6 +22,26 @@ pub async fn run(cli: Cli) -> Result<()> {
             timeout,
         } => tx::deploy(&g, &file, node, deposit, timeout).await,
         Cmd::Deployment(d) => tx::deployment(&g, d).await,
+        Cmd::Network(NetworkCmd::Plan {
+            nodes,
+            range,
+            name,
+            port,
+            interface,
+            out,
+            force,
+        }) => {
+            let req = crate::network::PlanRequest {
+                name,
+                nodes,
+                range,
+                port,
+                interface,
+                out,
+                force,
+            };
+            crate::network::run_plan(&g, req).await
+        }
         Cmd::Image(ImageCmd::Build {
             farm,
             ledger,

@@ -12,6 +12,7 @@ mod cmd;
 mod demo;
 mod deploy;
 mod ledger;
+mod network;
 mod output;
 mod qemu;
 mod signal;
