@@ -1,23 +1,14 @@
 //! A namespace: append-only data files plus an in-memory index rebuilt from them.
 //!
-//! Layout: `<root>/<name>/namespace.json` (settings) and `data-NNNNNNNN.log` files
-//! of [`record`]s. Only the last data file is written; it is closed (fsynced) and a
-//! new one started when it would grow past the size limit. A crash can only leave
-//! a torn tail on the last file, which [`Namespace::open`] cuts off and reports.
-//! Anything else that fails its checks (bit rot) is damage: it is reported, kept
-//! on disk, skipped by resynchronising on the next valid record, and the key it
-//! held (when its header names one) answers GET and CHECK with an error instead
-//! of an older value. Closed files are compacted in the background (see
-//! [`compact`]): live records are copied to a new file that replaces the old one
-//! by rename. README.md has the crash analysis.
-//!
-//! Durability: a write is acknowledged only once `fdatasync` covers it. Writers
-//! append under a short lock, then wait in [`Namespace::make_durable`]: the first
-//! waiter becomes the leader and syncs everything appended so far, the others wait
-//! for it (group commit), so many concurrent clients share one fsync. Readers may
-//! see a value before its writer's acknowledgement (as in Redis and 0-db); a value
-//! is never lost once acknowledged. An fsync error poisons the namespace: after
-//! one, the kernel may have dropped the dirty pages, so no later write is trusted.
+//! Layout: `<root>/<name>/namespace.json` ([`settings`]) and `data-NNNNNNNN.log`
+//! files of [`record`]s. Only the last data file is written; it is closed
+//! (fsynced) and a new one started when it would grow past the size limit.
+//! [`recovery`] rebuilds the index on open, cuts a torn tail and keeps any other
+//! damage; [`durable`] acknowledges a write only once an fsync covers it (group
+//! commit); [`compact`] copies the live records of closed files to new files
+//! that replace the old ones by rename. Readers may see a value before its
+//! writer's acknowledgement (as in Redis and 0-db); a value is never lost once
+//! acknowledged. README.md has the crash analysis.
 //!
 //! Modes: `user` keeps a `BTreeMap` from key to location. `seq` assigns each value
 //! a key that *is* its original location (`file << 40 | offset`, 8 bytes
@@ -25,6 +16,9 @@
 //! compacted file, where each moved record went.
 
 mod compact;
+mod durable;
+mod recovery;
+mod settings;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
@@ -32,72 +26,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use serde::{Deserialize, Serialize};
-use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 
 pub use self::compact::{CompactPolicy, CompactReport};
+pub use self::recovery::{Damage, Truncation};
+use self::settings::{password_hash, write_settings, Settings};
+pub use self::settings::{Mode, NamespaceOptions};
 use crate::error_chain;
 use crate::record::{self, Item, Kind, HEADER};
 use crate::sys::{self, IoError};
-
-/// How keys are chosen in a namespace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Keys are the caller's.
-    User,
-    /// Keys are assigned by the server and encode the value's location.
-    Seq,
-}
-
-impl std::str::FromStr for Mode {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Mode, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "user" => Ok(Mode::User),
-            "seq" => Ok(Mode::Seq),
-            _ => Err(format!("unknown mode {s:?} (user or seq)")),
-        }
-    }
-}
-
-impl std::fmt::Display for Mode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Mode::User => "user",
-            Mode::Seq => "seq",
-        })
-    }
-}
-
-/// What a namespace is created with (and NSSET changes).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NamespaceOptions {
-    pub mode: Option<Mode>,
-    /// Quota on live keys + values, in bytes; 0 = unlimited.
-    pub max_size: u64,
-    /// Clients must SELECT with this password (unless `public`, for reads).
-    pub password: Option<String>,
-    /// Reads are allowed without the password.
-    pub public: bool,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Settings {
-    mode: Mode,
-    max_size: u64,
-    /// BLAKE3 of the password, hex; the password itself is never stored.
-    password_hash: Option<String>,
-    public: bool,
-}
-
-fn password_hash(pw: &str) -> String {
-    blake3::derive_key("cellos-shard namespace password v1", pw.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum NsError {
@@ -144,29 +81,6 @@ pub enum NsError {
 }
 
 type Result<T> = std::result::Result<T, NsError>;
-
-/// A torn or garbage tail cut off a data file on open.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Truncation {
-    pub path: PathBuf,
-    /// Bytes of valid records kept.
-    pub kept: u64,
-    /// Bytes cut off.
-    pub cut: u64,
-    pub reason: &'static str,
-}
-
-/// A damaged stretch of a data file found on open (or by compaction): kept on
-/// disk, skipped, reported. Every valid record after it is kept.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Damage {
-    pub path: PathBuf,
-    pub start: u64,
-    pub end: u64,
-    pub reason: &'static str,
-    /// The key of the damaged record, when its header was intact (unverified).
-    pub key: Option<Vec<u8>>,
-}
 
 /// What NSINFO shows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -349,14 +263,6 @@ fn data_name(id: usize) -> String {
     format!("data-{id:08}.log")
 }
 
-/// Data file id of a `data-NNNNNNNN.log` name.
-fn data_id(name: &str) -> Option<usize> {
-    let digits = name.strip_prefix("data-")?.strip_suffix(".log")?;
-    (digits.len() == 8 && digits.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| digits.parse().ok())
-        .flatten()
-}
-
 impl Namespace {
     /// Creates a new namespace directory under `root`.
     pub fn create(root: &Path, name: &str, opts: &NamespaceOptions, max_file: u64) -> Result<Self> {
@@ -385,133 +291,6 @@ impl Namespace {
         ))
     }
 
-    /// Opens an existing namespace: rebuilds the index from the data files,
-    /// cuts a torn tail off the last file (returning what was cut), and keeps
-    /// and reports (see [`Namespace::damage`]) any other damage.
-    pub fn open(root: &Path, name: &str, max_file: u64) -> Result<(Self, Vec<Truncation>)> {
-        let dir = root.join(name);
-        let spath = dir.join("namespace.json");
-        let settings: Settings =
-            serde_json::from_slice(&sys::read_file(&spath)?).map_err(|e| NsError::Settings {
-                ns: name.into(),
-                path: spath.clone(),
-                error: e.to_string(),
-            })?;
-        let entries = sys::list_dir(&dir)?;
-        compact::remove_leftovers(name, &dir, &entries)?;
-        let mut names: Vec<&String> = entries.iter().filter(|n| data_id(n).is_some()).collect();
-        let first = data_name(0);
-        if names.is_empty() {
-            names.push(&first);
-        }
-        let seq = settings.mode == Mode::Seq;
-        let mut st = State::new(settings, Vec::new(), max_file);
-        let mut cuts = Vec::new();
-        let last = names.len() - 1;
-        for (id, fname) in names.into_iter().enumerate() {
-            if data_id(fname) != Some(id) {
-                return Err(NsError::Settings {
-                    ns: name.into(),
-                    path: dir.join(fname),
-                    error: format!(
-                        "data files are not numbered 0..: expected {}",
-                        data_name(id)
-                    ),
-                });
-            }
-            let path = dir.join(fname);
-            let file = Arc::new(sys::open_rw(&path)?);
-            st.files.push(DataFile::new(path.clone(), file.clone(), 0));
-            let fid = id as u32;
-            // Seq mode: damaged stretches take the key offsets between their
-            // valid neighbours; `lo` is just past the last valid record's key.
-            let (mut lo, mut open_from) = (0u64, 0usize);
-            let mut fault = None;
-            let end = record::scan(&file, &path, |item| match item {
-                Item::Record {
-                    offset,
-                    kind,
-                    key,
-                    value,
-                } => {
-                    let present = match (seq, kind) {
-                        (true, Kind::Del) => st
-                            .seq_find(key)
-                            .unwrap_or_else(|e| {
-                                fault.get_or_insert(e);
-                                None
-                            })
-                            .is_some(),
-                        _ => true,
-                    };
-                    st.replay(fid, offset, kind, key, value, present);
-                    st.files[id].len = offset + (HEADER + key.len() + value.len()) as u64;
-                    if let (true, Kind::Set, Some((kf, orig))) = (seq, kind, seq_loc(key)) {
-                        let f = &mut st.files[id];
-                        if kf == fid {
-                            if orig != offset || !f.moved.is_empty() {
-                                f.moved.push((orig, offset));
-                            }
-                            for b in &mut f.bad[open_from..] {
-                                b.keys.1 = orig;
-                            }
-                            open_from = f.bad.len();
-                            lo = orig + 1;
-                        }
-                    }
-                }
-                Item::Bad(b) => {
-                    st.replay_bad(fid, b, lo);
-                    st.files[id].len = b.end;
-                }
-            })?;
-            if let Some(e) = fault {
-                return Err(e.into());
-            }
-            let mut len = end.file_len;
-            if let Some(tail) = end.tail {
-                if id == last {
-                    sys::truncate(&file, &path, tail.start)?;
-                    len = tail.start;
-                    let cut = Truncation {
-                        path: path.clone(),
-                        kept: tail.start,
-                        cut: tail.end - tail.start,
-                        reason: tail.reason,
-                    };
-                    tracing::warn!(
-                        "namespace {name}: {}: {} at offset {} with nothing valid after it: a torn tail, cut {} bytes",
-                        path.display(),
-                        cut.reason,
-                        cut.kept,
-                        cut.cut
-                    );
-                    cuts.push(cut);
-                } else {
-                    st.replay_bad(fid, &tail, lo);
-                }
-            }
-            let f = &mut st.files[id];
-            f.len = len;
-            for b in &f.bad {
-                tracing::warn!(
-                    "namespace {name}: {}: damaged bytes {}..{} ({}{}): skipped and kept, every record after them is kept",
-                    path.display(),
-                    b.start,
-                    b.end,
-                    b.reason,
-                    b.key
-                        .as_ref()
-                        .map(|k| format!(", key {:?}", String::from_utf8_lossy(k)))
-                        .unwrap_or_default()
-                );
-            }
-        }
-        let ns = Self::from_state(name, dir, max_file, st);
-        ns.compact_if_due(&mut ns.lock());
-        Ok((ns, cuts))
-    }
-
     fn from_state(name: &str, dir: PathBuf, max_file: u64, state: State) -> Self {
         Namespace {
             name: name.to_owned(),
@@ -521,23 +300,6 @@ impl Namespace {
             synced: Notify::new(),
             compaction: Arc::default(),
         }
-    }
-
-    /// Damaged stretches in the data files: where, why, and the key when known.
-    pub fn damage(&self) -> Vec<Damage> {
-        let st = self.lock();
-        st.files
-            .iter()
-            .flat_map(|f| {
-                f.bad.iter().map(|b| Damage {
-                    path: f.path.clone(),
-                    start: b.start,
-                    end: b.end,
-                    reason: b.reason,
-                    key: b.key.as_ref().map(|k| k.to_vec()),
-                })
-            })
-            .collect()
     }
 
     pub fn name(&self) -> &str {
@@ -552,40 +314,8 @@ impl Namespace {
     }
 
     fn writable<'a>(&self, st: &'a mut MutexGuard<'_, State>) -> Result<&'a mut State> {
-        if st.deleted {
-            return Err(NsError::Deleted {
-                ns: self.name.clone(),
-            });
-        }
-        if let Some(reason) = &st.failed {
-            return Err(NsError::Failed {
-                ns: self.name.clone(),
-                reason: reason.clone(),
-            });
-        }
+        st.usable(&self.name)?;
         Ok(&mut **st)
-    }
-
-    pub fn mode(&self) -> Mode {
-        self.lock().settings.mode
-    }
-
-    /// True when `password` opens the namespace (or it has none).
-    pub fn password_ok(&self, password: Option<&str>) -> bool {
-        match (&self.lock().settings.password_hash, password) {
-            (None, _) => true,
-            // Constant time: how much of a guess's hash matches must not show.
-            (Some(h), Some(p)) => bool::from(h.as_bytes().ct_eq(password_hash(p).as_bytes())),
-            (Some(_), None) => false,
-        }
-    }
-
-    pub fn has_password(&self) -> bool {
-        self.lock().settings.password_hash.is_some()
-    }
-
-    pub fn is_public(&self) -> bool {
-        self.lock().settings.public
     }
 
     /// Stores `value`; in user mode under `key`, in seq mode under a new key
@@ -925,53 +655,6 @@ impl Namespace {
         }
     }
 
-    /// Changes one setting (NSSET): `maxsize`, `password` (`*` or empty clears
-    /// it), `public` (0/1) or `mode` (only while empty). Durable on return.
-    pub fn set_property(&self, prop: &str, value: &str) -> Result<()> {
-        let mut guard = self.lock();
-        let st = self.writable(&mut guard)?;
-        let mut s = st.settings.clone();
-        let bad = |e: String| NsError::Settings {
-            ns: self.name.clone(),
-            path: self.dir.join("namespace.json"),
-            error: e,
-        };
-        match prop.to_ascii_lowercase().as_str() {
-            "maxsize" => {
-                s.max_size = value
-                    .parse()
-                    .map_err(|_| bad(format!("maxsize {value:?} is not a number of bytes")))?
-            }
-            "password" => {
-                s.password_hash = match value {
-                    "" | "*" => None,
-                    p => Some(password_hash(p)),
-                }
-            }
-            "public" => s.public = matches!(value, "1" | "true" | "yes"),
-            "mode" => {
-                let m: Mode = value.parse().map_err(bad)?;
-                if m != s.mode {
-                    if st.files.iter().any(|f| f.len > 0) {
-                        return Err(NsError::ModeLocked {
-                            ns: self.name.clone(),
-                        });
-                    }
-                    s.mode = m;
-                    st.index = Index::empty(m);
-                }
-            }
-            other => {
-                return Err(bad(format!(
-                    "unknown property {other:?} (maxsize, password, public, mode)"
-                )))
-            }
-        }
-        write_settings(&self.dir, &self.name, &s)?;
-        st.settings = s;
-        Ok(())
-    }
-
     /// Marks the namespace deleted and removes its directory.
     pub fn delete(&self) -> Result<()> {
         self.lock().deleted = true;
@@ -1006,55 +689,6 @@ impl Namespace {
         self.compact_if_due(st);
         Ok(())
     }
-
-    fn poison(&self, st: &mut State, e: IoError) -> NsError {
-        st.failed = Some(error_chain(&e));
-        NsError::Io(e)
-    }
-
-    /// Waits until every byte up to `upto` (on the `appended` clock) is on disk.
-    pub async fn make_durable(&self, upto: u64) -> Result<()> {
-        loop {
-            // Registered before the state is read, so the leader's notify cannot be
-            // missed between reading `syncing` and waiting.
-            let notified = self.synced.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let lead = {
-                let mut st = self.lock();
-                if let Some(reason) = &st.failed {
-                    return Err(NsError::Failed {
-                        ns: self.name.clone(),
-                        reason: reason.clone(),
-                    });
-                }
-                if st.synced >= upto {
-                    return Ok(());
-                }
-                if st.syncing {
-                    None
-                } else {
-                    st.syncing = true;
-                    let f = st.last();
-                    Some((st.appended, f.file.clone(), f.path.clone()))
-                }
-            };
-            let Some((target, file, path)) = lead else {
-                notified.await;
-                continue;
-            };
-            // Clears `syncing` and wakes the waiters even if this future is dropped
-            // mid-fsync, so one cancelled writer cannot stall the namespace.
-            let _leader = Leader(self);
-            let res = tokio::task::spawn_blocking(move || sys::sync_data(&file, &path)).await;
-            let mut st = self.lock();
-            match res {
-                Ok(Ok(())) => st.synced = st.synced.max(target),
-                Ok(Err(e)) => st.failed = Some(error_chain(&e)),
-                Err(join) => st.failed = Some(format!("fsync task: {join}")),
-            }
-        }
-    }
 }
 
 impl Drop for Namespace {
@@ -1062,15 +696,6 @@ impl Drop for Namespace {
     /// nothing writes into the directory once the namespace is gone.
     fn drop(&mut self) {
         self.compaction.stop_and_join();
-    }
-}
-
-struct Leader<'a>(&'a Namespace);
-
-impl Drop for Leader<'_> {
-    fn drop(&mut self) {
-        self.0.lock().syncing = false;
-        self.0.synced.notify_waiters();
     }
 }
 
@@ -1215,43 +840,6 @@ impl State {
         self.live_bytes += loc.live_bytes();
     }
 
-    /// Applies a damaged stretch found on open: it is kept (counted live) and
-    /// reported; a key its header names now answers with the damage, not with
-    /// whatever older record it had. `lo`: in seq mode, the first key offset it
-    /// may have held (the end of the range is set by the next valid record).
-    fn replay_bad(&mut self, file: u32, bad: &record::Bad, lo: u64) {
-        add_live(&mut self.files, file, bad.end - bad.start);
-        match (&self.index, &bad.record) {
-            (Index::User(_), Some((h, key))) => {
-                let loc = Loc {
-                    file,
-                    offset: bad.start,
-                    key_len: h.key_len,
-                    val_len: h.val_len,
-                    bad: true,
-                };
-                self.set_loc_user(key, loc);
-            }
-            (Index::Seq(_), Some((h, _))) if h.kind == Kind::Set && h.key_len == 8 => {
-                self.entries += 1;
-                self.live_bytes += 8 + u64::from(h.val_len);
-            }
-            _ => {}
-        }
-        if let Some(f) = self.files.get_mut(file as usize) {
-            f.bad.push(Stretch {
-                start: bad.start,
-                end: bad.end,
-                reason: bad.reason,
-                key: bad
-                    .record
-                    .as_ref()
-                    .map(|(_, k)| k.clone().into_boxed_slice()),
-                keys: (lo, u64::MAX),
-            });
-        }
-    }
-
     /// Bytes of dead records in closed files, and the closed files' size.
     fn dead_closed(&self) -> (u64, u64) {
         let closed = &self.files[..self.files.len() - 1];
@@ -1276,16 +864,6 @@ fn unref(files: &mut [DataFile], old: &Loc) {
     if let Some(f) = files.get_mut(old.file as usize) {
         f.live = f.live.saturating_sub(old.total());
     }
-}
-
-fn write_settings(dir: &Path, name: &str, s: &Settings) -> Result<()> {
-    let path = dir.join("namespace.json");
-    let data = serde_json::to_vec_pretty(s).map_err(|e| NsError::Settings {
-        ns: name.into(),
-        path: path.clone(),
-        error: e.to_string(),
-    })?;
-    Ok(sys::write_atomic(&path, &data)?)
 }
 
 #[cfg(test)]

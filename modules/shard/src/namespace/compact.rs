@@ -351,17 +351,7 @@ impl Job {
         let _pass = self.control.pass.lock().unwrap_or_else(|e| e.into_inner());
         let (closed, disk_before) = {
             let st = self.lock();
-            if st.deleted {
-                return Err(NsError::Deleted {
-                    ns: self.name.clone(),
-                });
-            }
-            if let Some(reason) = &st.failed {
-                return Err(NsError::Failed {
-                    ns: self.name.clone(),
-                    reason: reason.clone(),
-                });
-            }
+            st.usable(&self.name)?;
             (st.files.len() - 1, st.files.iter().map(|f| f.len).sum())
         };
         let mut report = CompactReport {
@@ -569,33 +559,14 @@ impl Job {
     /// Makes every byte appended up to `upto` durable (what a group-commit leader
     /// does, without waiting for one).
     fn sync_upto(&self, upto: u64) -> Result<()> {
-        let (file, path, target) = {
-            let st = self.lock();
-            if let Some(reason) = &st.failed {
-                return Err(NsError::Failed {
-                    ns: self.name.clone(),
-                    reason: reason.clone(),
-                });
-            }
-            if st.synced >= upto {
-                return Ok(());
-            }
-            let f = st.last();
-            (f.file.clone(), f.path.clone(), st.appended)
+        let Some((target, file, path)) = self.lock().sync_target(&self.name, upto)? else {
+            return Ok(());
         };
         // Earlier files were fsynced when they were closed.
         let res = sys::sync_data(&file, &path);
-        let mut st = self.lock();
-        match res {
-            Ok(()) => {
-                st.synced = st.synced.max(target);
-                Ok(())
-            }
-            Err(e) => {
-                st.failed = Some(error_chain(&e));
-                Err(e.into())
-            }
-        }
+        self.lock()
+            .record_sync(target, res.as_ref().map_err(|e| error_chain(e)).copied());
+        Ok(res?)
     }
 
     /// Damage found by a pass and not on open: the file is left as it is (its
