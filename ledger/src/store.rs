@@ -247,10 +247,27 @@ mod redb_store {
         }
 
         fn open_checked(path: &Path, accept: bool) -> Result<(Self, Option<Rollback>), StoreError> {
-            let db = Database::create(path).map_err(|e| StoreError::Open {
-                path: path.display().to_string(),
-                source: Box::new(e),
-            })?;
+            // redb asserts on some damage (a file cut shorter than its header says)
+            // instead of returning an error: a damaged file is input, so its panic
+            // becomes the error it should have been.
+            let created = std::panic::catch_unwind(|| Database::create(path));
+            let db = match created {
+                Ok(db) => db.map_err(|e| StoreError::Open {
+                    path: path.display().to_string(),
+                    source: Box::new(e),
+                })?,
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    return Err(StoreError::Open {
+                        path: path.display().to_string(),
+                        source: format!("the file is damaged or truncated (redb: {what})").into(),
+                    });
+                }
+            };
             // Make sure every table exists so readers never see "table not found".
             let mut w = db.begin_write().map_err(io)?;
             w.set_durability(Durability::Immediate);

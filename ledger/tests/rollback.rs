@@ -188,3 +188,28 @@ fn a_torn_head_record_falls_back_to_its_other_slot() {
     let e = RedbStore::open(&db).err().expect("refused");
     assert!(matches!(e, StoreError::HeadRecord { .. }), "{e}");
 }
+
+/// A store cut short (a truncated copy, a full disk) is an error naming the file, not
+/// a panic: redb asserts on it, and the store turns that into `StoreError::Open`.
+#[test]
+fn a_truncated_store_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = keys::generate();
+    let mut user = Signer::new(keys::generate(), CHAIN);
+    grow(dir.path(), &key, &mut user, 3);
+    let db = dir.path().join("ledger.redb");
+    let len = std::fs::metadata(&db).expect("stat").len();
+    for cut in [100, len / 2] {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&db)
+            .expect("open");
+        file.set_len(cut).expect("truncate");
+        drop(file);
+        match RedbStore::open(&db) {
+            Err(StoreError::Open { path, .. }) => assert!(path.ends_with("ledger.redb")),
+            Err(e) => panic!("cut at {cut}: another error: {e}"),
+            Ok(_) => panic!("cut at {cut}: a truncated store opened"),
+        }
+    }
+}
