@@ -101,6 +101,13 @@ impl Provisioner for NetworkProvisioner {
     fn remove(&self, id: &WorkloadId, _: &WorkloadSpec) -> Result<(), WorkloadError> {
         self.networks.remove(&id.node_name()).map_err(err)
     }
+
+    /// The WireGuard device's bytes to and from all peers: what crosses the node's
+    /// uplink for this network.
+    fn traffic(&self, id: &WorkloadId, _: &WorkloadSpec) -> Option<u64> {
+        let s = self.networks.status(&id.node_name()).ok()?;
+        Some(s.rx_bytes.saturating_add(s.tx_bytes))
+    }
 }
 
 /// Where the node's shard server listens.

@@ -62,6 +62,11 @@ pub struct Engine<L: Ledger> {
     notify: Notify,
     /// Ledger time this engine started: time before it (the node was off) is never billed.
     started_at: Option<u64>,
+    /// Per contract, its workloads' traffic counters (summed) at the last usage
+    /// report the ledger took. Kept in memory: a contract this engine did not
+    /// deploy is first measured at its first report, so a restart of cellosd (the
+    /// networks and their counters keep running) never bills traffic twice.
+    traffic_billed: BTreeMap<ContractId, u64>,
     /// Whether the first pass (which ensures everything again) is done.
     resumed: bool,
 }
@@ -94,6 +99,7 @@ impl<L: Ledger> Engine<L> {
             config,
             notify,
             started_at: None,
+            traffic_billed: BTreeMap::new(),
             resumed: false,
         }
     }
@@ -296,16 +302,20 @@ impl<L: Ledger> Engine<L> {
             d.workloads.iter().map(|w| (w.name.as_str(), w)).collect();
         let mut rec = match old {
             Some(r) => r,
-            None => Record {
-                contract: c.id,
-                deployment_hash: d.hash(),
-                deployment: d.clone(),
-                phases: BTreeMap::new(),
-                results: Vec::new(),
-                accepted: false,
-                rejected: None,
-                billed_until: c.billed_until.max(started_at),
-            },
+            None => {
+                // Deployed by this engine: its traffic counters start at zero.
+                self.traffic_billed.insert(c.id, 0);
+                Record {
+                    contract: c.id,
+                    deployment_hash: d.hash(),
+                    deployment: d.clone(),
+                    phases: BTreeMap::new(),
+                    results: Vec::new(),
+                    accepted: false,
+                    rejected: None,
+                    billed_until: c.billed_until.max(started_at),
+                }
+            }
         };
         // Workloads of the old deployment that the new one drops or changes in type.
         let gone: Vec<Workload> = rec
@@ -478,6 +488,7 @@ impl<L: Ledger> Engine<L> {
             }
         }
         self.store.delete(id)?;
+        self.traffic_billed.remove(&id);
         if rec.rejected.is_none() {
             self.say(&format!(
                 "cellos: contract {id} closed: removed {} workloads and their data",
@@ -487,8 +498,24 @@ impl<L: Ledger> Engine<L> {
         Ok(())
     }
 
+    /// The traffic counters of a contract's workloads, summed.
+    async fn traffic(&self, rec: &Record) -> u64 {
+        let mut total = 0u64;
+        for w in &rec.deployment.workloads {
+            let id = WorkloadId {
+                contract: rec.contract,
+                name: w.name.clone(),
+            };
+            if let Some(bytes) = self.provisioners.traffic(&id, &w.spec).await {
+                total = total.saturating_add(bytes);
+            }
+        }
+        total
+    }
+
     /// Reports usage of every active contract since it was last settled, but never
-    /// for time before this engine started (the node was off then).
+    /// for time before this engine started (the node was off then), with the
+    /// network traffic of its workloads since the last report as `nu_bytes`.
     pub async fn report_usage(&mut self) -> Result<(), EngineError> {
         let now = self.ledger.now().await?;
         let started_at = self.started_at.unwrap_or(now);
@@ -503,18 +530,24 @@ impl<L: Ledger> Engine<L> {
             if now <= start {
                 continue;
             }
+            let traffic = self.traffic(&rec).await;
+            let billed = *self.traffic_billed.entry(c.id).or_insert(traffic);
+            // Counters start again at zero when a network is made again (a reboot):
+            // then all of the new count is new traffic.
+            let nu_bytes = traffic.checked_sub(billed).unwrap_or(traffic);
             match self
                 .ledger
                 .submit(TxBody::ReportUsage {
                     contract: c.id,
                     window_start: start,
                     window_end: now,
-                    nu_bytes: 0,
+                    nu_bytes,
                 })
                 .await
             {
                 Ok(()) => {
                     rec.billed_until = now;
+                    self.traffic_billed.insert(c.id, traffic);
                     self.store.put(&rec)?;
                     self.say(&format!(
                         "cellos: contract {}: usage reported for {} s",

@@ -39,6 +39,13 @@ pub trait Provisioner: Send + Sync {
     ) -> Result<BTreeMap<String, String>, WorkloadError>;
     /// Removes the workload and its data; succeeds if it is already gone.
     fn remove(&self, id: &WorkloadId, spec: &WorkloadSpec) -> Result<(), WorkloadError>;
+    /// Bytes the workload has moved over the network in all (received plus sent),
+    /// which the usage report bills as `nu_bytes`: a counter that only grows until
+    /// the workload is made again (after a reboot it starts at zero). `None` for
+    /// workloads that carry no traffic of their own, or whose counter cannot be read.
+    fn traffic(&self, _id: &WorkloadId, _spec: &WorkloadSpec) -> Option<u64> {
+        None
+    }
 }
 
 /// One provisioner per workload type.
@@ -69,6 +76,14 @@ impl Provisioners {
         tokio::task::spawn_blocking(move || p.ensure(&id, &spec))
             .await
             .unwrap_or_else(|e| Err(WorkloadError(format!("the provisioner failed: {e}"))))
+    }
+
+    /// [`Provisioner::traffic`] on a blocking thread, like [`Provisioners::ensure`].
+    pub async fn traffic(&self, id: &WorkloadId, spec: &WorkloadSpec) -> Option<u64> {
+        let (p, id, spec) = (self.for_spec(spec), id.clone(), spec.clone());
+        tokio::task::spawn_blocking(move || p.traffic(&id, &spec))
+            .await
+            .unwrap_or(None)
     }
 
     /// [`Provisioner::remove`] on a blocking thread, like [`Provisioners::ensure`].

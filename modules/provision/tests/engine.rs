@@ -27,6 +27,8 @@ struct FakeVolumes {
     /// When set, `ensure` blocks its thread this long (like `btrfs` on a busy disk)
     /// and records when it ran.
     slow: Arc<Mutex<Option<Slow>>>,
+    /// What network workloads report as their traffic counter.
+    traffic: Arc<Mutex<Option<u64>>>,
 }
 
 /// How long a slow `ensure` blocks, and when each one started and ended.
@@ -42,6 +44,13 @@ impl FakeVolumes {
 }
 
 impl Provisioner for FakeVolumes {
+    fn traffic(&self, _: &WorkloadId, spec: &WorkloadSpec) -> Option<u64> {
+        match spec {
+            WorkloadSpec::Network(_) => *self.traffic.lock().expect("lock"),
+            _ => None,
+        }
+    }
+
     fn ensure(
         &self,
         id: &WorkloadId,
@@ -143,7 +152,8 @@ async fn world() -> World {
             prices: Prices {
                 cu: 0,
                 su: 3600,
-                nu: 0,
+                // One unit per GiB of traffic.
+                nu: 1,
                 ipu: 0,
             },
             enrollment_key: None,
@@ -511,6 +521,63 @@ async fn usage_moves_escrow_and_downtime_is_free() {
         1,
         "only the second since the restart is billed, not the downtime: {paid_before} -> {paid_after}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_traffic_is_billed_as_nu_bytes() {
+    use cellos_ledger::network::{NetworkSpec, WgKey, WgSecret};
+    const GIB: u64 = 1 << 30;
+    let mut w = world().await;
+    let mut d = w.deployment(&[("data", 100 << 30)]);
+    d.workloads.push(Workload {
+        name: "net".into(),
+        spec: WorkloadSpec::Network(NetworkSpec {
+            ip_range: "10.20.0.0/16".parse().expect("net"),
+            subnet: "10.20.1.0/24".parse().expect("net"),
+            private_key: WgSecret(WgKey([1; 32])),
+            listen_port: 51820,
+            peers: vec![],
+        }),
+    });
+    d.sign(w.user.key());
+    let c = w.deploy(&d).await;
+    let mut e = w.engine();
+    e.reconcile().await.expect("pass");
+    let paid = |k: &Contract| k.paid;
+    *w.volumes.traffic.lock().expect("lock") = Some(3 * GIB);
+    w.clock.advance(2);
+    e.report_usage().await.expect("usage");
+    let first = paid(&w.contract(c).await);
+    assert_eq!(first, 2 + 3, "2 s of storage and 3 GiB of traffic");
+
+    // Only what the counter grew by since the last report is billed.
+    *w.volumes.traffic.lock().expect("lock") = Some(4 * GIB);
+    w.clock.advance(1);
+    e.report_usage().await.expect("usage");
+    let second = paid(&w.contract(c).await);
+    assert_eq!(second - first, 1 + 1, "1 s and 1 GiB more");
+
+    // A reboot starts the counter again: all of it is new traffic.
+    *w.volumes.traffic.lock().expect("lock") = Some(2 * GIB);
+    w.clock.advance(1);
+    e.report_usage().await.expect("usage");
+    let third = paid(&w.contract(c).await);
+    assert_eq!(third - second, 1 + 2, "1 s and 2 GiB since the reboot");
+
+    // cellosd restarts, the network keeps running: the new engine measures the
+    // counter at its first report and bills only what it grows by after.
+    drop(e);
+    let mut e = w.engine();
+    e.reconcile().await.expect("pass");
+    *w.volumes.traffic.lock().expect("lock") = Some(5 * GIB);
+    w.clock.advance(1);
+    e.report_usage().await.expect("usage");
+    let fourth = paid(&w.contract(c).await);
+    assert_eq!(fourth - third, 1, "no traffic billed twice after a restart");
+    *w.volumes.traffic.lock().expect("lock") = Some(6 * GIB);
+    w.clock.advance(1);
+    e.report_usage().await.expect("usage");
+    assert_eq!(paid(&w.contract(c).await) - fourth, 1 + 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
