@@ -11,6 +11,7 @@
 //! reached is never a reason to exit: the registrar retries and says so.
 
 mod config;
+mod dashboard;
 mod host;
 mod selftest;
 mod sys;
@@ -191,8 +192,21 @@ async fn run(env: BootEnv, client: Client, started: Instant) -> Result<()> {
     let api = cellos_provision::api::ApiState::new(workloads::store(&storage.state.path)?, pubkey);
     workloads::serve_api(api.clone(), env.api_addr);
     shards.clone().watch_damage(api.clone());
+    let board = dashboard::Dashboard::new(
+        api.clone(),
+        client.url(),
+        env.farm,
+        pubkey.to_string(),
+        storage.pools.clone(),
+    );
+    board
+        .clone()
+        .serve(env.run_dir.join(cellos_dashboard::view::SOCKET_NAME));
+    board.clone().watch_ledger(client.clone());
     let machine = Machine::new(HostPaths::default(), &storage);
-    let mut registrar = Registrar::new(client.clone(), machine, identity, config, |n| {
+    let notices = board.clone();
+    let mut registrar = Registrar::new(client.clone(), machine, identity, config, move |n| {
+        notices.notice(&n);
         println!("{n}")
     });
 
@@ -203,6 +217,7 @@ async fn run(env: BootEnv, client: Client, started: Instant) -> Result<()> {
             _ => (started.elapsed().as_millis() as u64, "start"),
         };
         println!("{}", registered_line(&reg, ms, since));
+        board.registered(reg.node);
         let persistent = storage.state.persistent;
         api.set_info(workloads::info(
             reg.node,
@@ -242,6 +257,7 @@ async fn run(env: BootEnv, client: Client, started: Instant) -> Result<()> {
                 Ok(never) => match never {},
             };
             println!("cellos: provisioning stopped: {e:#}");
+            board.error(format!("cellos: provisioning stopped: {e:#}"));
             return Err(e);
         }
         () = stop(&mut sigterm, &mut sigint) => {}

@@ -14,3 +14,16 @@ pub fn boottime_ms() -> nix::Result<u64> {
 pub fn open_files_limit() -> nix::Result<u64> {
     nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map(|(soft, _)| soft)
 }
+
+/// Bytes in use on the filesystem mounted at `path` (statvfs).
+pub fn fs_used(path: &std::path::Path) -> nix::Result<u64> {
+    let s = nix::sys::statvfs::statvfs(path)?;
+    let blocks = s.blocks().saturating_sub(s.blocks_free());
+    Ok(blocks.saturating_mul(s.fragment_size()))
+}
+
+/// Only the owner (root) may open `path` (mode 0600).
+pub fn owner_only(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
