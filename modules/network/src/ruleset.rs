@@ -12,6 +12,9 @@
 //! - input: ICMP from the bridge and the tunnel (gateways answer ping), nothing else;
 //! - output: the namespace itself talks only to its own network.
 //!
+//! ICMP is written as protocol 1: a name would make `nft` read `/etc/protocols`
+//! through glibc's NSS, which the image does not carry.
+//!
 //! Everything else is rejected (`admin-prohibited`), so a blocked workload learns it
 //! at once instead of timing out. The text replaces the table in one transaction
 //! (`nft -f -` applies a file atomically), so re-applying it is safe at any time.
@@ -36,7 +39,7 @@ table inet {TABLE} {{
 		ct state established,related accept
 		ct state invalid drop
 		iifname "lo" accept
-		iifname {{ "{br}", "{wg}" }} ip protocol icmp accept
+		iifname {{ "{br}", "{wg}" }} ip protocol 1 accept
 		reject with icmpx type admin-prohibited
 	}}
 	chain forward {{
