@@ -151,6 +151,31 @@ fn lines(n: &Notices) -> Vec<String> {
     n.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
+/// Runs `work` (which never returns) until `done` says the behaviour under test
+/// happened. The 30 s bound only stops a stuck test; nothing here is a speed target.
+async fn run_until<W, D>(work: W, done: D)
+where
+    W: std::future::Future,
+    D: std::future::Future<Output = ()>,
+{
+    let both = async {
+        tokio::select! {
+            _ = work => panic!("the registrar returned before the awaited behaviour"),
+            () = done => {}
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), both)
+        .await
+        .expect("the awaited behaviour within 30 s");
+}
+
+/// Until `n` notices have been seen.
+async fn notices_reach(n: &Notices, count: usize) {
+    while lines(n).len() < count {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn registers_waits_for_approval_updates_and_reports_uptime() {
     let l = ledger().await;
@@ -205,10 +230,13 @@ async fn registers_waits_for_approval_updates_and_reports_uptime() {
     );
     assert_eq!(l.client.node(1).await.expect("node").capacity.sru, 40 * GIB);
 
-    // The first uptime report goes out at once.
-    let _ = tokio::time::timeout(Duration::from_secs(2), r.maintain()).await;
-    let n = l.client.node(1).await.expect("node");
-    assert_eq!(n.uptime_secs, 123);
+    // The first uptime report goes out at once, and it is the only news.
+    let reported = async {
+        while l.client.node(1).await.expect("node").uptime_secs != 123 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    run_until(r.maintain(), reported).await;
     assert_eq!(lines(&notices).len(), 1, "{:?}", lines(&notices));
     let nodes = l.client.nodes(&Default::default()).await.expect("nodes");
     assert_eq!(nodes.len(), 1);
@@ -237,7 +265,7 @@ async fn enrollment_token_registers_approved_and_a_bad_one_falls_back() {
         ..Config::new(farmer.farm)
     };
     let (mut r, notices) = registrar(&l, &FixedHost::new(20), &Identity::generate(), cfg);
-    let _ = tokio::time::timeout(Duration::from_secs(2), r.register()).await;
+    run_until(r.register(), notices_reach(&notices, 2)).await;
     let got = lines(&notices);
     assert_eq!(got.len(), 2, "{got:?}");
     assert!(
@@ -276,9 +304,9 @@ async fn an_unreachable_ledger_is_retried_with_a_clear_line() {
                 .push(n.to_string())
         },
     );
-    let _ = tokio::time::timeout(Duration::from_millis(1500), r.register()).await;
+    // Two failed tries: the delay doubles.
+    run_until(r.register(), notices_reach(&notices, 2)).await;
     let got = lines(&notices);
-    assert_eq!(got.len(), 2, "{got:?}");
     assert!(
         got[0].starts_with(&format!("cellos: ledger {url} unreachable ("))
             && got[0].ends_with("), retrying in 1s"),
