@@ -177,6 +177,18 @@ async fn existing(h: &Handle, name: &str) -> Result<u32, rtnetlink::Error> {
         .ok_or(rtnetlink::Error::RequestFailed)
 }
 
+/// The index of link `name`, created from `message` if it is not there.
+async fn ensure_link(
+    h: &Handle,
+    name: &str,
+    message: rtnetlink::packet_route::link::LinkMessage,
+) -> Result<u32, rtnetlink::Error> {
+    if link_index(h, name).await?.is_none() {
+        h.link().add(message).execute().await?;
+    }
+    existing(h, name).await
+}
+
 async fn set_up(h: &Handle, index: u32) -> Result<(), rtnetlink::Error> {
     h.link()
         .set(LinkUnspec::new_with_index(index).up().build())
@@ -268,13 +280,7 @@ impl Sys for Linux {
         self.in_netns(ns, || {
             netlink(&format!("set up bridge {bridge} in {ns}"), |h| async move {
                 set_up(&h, existing(&h, "lo").await?).await?;
-                if link_index(&h, bridge).await?.is_none() {
-                    h.link()
-                        .add(LinkBridge::new(bridge).build())
-                        .execute()
-                        .await?;
-                }
-                let index = existing(&h, bridge).await?;
+                let index = ensure_link(&h, bridge, LinkBridge::new(bridge).build()).await?;
                 h.address()
                     .add(index, IpAddr::V4(gateway.addr()), gateway.prefix_len())
                     .replace()
@@ -341,13 +347,7 @@ impl Sys for Linux {
                 &format!("create {dev} and move it into {ns}"),
                 |h| async move {
                     // A device left here by a crash between create and move is reused.
-                    if link_index(&h, dev).await?.is_none() {
-                        h.link()
-                            .add(LinkWireguard::new(dev).build())
-                            .execute()
-                            .await?;
-                    }
-                    let index = existing(&h, dev).await?;
+                    let index = ensure_link(&h, dev, LinkWireguard::new(dev).build()).await?;
                     h.link()
                         .set(
                             LinkUnspec::new_with_index(index)

@@ -15,14 +15,6 @@ use cellos_ledger::network::{NetworkPeer, NetworkSpec, WgKey, WgSecret};
 use cellos_network::{wireguard_available, Linux, Names, Networks};
 use nix::sched::{setns, CloneFlags};
 
-fn root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("skipped: the network host tests need root (namespaces, links, nftables)");
-    false
-}
-
 fn sh(args: &[&str]) -> String {
     let out = Command::new(args[0])
         .args(&args[1..])
@@ -60,14 +52,20 @@ struct Net {
 }
 
 impl Net {
-    fn new(test: &str) -> Net {
+    /// A fresh network key for `test`; `None` (the test is skipped, saying why)
+    /// without root.
+    fn new(test: &str) -> Option<Net> {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: the network host tests need root (namespaces, links, nftables)");
+            return None;
+        }
         let key = format!("c{}-{test}", std::process::id());
-        Net {
+        Some(Net {
             networks: Networks::new(Linux::default()),
             names: Names::for_key(&key),
             key,
             extra: vec![],
-        }
+        })
     }
 
     /// A namespace for a workload on the network's bridge, at `addr`/24 with the
@@ -163,11 +161,10 @@ fn link_index(ns: &str, dev: &str) -> String {
 
 #[test]
 fn local_network_has_its_names_address_ruleset_and_forwarding() {
-    if !root() {
-        return;
-    }
     let host_forward = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").expect("sysctl");
-    let net = Net::new("local");
+    let Some(net) = Net::new("local") else {
+        return;
+    };
     let names = net
         .networks
         .ensure_local(&net.key, &spec("10.20.3.0/24"))
@@ -221,10 +218,9 @@ fn local_network_has_its_names_address_ruleset_and_forwarding() {
 
 #[test]
 fn ensure_twice_changes_nothing() {
-    if !root() {
+    let Some(net) = Net::new("twice") else {
         return;
-    }
-    let net = Net::new("twice");
+    };
     let s = spec("10.20.4.0/24");
     net.networks.ensure_local(&net.key, &s).expect("first");
     let ns = &net.names.netns;
@@ -265,10 +261,9 @@ fn ensure_twice_changes_nothing() {
 
 #[test]
 fn remove_leaves_nothing_and_succeeds_twice() {
-    if !root() {
+    let Some(net) = Net::new("remove") else {
         return;
-    }
-    let net = Net::new("remove");
+    };
     net.networks
         .ensure_local(&net.key, &spec("10.20.6.0/24"))
         .expect("ensure");
@@ -283,12 +278,13 @@ fn remove_leaves_nothing_and_succeeds_twice() {
 
 #[test]
 fn tenants_with_the_same_subnet_cannot_reach_each_other_or_the_uplink() {
-    if !root() {
-        return;
-    }
     let s = spec("10.20.7.0/24");
-    let mut a = Net::new("tenant-a");
-    let mut b = Net::new("tenant-b");
+    let Some(mut a) = Net::new("tenant-a") else {
+        return;
+    };
+    let Some(mut b) = Net::new("tenant-b") else {
+        return;
+    };
     a.networks.ensure_local(&a.key, &s).expect("a");
     b.networks.ensure_local(&b.key, &s).expect("b");
     let a1 = a.workload("1", "10.20.7.2", "10.20.7.1");
@@ -388,9 +384,9 @@ fn tenants_with_the_same_subnet_cannot_reach_each_other_or_the_uplink() {
 
 #[test]
 fn wireguard_device_lives_in_the_namespace_and_survives_updates() {
-    if !root() {
+    let Some(net) = Net::new("wg") else {
         return;
-    }
+    };
     match wireguard_available() {
         Ok(true) => {}
         Ok(false) => {
@@ -399,7 +395,6 @@ fn wireguard_device_lives_in_the_namespace_and_survives_updates() {
         }
         Err(e) => panic!("cannot tell whether the kernel has WireGuard: {e}"),
     }
-    let net = Net::new("wg");
     let mut s = spec("10.20.8.0/24");
     let names = net.networks.ensure(&net.key, &s).expect("ensure");
     let ns = &names.netns;
