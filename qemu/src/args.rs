@@ -71,6 +71,9 @@ pub(crate) fn argv(
     push(&["-m", &config.memory]);
     push(&["-smp", &config.cpus.to_string()]);
     push(&["-nodefaults", "-display", "none", "-no-reboot"]);
+    if config.vga {
+        push(&["-device", "VGA"]);
+    }
     if config.firmware == Firmware::Uefi {
         // OVMF.fd is code and variables in one read-only image: no NVRAM
         // survives, which suits a stateless node.
@@ -224,6 +227,7 @@ mod tests {
             local: "127.0.0.1:4001".parse().unwrap(),
             mac: "52:54:00:77:00:01".into(),
         });
+        config.vga = true;
         let disks = [
             AttachedDisk {
                 path: "/w/disk0.qcow2".into(),
@@ -241,6 +245,7 @@ mod tests {
         let joined = args.join(" ");
         assert!(joined.contains("-machine q35,accel=tcg"));
         assert!(joined.contains("-no-reboot"));
+        assert!(joined.contains("-display none -no-reboot -device VGA"));
         assert!(joined.contains("-append console=ttyS0,115200 panic=1 cellos.farm=1"));
         assert!(joined.contains("rotation_rate=1 ") && joined.contains("rotation_rate=7200"));
         assert!(joined.contains("hostfwd=tcp::2222-:22"));

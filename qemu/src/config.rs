@@ -113,13 +113,17 @@ pub struct Config {
     pub hostfwd: Vec<HostFwd>,
     /// A second NIC on a shared segment with other guests ([`crate::Segment`]).
     pub segment: Option<SegmentPort>,
+    /// A standard VGA adapter: the guest gets the local console (tty1) a server with a
+    /// screen has, which the node's dashboard draws on. The display stays `none`; the
+    /// guest's `/dev/vcs1` holds the screen's text.
+    pub vga: bool,
     /// Where console.log, qmp.sock and new disks go. `None`: a temporary
     /// directory removed with the `Vm`; give one to keep disks for a reboot.
     pub work_dir: Option<PathBuf>,
 }
 
 impl Config {
-    /// 2 GiB, 2 CPUs, accelerator chosen automatically, BIOS, no disks.
+    /// 2 GiB, 2 CPUs, accelerator chosen automatically, BIOS, no disks, no VGA.
     pub fn new(boot: Boot) -> Config {
         Config {
             memory: "2G".into(),
@@ -130,6 +134,7 @@ impl Config {
             disks: Vec::new(),
             hostfwd: Vec::new(),
             segment: None,
+            vga: false,
             work_dir: None,
         }
     }
