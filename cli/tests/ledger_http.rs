@@ -117,19 +117,32 @@ fn deployment_flow_over_http() {
             .expect("nodes");
         assert!(none.is_empty());
 
-        // A long-poll on the node's events wakes up when a contract names it.
+        // A long-poll on the node's events wakes up when a contract names it. There
+        // is no block at the next height yet, so the poll has to wait for one.
         let height = c.status().await.expect("status").height;
+        let next = height + 1;
+        let now = c
+            .events(next, 10, Some(me.id), Duration::ZERO)
+            .await
+            .expect("events");
+        assert!(now.events.is_empty() && now.next == next, "{now:?}");
         let poll = {
             let c = c.clone();
             tokio::spawn(async move {
-                c.events(height + 1, 10, Some(me.id), Duration::from_secs(20))
+                c.events(next, 10, Some(me.id), Duration::from_secs(20))
                     .await
             })
         };
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Round trips to the ledger after the poll went out (a blob is no block):
+        // the poll is still waiting.
         let deployment = b"{\"workloads\": []}".to_vec();
         let hash = c.put_blob(&user, deployment.clone()).await.expect("blob");
         assert_eq!(c.get_blob(&hash).await.expect("get blob"), deployment);
+        assert_eq!(c.status().await.expect("status").height, height);
+        assert!(
+            !poll.is_finished(),
+            "the poll returned with no block at height {next}"
+        );
         let r = c
             .submit(&user.sign(TxBody::CreateContract {
                 node: me.id,
@@ -144,21 +157,26 @@ fn deployment_flow_over_http() {
             }))
             .await
             .expect("contract");
+        assert_eq!(r.height, next);
         let contract = r
             .events
             .iter()
             .find_map(|e| e.contract())
             .expect("contract id");
         let page = poll.await.expect("join").expect("events");
-        assert!(
-            page.events.iter().any(|e| e.event
-                == Event::ContractCreated {
+        let got: Vec<_> = page.events.iter().map(|e| (e.height, &e.event)).collect();
+        assert_eq!(
+            got,
+            [(
+                next,
+                &Event::ContractCreated {
                     contract,
                     node: me.id
-                }),
-            "{page:?}"
+                }
+            )],
+            "the poll returns exactly the new block's event"
         );
-        assert!(page.next > height + 1);
+        assert_eq!(page.next, next + 1);
 
         // Over capacity: refused with the ledger's reason.
         let err = c
