@@ -70,7 +70,7 @@ fn header_line(s: &Snapshot) -> Paragraph<'static> {
         Some(n) => format!(" cellos node {n} · farm {}", s.farm),
         None => format!(" cellos node (not registered) · farm {}", s.farm),
     };
-    let right = format!("v{} · up {} ", s.version, duration(s.uptime_secs));
+    let right = format!("cellosd v{} · up {} ", s.version, duration(s.uptime_secs));
     Paragraph::new(Line::from(vec![
         Span::raw(who),
         Span::raw(" · "),

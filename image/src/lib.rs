@@ -49,6 +49,7 @@ pub const NODE_BINARIES: &[(&str, &str)] = &[
     ("init", "/init"),
     ("cellosd", "/usr/bin/cellosd"),
     ("shardd", "/usr/bin/shardd"),
+    ("cellos-dashboard", "/usr/bin/cellos-dashboard"),
 ];
 
 /// Directories every image has, whatever init mounts on them.

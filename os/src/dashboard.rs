@@ -33,6 +33,8 @@ use tokio::io::AsyncWriteExt;
 const ERRORS_KEPT: usize = 8;
 /// How often the ledger is asked about the node (one small request).
 const LEDGER_EVERY: Duration = Duration::from_secs(20);
+/// ... and how often before the node record has been read once.
+const LEDGER_SOON: Duration = Duration::from_secs(3);
 /// A client that does not take its snapshot in this time is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -131,7 +133,10 @@ impl Dashboard {
                         self.live().reachable = Some(ok);
                     }
                 }
-                tokio::time::sleep(LEDGER_EVERY).await;
+                // Until the node record has been read once, look again soon: a farmer
+                // watching a fresh node should not wait long for its status.
+                let known = self.live().registration.status.is_some();
+                tokio::time::sleep(if known { LEDGER_EVERY } else { LEDGER_SOON }).await;
             }
         });
     }

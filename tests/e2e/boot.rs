@@ -1,7 +1,8 @@
 //! The walking skeleton, end to end: the real image boots in QEMU (direct kernel and
-//! PXE), init brings the machine up, cellosd registers its capacity on a real ledger.
+//! PXE), init brings the machine up, cellosd registers its capacity on a real ledger,
+//! and (direct boot, with a VGA adapter) the console dashboard shows the node on tty1.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cellos_ledger::keys;
 use cellos_qemu::Disk;
@@ -23,7 +24,11 @@ fn boots_and_registers(pxe: bool) {
     let ledger = Ledger::start(0);
     let enroll = keys::generate();
     let farm = ledger.farm(&enroll);
-    let params = boot_params(farm, &ledger.guest_url(), &enroll);
+    let mut params = boot_params(farm, &ledger.guest_url(), &enroll);
+    if !pxe {
+        // The guest shell, to read the local console's text.
+        params.extra.push_str(" cellos.debug");
+    }
     let tftp = tempfile::tempdir().expect("tempdir");
     let boot = if pxe {
         img.pxe(&params, tftp.path())
@@ -31,7 +36,9 @@ fn boots_and_registers(pxe: bool) {
         img.direct(&params)
     };
     let t = Instant::now();
-    let mut vm = start(vm_config(boot, disks()));
+    let mut config = vm_config(boot, disks());
+    config.vga = !pxe;
+    let mut vm = start(config);
     vm.wait_for("cellos-init: started", BOOT_TIMEOUT)
         .expect("init starts");
     let to_init = t.elapsed();
@@ -72,12 +79,66 @@ fn boots_and_registers(pxe: bool) {
     assert_eq!(node.capacity.hru, 16 * GIB, "the HDD QEMU was given");
     assert!(!node.interfaces.is_empty(), "the node reports its NIC");
     assert_eq!(ledger.nodes().len(), 1);
+    if !pxe {
+        dashboard_shows(&mut vm, id, &ledger.guest_url());
+    }
     println!(
         "figures ({}): QEMU start to init {:.1} s, init to registered {ms} ms (node's own figure), QEMU start to registered {:.1} s",
         if pxe { "PXE" } else { "direct boot" },
         to_init.as_secs_f64(),
         t.elapsed().as_secs_f64()
     );
+}
+
+/// The local console's text (`/dev/vcs1`, no line ends), one line per 80 columns;
+/// anything but printable ASCII (bars, box lines, `·`) reads as `?`.
+fn console_screen(vm: &mut cellos_qemu::Vm) -> String {
+    let (status, out) = vm
+        .shell(
+            "/bin/busybox tr -c '\\040-\\176' '?' < /dev/vcs1",
+            Duration::from_secs(30),
+        )
+        .expect("guest shell");
+    assert_eq!(status, 0, "cannot read /dev/vcs1: {out}");
+    let chars: Vec<char> = out.chars().collect();
+    chars
+        .chunks(80)
+        .map(|row| row.iter().collect::<String>().trim_end().to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The dashboard on tty1 names the registered node, its ledger (answering), the
+/// capacity and the pools of the disks QEMU was given.
+fn dashboard_shows(vm: &mut cellos_qemu::Vm, node: cellos_ledger::NodeId, ledger_url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let want = [
+        format!("cellos node {node} ? farm"),
+        "registered".to_string(),
+        format!("ledger {ledger_url} answers"),
+        "CRU ".to_string(),
+        "Pools".to_string(),
+        "ssd".to_string(),
+        "hdd".to_string(),
+        "no contracts on this node".to_string(),
+    ];
+    loop {
+        let screen = console_screen(vm);
+        let missing: Vec<&String> = want
+            .iter()
+            .filter(|w| !screen.contains(w.as_str()))
+            .collect();
+        if missing.is_empty() {
+            println!("tty1:\n{screen}");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tty1 lacks {missing:?}; it shows:\n{screen}\n\nconsole:\n{}",
+            vm.console()
+        );
+        std::thread::sleep(Duration::from_secs(3));
+    }
 }
 
 #[test]
