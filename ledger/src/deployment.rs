@@ -147,8 +147,14 @@ impl WorkloadSpec {
                 hru: size.0,
                 ..Default::default()
             },
-            // Traffic is billed by use (`nu_bytes`), not reserved.
-            WorkloadSpec::Network(_) => Resources::default(),
+            // Traffic is billed by use (`nu_bytes`). What is reserved is the
+            // memory a network holds in the node's kernel (namespace, bridge,
+            // WireGuard device and its peers, conntrack): small, but not nothing,
+            // and it keeps a network-only contract from being free to hold.
+            WorkloadSpec::Network(_) => Resources {
+                mru: crate::network::NETWORK_MRU,
+                ..Default::default()
+            },
         }
     }
 }
@@ -536,7 +542,13 @@ mod tests {
         let n = d.network("net").expect("the network");
         assert_eq!(n.subnet.to_string(), "10.20.3.0/24");
         assert_eq!(n.peers[0].public_key.0, [2; 32]);
-        assert_eq!(d.resources(), Resources::default());
+        assert_eq!(
+            d.resources(),
+            Resources {
+                mru: crate::network::NETWORK_MRU,
+                ..Default::default()
+            }
+        );
         assert!(d.network("other").is_none());
         let json = serde_json::to_string(&d).expect("json");
         let back: Deployment = serde_json::from_str(&json).expect("parse");

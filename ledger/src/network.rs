@@ -21,6 +21,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use ipnet::Ipv4Net;
 
+/// Memory a network workload reserves on its node (16 MiB): the kernel's share of a
+/// namespace, a bridge, a WireGuard device with up to [`MAX_PEERS`] peers, and
+/// connection tracking.
+pub const NETWORK_MRU: u64 = 16 << 20;
 /// At most this many peers per network and node: a /16 holds 256 /24s.
 pub const MAX_PEERS: usize = 256;
 /// At most this many allowed subnets per peer.
