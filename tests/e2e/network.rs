@@ -174,8 +174,10 @@ fn outcome(out: &str) -> (ContractId, BTreeMap<String, String>) {
     (id, data)
 }
 
-/// Every IPv4 frame on the segment is WireGuard's UDP to or from one of `ports`; there
-/// is at least one; and no frame carries ICMP.
+/// The segment carries the tenants' traffic only inside WireGuard: every IPv4 frame is
+/// UDP to or from one of `ports` (or the ICMP error a node answers to such a datagram
+/// that arrives before its device listens), there is at least one, and no frame has a
+/// tenant address (`10.20.0.0/16`) in the clear.
 fn only_wireguard_on_the_wire(segment: &Segment, ports: &[u16]) {
     let mut wireguard = 0;
     for f in segment.frames() {
@@ -183,24 +185,49 @@ fn only_wireguard_on_the_wire(segment: &Segment, ports: &[u16]) {
         if d.len() < 34 || d[12..14] != [0x08, 0x00] {
             continue; // ARP, IPv6 neighbour discovery: not the tenants' traffic
         }
-        let ihl = usize::from(d[14] & 0x0f) * 4;
-        let proto = d[23];
-        assert_ne!(
-            proto,
-            1,
-            "plain ICMP on the segment: {:02x?}",
+        let head = &d[14..];
+        let ihl = usize::from(head[0] & 0x0f) * 4;
+        let tenant = |at: usize| head[at] == 10 && head[at + 1] == 20;
+        assert!(
+            !tenant(12) && !tenant(16),
+            "a tenant address in the clear on the segment: {:02x?}",
             &d[..48.min(d.len())]
         );
-        assert_eq!(proto, 17, "non-UDP IPv4 on the segment (protocol {proto})");
-        let udp = 14 + ihl;
-        let port = |at: usize| u16::from_be_bytes([d[udp + at], d[udp + at + 1]]);
-        assert!(
-            ports.contains(&port(0)) || ports.contains(&port(2)),
-            "UDP {} -> {} is not WireGuard",
-            port(0),
-            port(2)
-        );
-        wireguard += 1;
+        let udp_ports = |ip: &[u8]| -> Option<(u16, u16)> {
+            let ihl = usize::from(ip.first()? & 0x0f) * 4;
+            (ip.get(9) == Some(&17)).then_some(())?;
+            let p = ip.get(ihl..ihl + 4)?;
+            Some((
+                u16::from_be_bytes([p[0], p[1]]),
+                u16::from_be_bytes([p[2], p[3]]),
+            ))
+        };
+        let wg = |(src, dst): (u16, u16)| ports.contains(&src) || ports.contains(&dst);
+        match head[9] {
+            17 => {
+                let p = udp_ports(head).expect("a UDP header");
+                assert!(
+                    wg(p),
+                    "UDP {} -> {} on the segment is not WireGuard",
+                    p.0,
+                    p.1
+                );
+                wireguard += 1;
+            }
+            // ICMP destination unreachable, about a WireGuard datagram.
+            1 if head.get(ihl) == Some(&3) => {
+                let quoted = head.get(ihl + 8..).unwrap_or_default();
+                assert!(
+                    udp_ports(quoted).is_some_and(wg),
+                    "an ICMP error about something else than WireGuard: {:02x?}",
+                    &d[..64.min(d.len())]
+                );
+            }
+            proto => panic!(
+                "IPv4 protocol {proto} on the segment: {:02x?}",
+                &d[..48.min(d.len())]
+            ),
+        }
     }
     assert!(wireguard > 0, "no WireGuard traffic on the segment");
 }
@@ -407,7 +434,10 @@ fn bad_networks_are_refused(ledger: &Ledger, node: &mut TestNode) {
                 .submit(&user.sign(TxBody::CreateContract {
                     node: node.id,
                     deployment_hash: hash,
-                    resources: Resources::default(),
+                    resources: Resources {
+                        mru: cellos_ledger::network::NETWORK_MRU,
+                        ..Default::default()
+                    },
                     public_ips: 0,
                     deposit: 10_000,
                     blob: Some(blob),
