@@ -108,14 +108,18 @@ fn console_screen(vm: &mut cellos_qemu::Vm) -> String {
         .join("\n")
 }
 
-/// The dashboard on tty1 names the registered node, its ledger (answering), the
-/// capacity and the pools of the disks QEMU was given.
+/// The dashboard on tty1 names the registered node, its status on the ledger, the
+/// ledger answering, the last uptime report, the capacity and the pools of the disks
+/// QEMU was given.
 fn dashboard_shows(vm: &mut cellos_qemu::Vm, node: cellos_ledger::NodeId, ledger_url: &str) {
     let deadline = Instant::now() + Duration::from_secs(90);
     let want = [
         format!("cellos node {node} ? farm"),
-        "registered".to_string(),
+        // The ledger's record of the node, read by cellosd: its status and the
+        // uptime report the registrar sent.
+        "registered (up)".to_string(),
         format!("ledger {ledger_url} answers"),
+        "s ago".to_string(),
         "CRU ".to_string(),
         "Pools".to_string(),
         "ssd".to_string(),
