@@ -13,6 +13,15 @@ use crate::error::{Error, Result};
 
 /// Runs `command` (e.g. `system_powerdown`) and returns its `return` value.
 pub(crate) fn execute(socket: &Path, command: &str) -> Result<Value> {
+    execute_with(socket, command, None)
+}
+
+/// Runs `command` with `arguments` (a JSON object) and returns its `return` value.
+pub(crate) fn execute_with(
+    socket: &Path,
+    command: &str,
+    arguments: Option<Value>,
+) -> Result<Value> {
     let fail = |reason: String| Error::Qmp {
         socket: socket.to_path_buf(),
         reason,
@@ -55,8 +64,11 @@ pub(crate) fn execute(socket: &Path, command: &str) -> Result<Value> {
     if greeting.get("QMP").is_none() {
         return Err(fail(format!("unexpected greeting {greeting}")));
     }
-    let mut call = |name: &str| -> Result<Value> {
-        let request = serde_json::json!({ "execute": name });
+    let mut call = |name: &str, arguments: Option<Value>| -> Result<Value> {
+        let request = match arguments {
+            Some(a) => serde_json::json!({ "execute": name, "arguments": a }),
+            None => serde_json::json!({ "execute": name }),
+        };
         writeln!(writer, "{request}").map_err(|e| fail(format!("write: {e}")))?;
         let reply = read()?;
         match (reply.get("return"), reply.get("error")) {
@@ -65,6 +77,6 @@ pub(crate) fn execute(socket: &Path, command: &str) -> Result<Value> {
             _ => Err(fail(format!("unexpected reply to {name}: {reply}"))),
         }
     };
-    call("qmp_capabilities")?;
-    call(command)
+    call("qmp_capabilities", None)?;
+    call(command, arguments)
 }

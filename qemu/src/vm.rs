@@ -336,6 +336,18 @@ impl Vm {
         qmp::execute(&self.work.path().join("qmp.sock"), "system_powerdown").map(drop)
     }
 
+    /// Saves what the guest's display shows as a PNG at `path` (QMP `screendump`);
+    /// needs [`Config::vga`](crate::Config::vga).
+    pub fn screendump(&mut self, path: &Path) -> Result<()> {
+        let arguments = serde_json::json!({ "filename": path, "format": "png" });
+        qmp::execute_with(
+            &self.work.path().join("qmp.sock"),
+            "screendump",
+            Some(arguments),
+        )
+        .map(drop)
+    }
+
     /// Ends QEMU at once (QMP `quit`), like pulling the plug.
     pub fn quit(&mut self) -> Result<ExitStatus> {
         // QEMU may close the socket before replying: the exit is what counts.

@@ -134,6 +134,14 @@ fn dashboard_shows(vm: &mut cellos_qemu::Vm, node: cellos_ledger::NodeId, ledger
             .collect();
         if missing.is_empty() {
             println!("tty1:\n{screen}");
+            // The screen as a person sees it, kept for them (docs/dashboard.png is one).
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/e2e");
+            std::fs::create_dir_all(&dir).expect("artifact dir");
+            let png = dir.join("dashboard.png");
+            vm.screendump(&png).expect("QMP screendump");
+            let head = std::fs::read(&png).expect("the screendump");
+            assert!(head.starts_with(b"\x89PNG"), "{} is no PNG", png.display());
+            println!("tty1 as PNG: {}", png.display());
             return;
         }
         assert!(
