@@ -243,6 +243,7 @@ async fn run(env: BootEnv, client: Client, started: Instant) -> Result<()> {
             volumes: BtrfsVolumes::new(&storage.pools, System),
             shards,
             test_mode: env.test_mode,
+            api: api.clone(),
         });
         tokio::select! {
             never = registrar.maintain() => match never {},

@@ -108,6 +108,36 @@ impl Provisioner for NetworkProvisioner {
         let s = self.networks.status(&id.node_name()).ok()?;
         Some(s.rx_bytes.saturating_add(s.tx_bytes))
     }
+
+    /// The WireGuard device's peers, handshakes and bytes ([`network_live`]).
+    fn live(&self, id: &WorkloadId, _: &WorkloadSpec) -> Option<serde_json::Value> {
+        self.networks
+            .status(&id.node_name())
+            .ok()
+            .map(|s| network_live(&s))
+    }
+}
+
+/// What the owner's view shows of a network now: per peer its public key, endpoint,
+/// last handshake (unix seconds, `null` before the first) and bytes; the totals.
+/// Built from the device's status, which holds no private key.
+fn network_live(s: &cellos_network::NetworkStatus) -> serde_json::Value {
+    let peers: Vec<_> = s
+        .peers
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "public_key": p.public_key.to_string(),
+                "endpoint": p.endpoint.map(|e| e.to_string()),
+                "last_handshake": p.last_handshake
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs()),
+                "rx_bytes": p.rx_bytes,
+                "tx_bytes": p.tx_bytes,
+            })
+        })
+        .collect();
+    serde_json::json!({ "peers": peers, "rx_bytes": s.rx_bytes, "tx_bytes": s.tx_bytes })
 }
 
 /// Where the node's shard server listens.
@@ -373,6 +403,8 @@ pub struct Wiring<V: Volumes + 'static> {
     pub shards: Arc<ShardProvisioner>,
     /// Test mode reports usage every few seconds instead of every ten minutes.
     pub test_mode: bool,
+    /// The node API: its owner views show the workloads' live status.
+    pub api: Arc<ApiState>,
 }
 
 /// Opens the provision store under the state directory.
@@ -395,16 +427,18 @@ pub async fn run<V: Volumes + 'static>(w: Wiring<V>) -> Result<std::convert::Inf
         },
         event_wait: Duration::from_secs(if w.test_mode { 2 } else { 30 }),
     };
+    let provisioners = Provisioners {
+        volume: Arc::new(VolumeProvisioner { volumes: w.volumes }),
+        shard: w.shards,
+        network: Arc::new(NetworkProvisioner {
+            networks: cellos_network::Networks::new(cellos_network::Linux::default()),
+        }),
+    };
+    w.api.set_provisioners(provisioners.clone());
     let mut engine = Engine::new(
         ledger,
         store(&w.state_dir)?,
-        Provisioners {
-            volume: Arc::new(VolumeProvisioner { volumes: w.volumes }),
-            shard: w.shards,
-            network: Arc::new(NetworkProvisioner {
-                networks: cellos_network::Networks::new(cellos_network::Linux::default()),
-            }),
-        },
+        provisioners,
         w.node,
         w.key,
         config,
@@ -598,5 +632,38 @@ mod tests {
         p.remove(&id, &spec).expect("remove");
         p.remove(&id, &spec).expect("remove again");
         assert!(p.volumes.list().expect("list").is_empty());
+    }
+
+    #[test]
+    fn network_live_lists_peers_handshakes_and_bytes() {
+        let at = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let peer = |n: u8, hs, rx, tx| cellos_network::PeerStatus {
+            public_key: cellos_ledger::network::WgKey([n; 32]),
+            endpoint: Some(SocketAddr::from(([192, 0, 2, n], 51820))),
+            last_handshake: hs,
+            rx_bytes: rx,
+            tx_bytes: tx,
+        };
+        let v = network_live(&cellos_network::NetworkStatus {
+            names: cellos_network::Names::for_key("c1-net"),
+            peers: vec![peer(1, Some(at), 10, 20), peer(2, None, 0, 0)],
+            rx_bytes: 10,
+            tx_bytes: 20,
+        });
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "peers": [
+                    { "public_key": cellos_ledger::network::WgKey([1; 32]).to_string(),
+                      "endpoint": "192.0.2.1:51820", "last_handshake": 1_700_000_000u64,
+                      "rx_bytes": 10, "tx_bytes": 20 },
+                    { "public_key": cellos_ledger::network::WgKey([2; 32]).to_string(),
+                      "endpoint": "192.0.2.2:51820", "last_handshake": null,
+                      "rx_bytes": 0, "tx_bytes": 0 },
+                ],
+                "rx_bytes": 10,
+                "tx_bytes": 20,
+            })
+        );
     }
 }

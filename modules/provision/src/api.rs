@@ -13,7 +13,9 @@
 //!   from workload names, kinds, phases and the results the provisioners report
 //!   (addresses, paths, ports), never from the deployment's specs, which hold
 //!   passwords and keys. Secrets reach the owner only sealed, through the ledger's
-//!   mailbox.
+//!   mailbox. The live part of a view (a network's peers, handshakes and bytes) comes
+//!   from the provisioners' [`Provisioner::live`](crate::Provisioner::live), which
+//!   reads the running workload and never returns a key.
 
 use std::fmt::Write as _;
 use std::sync::{Arc, RwLock};
@@ -30,6 +32,7 @@ use cellos_ledger::{FarmId, NodeId, PublicKey, Resources};
 use serde::Serialize;
 
 use crate::store::{Phase, Record, Store};
+use crate::workload::{Provisioners, WorkloadId};
 
 /// What the node knows about itself once registered.
 #[derive(Clone, Debug, Serialize)]
@@ -53,6 +56,9 @@ pub struct ApiState {
     /// Records the node's shard server found damaged on its disks (kept, skipped,
     /// reported); `None` until cellosd has asked it.
     shard_damage: RwLock<Option<u64>>,
+    /// The node's provisioners, for the live part of the owner's views; `None` until
+    /// cellosd hands them over (and in tests that need no live data).
+    provisioners: RwLock<Option<Provisioners>>,
 }
 
 fn unix_now() -> u64 {
@@ -74,6 +80,7 @@ impl ApiState {
             node_key,
             clock,
             shard_damage: RwLock::new(None),
+            provisioners: RwLock::new(None),
         })
     }
 
@@ -81,6 +88,13 @@ impl ApiState {
     pub fn set_shard_damage(&self, records: u64) {
         if let Ok(mut g) = self.shard_damage.write() {
             *g = Some(records);
+        }
+    }
+
+    /// The provisioners the owner's views ask for live status.
+    pub fn set_provisioners(&self, p: Provisioners) {
+        if let Ok(mut g) = self.provisioners.write() {
+            *g = Some(p);
         }
     }
 
@@ -170,10 +184,15 @@ struct WorkloadView {
     phase: Option<Phase>,
     /// What the provisioner reported: addresses, paths, ports.
     result: Option<WorkloadResult>,
+    /// What the running workload is doing now (a network's peers and bytes), when
+    /// it is ready and its provisioner can tell.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    live: Option<serde_json::Value>,
 }
 
-fn view(r: &Record) -> View {
-    View {
+async fn view(s: &ApiState, r: &Record) -> View {
+    let provisioners = s.provisioners.read().ok().and_then(|g| g.clone());
+    let mut v = View {
         contract: r.contract,
         deployment_hash: r.deployment_hash.to_hex(),
         owner: r.deployment.owner,
@@ -188,9 +207,21 @@ fn view(r: &Record) -> View {
                 kind: w.spec.kind(),
                 phase: r.phases.get(&w.name).copied(),
                 result: r.results.iter().find(|x| x.name == w.name).cloned(),
+                live: None,
             })
             .collect(),
+    };
+    let Some(p) = provisioners else { return v };
+    for (view, w) in v.workloads.iter_mut().zip(&r.deployment.workloads) {
+        if view.phase == Some(Phase::Ready) {
+            let id = WorkloadId {
+                contract: r.contract,
+                name: w.name.clone(),
+            };
+            view.live = p.live(&id, &w.spec).await;
+        }
     }
+    v
 }
 
 async fn deployments(
@@ -204,14 +235,15 @@ async fn deployments(
         Err((status, why)) => return error(status, why),
     };
     match s.store.all() {
-        Ok(all) => Json(
-            all.iter()
-                .filter_map(|r| r.as_ref().ok())
-                .filter(|r| r.deployment.owner == owner)
-                .map(view)
-                .collect::<Vec<_>>(),
-        )
-        .into_response(),
+        Ok(all) => {
+            let mut views = Vec::new();
+            for r in all.iter().filter_map(|r| r.as_ref().ok()) {
+                if r.deployment.owner == owner {
+                    views.push(view(&s, r).await);
+                }
+            }
+            Json(views).into_response()
+        }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -234,7 +266,7 @@ async fn deployment(
         );
     };
     match s.store.get(id) {
-        Ok(Some(r)) if r.deployment.owner == owner => Json(view(&r)).into_response(),
+        Ok(Some(r)) if r.deployment.owner == owner => Json(view(&s, &r).await).into_response(),
         // Someone else's deployment and none at all look the same.
         Ok(_) => error(
             StatusCode::NOT_FOUND,

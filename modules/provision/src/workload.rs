@@ -46,9 +46,18 @@ pub trait Provisioner: Send + Sync {
     fn traffic(&self, _id: &WorkloadId, _spec: &WorkloadSpec) -> Option<u64> {
         None
     }
+    /// What the workload is doing now, for its owner's view in the node API (a
+    /// network's peers, handshakes and bytes). Read from the running workload, never
+    /// from the spec, and never a secret. `None` for workloads with nothing live to
+    /// tell, or whose state cannot be read.
+    fn live(&self, _id: &WorkloadId, _spec: &WorkloadSpec) -> Option<serde_json::Value> {
+        None
+    }
 }
 
-/// One provisioner per workload type.
+/// One provisioner per workload type. Cloning shares them (the engine and the node
+/// API's live views hold the same ones).
+#[derive(Clone)]
 pub struct Provisioners {
     pub volume: Arc<dyn Provisioner>,
     pub shard: Arc<dyn Provisioner>,
@@ -64,6 +73,17 @@ impl Provisioners {
         }
     }
 
+    /// Runs `f` with the spec's provisioner on a blocking thread.
+    async fn on_thread<T: Send + 'static>(
+        &self,
+        id: &WorkloadId,
+        spec: &WorkloadSpec,
+        f: fn(&dyn Provisioner, &WorkloadId, &WorkloadSpec) -> T,
+    ) -> Result<T, tokio::task::JoinError> {
+        let (p, id, spec) = (self.for_spec(spec), id.clone(), spec.clone());
+        tokio::task::spawn_blocking(move || f(p.as_ref(), &id, &spec)).await
+    }
+
     /// [`Provisioner::ensure`] on a blocking thread: provisioners run `btrfs`, write
     /// files and talk to servers, and the node API and the ledger client share the
     /// runtime that awaits this.
@@ -72,24 +92,28 @@ impl Provisioners {
         id: &WorkloadId,
         spec: &WorkloadSpec,
     ) -> Result<BTreeMap<String, String>, WorkloadError> {
-        let (p, id, spec) = (self.for_spec(spec), id.clone(), spec.clone());
-        tokio::task::spawn_blocking(move || p.ensure(&id, &spec))
+        self.on_thread(id, spec, |p, i, s| p.ensure(i, s))
             .await
             .unwrap_or_else(|e| Err(WorkloadError(format!("the provisioner failed: {e}"))))
     }
 
     /// [`Provisioner::traffic`] on a blocking thread, like [`Provisioners::ensure`].
     pub async fn traffic(&self, id: &WorkloadId, spec: &WorkloadSpec) -> Option<u64> {
-        let (p, id, spec) = (self.for_spec(spec), id.clone(), spec.clone());
-        tokio::task::spawn_blocking(move || p.traffic(&id, &spec))
+        self.on_thread(id, spec, |p, i, s| p.traffic(i, s))
+            .await
+            .unwrap_or(None)
+    }
+
+    /// [`Provisioner::live`] on a blocking thread, like [`Provisioners::ensure`].
+    pub async fn live(&self, id: &WorkloadId, spec: &WorkloadSpec) -> Option<serde_json::Value> {
+        self.on_thread(id, spec, |p, i, s| p.live(i, s))
             .await
             .unwrap_or(None)
     }
 
     /// [`Provisioner::remove`] on a blocking thread, like [`Provisioners::ensure`].
     pub async fn remove(&self, id: &WorkloadId, spec: &WorkloadSpec) -> Result<(), WorkloadError> {
-        let (p, id, spec) = (self.for_spec(spec), id.clone(), spec.clone());
-        tokio::task::spawn_blocking(move || p.remove(&id, &spec))
+        self.on_thread(id, spec, |p, i, s| p.remove(i, s))
             .await
             .unwrap_or_else(|e| Err(WorkloadError(format!("the provisioner failed: {e}"))))
     }

@@ -1,8 +1,9 @@
 //! The node API over HTTP, on records written the way the engine writes them: public
 //! views for anyone, deployment views for their owner's signed requests only, and no
-//! secret in any response.
+//! secret in any response; the live part of a view for the owner only.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use cellos_ledger::deployment::{
     Deployment, ShardMode, Size, Workload, WorkloadResult, WorkloadSpec, WorkloadState,
@@ -10,7 +11,9 @@ use cellos_ledger::deployment::{
 use cellos_ledger::request::{RequestAuth, WINDOW_SECS};
 use cellos_ledger::{keys, Resources};
 use cellos_provision::api::{router, ApiState, NodeInfo};
-use cellos_provision::{Phase, Record, Store};
+use cellos_provision::{
+    Phase, Provisioner, Provisioners, Record, Store, WorkloadError, WorkloadId,
+};
 
 const SECRET: &str = "tenant-shard-password-5f1c";
 
@@ -19,6 +22,29 @@ fn now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_secs()
+}
+
+/// Reports live data for every workload (what a network reports: peers and bytes),
+/// named after the workload so the test sees which one it belongs to.
+struct Live;
+
+impl Provisioner for Live {
+    fn ensure(
+        &self,
+        _: &WorkloadId,
+        _: &WorkloadSpec,
+    ) -> Result<BTreeMap<String, String>, WorkloadError> {
+        Ok(BTreeMap::new())
+    }
+    fn remove(&self, _: &WorkloadId, _: &WorkloadSpec) -> Result<(), WorkloadError> {
+        Ok(())
+    }
+    fn live(&self, id: &WorkloadId, _: &WorkloadSpec) -> Option<serde_json::Value> {
+        Some(serde_json::json!({
+            "peers": [{ "public_key": format!("peer-of-{}", id.node_name()), "rx_bytes": 1234 }],
+            "rx_bytes": 1234,
+        }))
+    }
 }
 
 #[tokio::test]
@@ -135,6 +161,36 @@ async fn status_deployments_and_metrics() {
     assert_eq!(v[0]["contract"], 7);
     assert_eq!(v[0]["workloads"][0]["phase"], "ready");
     assert_eq!(v[0]["workloads"][1]["result"]["data"]["port"], "9900");
+    assert!(
+        v[0]["workloads"][0].get("live").is_none(),
+        "no live data without provisioners: {body}"
+    );
+    seen.push(body);
+
+    // With the node's provisioners, the owner's views carry each ready workload's
+    // live status; a stranger's carry nothing.
+    let live: Arc<dyn Provisioner> = Arc::new(Live);
+    state_for_metrics.set_provisioners(Provisioners {
+        volume: live.clone(),
+        shard: live.clone(),
+        network: live,
+    });
+    let (st, body) = signed("/v1/deployments", &k, node_pub, now()).await;
+    assert_eq!(st, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        v[0]["workloads"][0]["live"]["peers"][0]["public_key"],
+        "peer-of-c7-data"
+    );
+    assert_eq!(v[0]["workloads"][1]["live"]["rx_bytes"], 1234);
+    seen.push(body);
+    let (st, body) = signed("/v1/deployments/7", &k, node_pub, now()).await;
+    assert_eq!(st, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        v["workloads"][1]["live"]["peers"][0]["public_key"],
+        "peer-of-c7-backup"
+    );
     seen.push(body);
     let (st, body) = signed("/v1/deployments/7", &k, node_pub, now()).await;
     assert_eq!(st, 200, "{body}");
@@ -151,6 +207,12 @@ async fn status_deployments_and_metrics() {
     seen.push(body);
     let (st, body) = signed("/v1/deployments", &stranger, node_pub, now()).await;
     assert_eq!((st, body.as_str()), (200, "[]"));
+    for p in ["/v1/deployments", "/v1/deployments/7"] {
+        let (st, body) = get(p).await;
+        assert_eq!(st, 401, "{p}: {body}");
+        assert!(!body.contains("peer-of"), "{body}");
+        seen.push(body);
+    }
     let other_node = keys::public_key(&keys::generate());
     for (aud, t) in [
         (other_node, now()),
@@ -212,6 +274,10 @@ async fn status_deployments_and_metrics() {
     let private = hex::encode(node_key.to_bytes());
     for body in &seen {
         assert!(!body.contains(SECRET), "a secret leaked: {body}");
+        assert!(
+            !body.contains("peer-of") || body.contains(&keys::public_key(&k).to_hex()),
+            "live data outside its owner's view: {body}"
+        );
         assert!(!body.contains(&private), "the node key leaked: {body}");
     }
 }
