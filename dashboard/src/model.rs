@@ -325,6 +325,12 @@ mod tests {
                 rejected: None,
                 workloads: vec![],
             },
+            ContractView {
+                id: 6,
+                accepted: false,
+                rejected: None,
+                workloads: vec![],
+            },
         ];
         let lines = workload_lines(&contracts);
         let flat: Vec<_> = lines
@@ -338,6 +344,7 @@ mod tests {
                 "3 s shard provisioning",
                 "4 - - refused: no capacity",
                 "5 - - no workloads",
+                "6 - - not accepted yet",
             ]
         );
     }
