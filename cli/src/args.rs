@@ -397,8 +397,14 @@ pub enum NodeCmd {
         #[arg(long)]
         status: Option<String>,
     },
-    /// Show a node.
-    Show { id: u32 },
+    /// Show a node; with a key, also your networks on it (peers, last handshake,
+    /// bytes) from the node API, with a request signed by --key.
+    Show {
+        id: u32,
+        /// Node API base URL (default: the node's address on the ledger, port 8646).
+        #[arg(long)]
+        api: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]

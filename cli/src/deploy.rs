@@ -15,7 +15,7 @@ use cellos_ledger::deployment::{self, Deployment, DeploymentResult};
 use cellos_ledger::keys::Signer;
 use cellos_ledger::*;
 use ed25519_dalek::SigningKey;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Reads a deployment from TOML (`.toml`) or JSON; `owner` defaults to `key`'s.
 pub fn load(path: &Path, key: &SigningKey) -> Result<Deployment> {
@@ -252,6 +252,94 @@ pub async fn node_view(
 ) -> Result<serde_json::Value> {
     let k = c.contract(contract).await?;
     let node = c.node(k.node).await?;
+    node_api(&node, key, api, &format!("/v1/deployments/{contract}")).await
+}
+
+/// One of the caller's networks on a node, as `cellos node show` lists it: from the
+/// node API's views of the caller's deployments (results and live status, never a
+/// key but public ones).
+#[derive(Serialize)]
+pub struct NodeNetwork {
+    pub contract: ContractId,
+    pub name: String,
+    pub subnet: Option<String>,
+    pub gateway: Option<String>,
+    /// `None` when the node could not read the network's device (not up yet).
+    pub live: Option<NetworkLive>,
+}
+
+/// A network's WireGuard device now, as the node API reports it.
+#[derive(Serialize, Deserialize)]
+pub struct NetworkLive {
+    pub peers: Vec<PeerLive>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct PeerLive {
+    pub public_key: String,
+    pub endpoint: Option<String>,
+    /// Unix seconds; `None` before the first handshake.
+    pub last_handshake: Option<u64>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+/// The parts of a node API deployment view that name a network.
+#[derive(Deserialize)]
+struct ViewIn {
+    contract: ContractId,
+    workloads: Vec<WorkloadIn>,
+}
+
+#[derive(Deserialize)]
+struct WorkloadIn {
+    name: String,
+    kind: String,
+    result: Option<deployment::WorkloadResult>,
+    live: Option<NetworkLive>,
+}
+
+/// The networks of `key`'s deployments on `node`, from its API (`api` as in
+/// [`node_view`]).
+pub async fn node_networks(
+    node: &Node,
+    key: &SigningKey,
+    api: Option<&str>,
+) -> Result<Vec<NodeNetwork>> {
+    let v = node_api(node, key, api, "/v1/deployments").await?;
+    let views: Vec<ViewIn> =
+        serde_json::from_value(v).context("the node API's deployment views are not as expected")?;
+    Ok(views
+        .into_iter()
+        .flat_map(|v| {
+            let contract = v.contract;
+            v.workloads
+                .into_iter()
+                .filter(|w| w.kind == "network")
+                .map(move |w| {
+                    let data = |k: &str| w.result.as_ref().and_then(|r| r.data.get(k).cloned());
+                    NodeNetwork {
+                        contract,
+                        subnet: data("subnet"),
+                        gateway: data("gateway"),
+                        name: w.name,
+                        live: w.live,
+                    }
+                })
+        })
+        .collect())
+}
+
+/// A GET of `path` on `node`'s API, signed with `key` for the node's key; `api`
+/// overrides the address (the node's first public IPv4 on the ledger, port 8646).
+async fn node_api(
+    node: &Node,
+    key: &SigningKey,
+    api: Option<&str>,
+    path: &str,
+) -> Result<serde_json::Value> {
     let base = match api {
         Some(a) => a.trim_end_matches('/').to_string(),
         None => {
@@ -270,11 +358,10 @@ pub async fn node_view(
             format!("http://{ip}:{NODE_API_PORT}")
         }
     };
-    let path = format!("/v1/deployments/{contract}");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let auth = request::RequestAuth::sign(key, &node.pubkey, "GET", &path, now);
+    let auth = request::RequestAuth::sign(key, &node.pubkey, "GET", path, now);
     let mut req = reqwest::Client::new()
         .get(format!("{base}{path}"))
         .timeout(Duration::from_secs(30));

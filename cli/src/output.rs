@@ -6,6 +6,7 @@ use cellos_ledger::{Account, Contract, Farm, Node};
 use serde::Serialize;
 
 use crate::args::Global;
+use crate::deploy::NodeNetwork;
 
 pub fn account(a: &Account) -> String {
     let enc = a.encryption_key.map_or("-".to_string(), |k| k.to_hex());
@@ -73,6 +74,50 @@ pub fn node(n: &Node) -> String {
     s
 }
 
+/// The caller's networks on a node (`cellos node show`): per network its subnet and
+/// gateway, per peer its key, endpoint, last handshake (`now` is unix seconds) and
+/// bytes.
+pub fn node_networks(nets: &[NodeNetwork], now: u64) -> String {
+    if nets.is_empty() {
+        return "\n  networks        none of yours on this node".into();
+    }
+    let or_dash = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
+    let mut s = String::new();
+    for n in nets {
+        s.push_str(&format!(
+            "\n  network         {} (contract {}) subnet {} gateway {}",
+            n.name,
+            n.contract,
+            or_dash(&n.subnet),
+            or_dash(&n.gateway)
+        ));
+        let Some(live) = &n.live else {
+            s.push_str("\n    not up on the node yet");
+            continue;
+        };
+        s.push_str(&format!(
+            ", rx {} B, tx {} B, {} peers",
+            live.rx_bytes,
+            live.tx_bytes,
+            live.peers.len()
+        ));
+        for p in &live.peers {
+            let handshake = p.last_handshake.map_or("never".into(), |t| {
+                format!("{} s ago", now.saturating_sub(t))
+            });
+            s.push_str(&format!(
+                "\n    peer          {} endpoint {} handshake {}, rx {} B, tx {} B",
+                p.public_key,
+                or_dash(&p.endpoint),
+                handshake,
+                p.rx_bytes,
+                p.tx_bytes
+            ));
+        }
+    }
+    s
+}
+
 pub fn node_row(n: &Node) -> String {
     format!(
         "{:>6}  farm {:<5} {:<14} {:<8} cru={:<3} mru={:<9} sru={:<9} hru={}",
@@ -132,4 +177,43 @@ pub fn rows<T>(items: &[T], none: &str, row: impl Fn(&T) -> String) -> String {
         return none.to_string();
     }
     items.iter().map(row).collect::<Vec<_>>().join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deploy::{NetworkLive, PeerLive};
+
+    #[test]
+    fn networks_name_peers_handshakes_and_bytes() {
+        let peer = |key: &str, hs| PeerLive {
+            public_key: key.into(),
+            endpoint: Some("192.0.2.2:51820".into()),
+            last_handshake: hs,
+            rx_bytes: 300,
+            tx_bytes: 400,
+        };
+        let net = NodeNetwork {
+            contract: 5,
+            name: "net".into(),
+            subnet: Some("10.20.1.0/24".into()),
+            gateway: Some("10.20.1.1".into()),
+            live: Some(NetworkLive {
+                peers: vec![peer("KEYB=", Some(1_000)), peer("KEYC=", None)],
+                rx_bytes: 300,
+                tx_bytes: 400,
+            }),
+        };
+        let text = node_networks(&[net], 1_012);
+        let lines: Vec<&str> = text.lines().skip(1).collect();
+        assert_eq!(
+            lines,
+            [
+                "  network         net (contract 5) subnet 10.20.1.0/24 gateway 10.20.1.1, rx 300 B, tx 400 B, 2 peers",
+                "    peer          KEYB= endpoint 192.0.2.2:51820 handshake 12 s ago, rx 300 B, tx 400 B",
+                "    peer          KEYC= endpoint 192.0.2.2:51820 handshake never, rx 300 B, tx 400 B",
+            ]
+        );
+        assert!(node_networks(&[], 0).contains("none of yours"));
+    }
 }

@@ -275,8 +275,54 @@ pub async fn node(g: &Global, c: NodeCmd) -> Result<()> {
             let all = cl.all_nodes(&f).await?;
             show(g, &all, |ns| rows(ns, "no nodes", output::node_row))
         }
-        NodeCmd::Show { id } => show(g, &cl.node(id).await?, output::node),
+        NodeCmd::Show { id, api } => {
+            let node = cl.node(id).await?;
+            // Without a key there is nothing of the caller's to ask the node for.
+            let (mut networks, mut networks_not_shown) = (None, None);
+            if g.key.is_some() || key_path(g).is_ok_and(|p| p.exists()) {
+                let listed = async {
+                    crate::deploy::node_networks(&node, &load_key(g)?, api.as_deref()).await
+                };
+                match listed.await {
+                    Ok(n) => networks = Some(n),
+                    Err(e) => networks_not_shown = Some(format!("{e:#}")),
+                }
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            show(
+                g,
+                &NodeShow {
+                    node,
+                    networks,
+                    networks_not_shown,
+                },
+                |s| {
+                    let mut t = output::node(&s.node);
+                    if let Some(n) = &s.networks {
+                        t.push_str(&output::node_networks(n, now));
+                    }
+                    if let Some(why) = &s.networks_not_shown {
+                        t.push_str(&format!("\n  networks        not shown: {why}"));
+                    }
+                    t
+                },
+            )
+        }
     }
+}
+
+/// `cellos node show`: the ledger's record, and the caller's networks on the node
+/// from its API, or why they are not shown (the record is shown either way).
+#[derive(Serialize)]
+struct NodeShow {
+    #[serde(flatten)]
+    node: Node,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    networks: Option<Vec<crate::deploy::NodeNetwork>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    networks_not_shown: Option<String>,
 }
 
 pub async fn contract(g: &Global, c: ContractCmd) -> Result<()> {
