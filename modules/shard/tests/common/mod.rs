@@ -8,7 +8,12 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::time::{Duration, Instant};
+
+/// How long a wait for the server may take before the test gives up. Only
+/// keeps a broken server from hanging the test; it is not a speed target.
+const HANG: Duration = Duration::from_secs(300);
 
 /// A running shardd on a free loopback port, SIGKILLed when dropped (also when a
 /// test fails).
@@ -17,16 +22,24 @@ pub struct Shardd {
     pub addr: SocketAddr,
     /// What it printed before it listened (recovery reports).
     pub said: Vec<String>,
+    /// What it prints after that.
+    later: Receiver<String>,
 }
 
 impl Shardd {
     /// Starts shardd on `dir` with `extra` arguments and waits until it listens.
     pub fn start(dir: &Path, extra: &[&str]) -> Shardd {
+        Shardd::start_with_env(dir, extra, &[])
+    }
+
+    /// [`Shardd::start`] with environment variables set for shardd.
+    pub fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Shardd {
         let mut child = Command::new(env!("CARGO_BIN_EXE_shardd"))
             .args(["--listen", "127.0.0.1:0"])
             .args(extra)
             .arg("--dir")
             .arg(dir)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn shardd");
@@ -41,8 +54,40 @@ impl Shardd {
             said.push(line);
         };
         // Keep draining stdout so shardd never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Shardd { child, addr, said }
+        let (tx, later) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                // The test may have stopped listening; keep draining.
+                let _ = tx.send(line);
+            }
+        });
+        Shardd {
+            child,
+            addr,
+            said,
+            later,
+        }
+    }
+
+    /// Waits until shardd has printed a line that starts with `prefix`, before
+    /// it listened (a background pass may start while it opens the
+    /// namespaces) or after, and returns the first such line.
+    pub async fn wait_for_line(&self, prefix: &str) -> String {
+        if let Some(line) = self.said.iter().find(|l| l.starts_with(prefix)) {
+            return line.clone();
+        }
+        let deadline = Instant::now() + HANG;
+        loop {
+            match self.later.try_recv() {
+                Ok(line) if line.starts_with(prefix) => return line,
+                Ok(_) => {}
+                Err(TryRecvError::Disconnected) => panic!("shardd exited before {prefix:?}"),
+                Err(TryRecvError::Empty) => {
+                    assert!(Instant::now() < deadline, "shardd never printed {prefix:?}");
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+        }
     }
 
     /// SIGKILL, and wait for it to be gone.
@@ -64,7 +109,7 @@ impl Drop for Shardd {
 /// whatever the machine's speed. The deadline only keeps a server that stopped
 /// acknowledging from hanging the test; it is not a speed target.
 pub async fn wait_for_acks(acks: &AtomicUsize, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(300);
+    let deadline = Instant::now() + HANG;
     while acks.load(Ordering::SeqCst) < n {
         assert!(
             Instant::now() < deadline,
