@@ -18,6 +18,8 @@
 //! client input, or acknowledge a write that a crash could lose.
 
 pub mod client;
+#[cfg(feature = "failpoints")]
+pub mod failpoint;
 mod guard;
 pub mod namespace;
 pub mod record;

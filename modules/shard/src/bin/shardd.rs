@@ -6,6 +6,8 @@
 //! the machine could read it in `ps`. On a node it runs as its own service with
 //! `--strict`: no anonymous namespace, writes only where a contract's password and
 //! quota are set, namespaces managed by cellosd over the admin connection.
+//! A build with the `failpoints` feature (the crate's tests only) also reads
+//! `CELLOS_SHARDD_FAILPOINT`, a test hook (see `cellos_shard::failpoint`).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -160,6 +162,10 @@ fn main() -> Result<()> {
     }
     if config.strict && config.admin_password.is_none() {
         println!("shardd: strict mode without --admin-password-file: namespaces cannot be managed over RESP");
+    }
+    #[cfg(feature = "failpoints")]
+    if let Some(step) = cellos_shard::failpoint::arm_from_env()? {
+        println!("shardd: failpoint compaction:{step} armed (a test hook)");
     }
     let rt = tokio::runtime::Runtime::new().context("start the async runtime")?;
     rt.block_on(async move {

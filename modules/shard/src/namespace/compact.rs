@@ -323,7 +323,9 @@ impl Job {
         self.control.stop.load(Ordering::Relaxed)
     }
 
-    /// A named step of the pass; tests crash the pass here (see `CRASH_AT`).
+    /// A named step of the pass (`crate::failpoint::COMPACTION_STEPS`); unit
+    /// tests crash the pass here (see `CRASH_AT`), the crash tests stop shardd
+    /// here (the `failpoints` feature).
     fn reached(&self, point: &'static str) -> Result<()> {
         #[cfg(test)]
         {
@@ -342,13 +344,16 @@ impl Job {
                 });
             }
         }
-        #[cfg(not(test))]
+        #[cfg(feature = "failpoints")]
+        crate::failpoint::reached(point);
+        #[cfg(not(any(test, feature = "failpoints")))]
         let _ = point;
         Ok(())
     }
 
     fn run(&self) -> Result<CompactReport> {
         let _pass = self.control.pass.lock().unwrap_or_else(|e| e.into_inner());
+        self.reached("start")?;
         let (closed, disk_before) = {
             let st = self.lock();
             st.usable(&self.name)?;
@@ -420,6 +425,7 @@ impl Job {
                 path: tmp.clone(),
                 source,
             })?;
+        self.reached("created")?;
         let mut c = Copied {
             out: Out {
                 file,
@@ -784,7 +790,14 @@ mod tests {
     /// later full pass gets there too.
     #[tokio::test]
     async fn a_crash_at_any_step_loses_nothing() {
-        let points = ["written", "synced", "renamed", "dir synced", "file done"];
+        let points = [
+            "created",
+            "written",
+            "synced",
+            "renamed",
+            "dir synced",
+            "file done",
+        ];
         for mode in [Mode::User, Mode::Seq] {
             // One history, copied for every crash.
             let template = tempfile::tempdir().unwrap();
@@ -807,7 +820,7 @@ mod tests {
                     CRASH_AT.with(|c| c.set(None));
                     let what = format!("{mode}, crash at {point} #{n}");
                     drop(ns);
-                    if crashed && point == "written" {
+                    if crashed && matches!(point, "created" | "written") {
                         assert_eq!(leftovers(&ns_dir), 1, "{what}");
                     }
                     let (ns, cuts) = Namespace::open(dir.path(), "x", MAX_FILE).unwrap();
