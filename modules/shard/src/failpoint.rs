@@ -16,23 +16,10 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
+pub use crate::namespace::COMPACTION_STEPS;
+
 /// The variable `shardd` reads.
 pub const ENV: &str = "CELLOS_SHARDD_FAILPOINT";
-
-/// The steps of a compaction pass, in order (see `namespace::compact`): the
-/// pass holds its lock (`start`), then for each file it rewrites: the output
-/// file exists but is empty (`created`), holds every kept record (`written`),
-/// is fsynced (`synced`), replaced the data file (`renamed`), the directory is
-/// fsynced (`dir synced`), the index points into the new file (`file done`).
-pub const COMPACTION_STEPS: [&str; 7] = [
-    "start",
-    "created",
-    "written",
-    "synced",
-    "renamed",
-    "dir synced",
-    "file done",
-];
 
 static ARMED: OnceLock<&'static str> = OnceLock::new();
 static FIRED: AtomicBool = AtomicBool::new(false);

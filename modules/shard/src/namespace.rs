@@ -16,6 +16,8 @@
 //! compacted file, where each moved record went.
 
 mod compact;
+#[cfg(any(test, feature = "failpoints"))]
+pub use compact::STEPS as COMPACTION_STEPS;
 mod durable;
 mod recovery;
 mod settings;

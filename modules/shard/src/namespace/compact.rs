@@ -84,6 +84,22 @@ impl Control {
     }
 }
 
+/// The named steps of a pass, in order (see `Job::reached`): the pass holds
+/// its lock (`start`), then for each file it rewrites: the output file exists
+/// but is empty (`created`), holds every kept record (`written`), is fsynced
+/// (`synced`), replaced the data file (`renamed`), the directory is fsynced
+/// (`dir synced`), the index points into the new file (`file done`).
+#[cfg(any(test, feature = "failpoints"))]
+pub const STEPS: [&str; 7] = [
+    "start",
+    "created",
+    "written",
+    "synced",
+    "renamed",
+    "dir synced",
+    "file done",
+];
+
 fn tmp_name(id: usize) -> String {
     format!("data-{id:08}.compact")
 }
@@ -323,7 +339,7 @@ impl Job {
         self.control.stop.load(Ordering::Relaxed)
     }
 
-    /// A named step of the pass (`crate::failpoint::COMPACTION_STEPS`); unit
+    /// A named step of the pass (one of [`STEPS`]); unit
     /// tests crash the pass here (see `CRASH_AT`), the crash tests stop shardd
     /// here (the `failpoints` feature).
     fn reached(&self, point: &'static str) -> Result<()> {
@@ -790,21 +806,15 @@ mod tests {
     /// later full pass gets there too.
     #[tokio::test]
     async fn a_crash_at_any_step_loses_nothing() {
-        let points = [
-            "created",
-            "written",
-            "synced",
-            "renamed",
-            "dir synced",
-            "file done",
-        ];
+        // Every step a file goes through (a crash at `start` is no pass at all).
+        let points = &STEPS[1..];
         for mode in [Mode::User, Mode::Seq] {
             // One history, copied for every crash.
             let template = tempfile::tempdir().unwrap();
             let ns = create(template.path(), "x", mode);
             let model = churn(&ns, mode).await;
             drop(ns);
-            for point in points {
+            for &point in points {
                 let mut n = 0;
                 loop {
                     let dir = tempfile::tempdir().unwrap();
