@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use cellos_ledger::deployment::{self, Deployment};
 use cellos_ledger::keys::{self, Signer};
 use cellos_ledger::*;
-use cellos_qemu::{Disk, Segment, Vm};
+use cellos_qemu::{Disk, HostFwd, Protocol, Segment, Vm};
 use cellos_tests::*;
 
 const GIB: u64 = 1 << 30;
@@ -74,8 +74,9 @@ struct Grid {
 }
 
 impl Grid {
-    /// Boots a node whose eth1 is on the segment at `ip`.
-    fn boot(&self, ip: &str, disks: Vec<Disk>, work: &Path) -> Vm {
+    /// Boots a node whose eth1 is on the segment at `ip` and whose API is forwarded
+    /// to `api_port` on the host.
+    fn boot(&self, ip: &str, disks: Vec<Disk>, work: &Path, api_port: u16) -> Vm {
         let mut params = boot_params(self.farm, &self.ledger.guest_url(), &self.enroll);
         params
             .extra
@@ -83,6 +84,11 @@ impl Grid {
         let mut cfg = vm_config(image().direct(&params), disks);
         cfg.segment = Some(self.segment.port().expect("segment port"));
         cfg.work_dir = Some(work.to_path_buf());
+        cfg.hostfwd = vec![HostFwd {
+            protocol: Protocol::Tcp,
+            host_port: api_port,
+            guest_port: NODE_API_PORT,
+        }];
         start(cfg)
     }
 }
@@ -246,13 +252,14 @@ fn vm_network_mesh_isolation_update_cancel_reboot() {
     let (ledger, segment) = (&grid.ledger, &grid.segment);
     let work = tempfile::tempdir().expect("tempdir");
     let ips = ["192.168.77.11", "192.168.77.12", "192.168.77.13"];
+    let api_ports: Vec<u16> = ips.iter().map(|_| free_port()).collect();
     let mut vms: Vec<(Vm, &str)> = ips
         .iter()
         .enumerate()
         .map(|(i, ip)| {
             let dir = work.path().join(format!("node{i}"));
             let disks = vec![Disk::new(8 * GIB, DiskKind::Ssd)];
-            (grid.boot(ip, disks, &dir), *ip)
+            (grid.boot(ip, disks, &dir, api_ports[i]), *ip)
         })
         .collect();
     let mut nodes: Vec<TestNode> = vms
@@ -298,6 +305,35 @@ fn vm_network_mesh_isolation_update_cancel_reboot() {
         started.elapsed()
     );
     only_wireguard_on_the_wire(segment, &[51820]);
+    // `cellos node show` lists alice's network on A from A's API: both peers with a
+    // handshake and bytes both ways.
+    let api_a = format!("http://127.0.0.1:{}", api_ports[0]);
+    let show_a = |u: &User| -> serde_json::Value {
+        let out = u.cli(&[
+            "--json",
+            "node",
+            "show",
+            &ids[0].to_string(),
+            "--api",
+            &api_a,
+        ]);
+        serde_json::from_str(&out).expect("node show json")
+    };
+    let shown = show_a(&alice);
+    let nets = shown["networks"].as_array().expect("networks listed");
+    assert_eq!(nets.len(), 1, "{shown}");
+    assert_eq!(nets[0]["contract"], mesh[0].0, "{shown}");
+    assert_eq!(nets[0]["subnet"], "10.20.1.0/24", "{shown}");
+    let peers = nets[0]["live"]["peers"].as_array().expect("peers");
+    assert_eq!(peers.len(), 2, "{shown}");
+    for p in peers {
+        assert!(p["last_handshake"].is_u64(), "no handshake: {shown}");
+        for dir in ["rx_bytes", "tx_bytes"] {
+            assert!(p[dir].as_u64() > Some(0), "no {dir}: {shown}");
+        }
+    }
+    let text = alice.cli(&["node", "show", &ids[0].to_string(), "--api", &api_a]);
+    assert!(text.contains("s ago") && !text.contains("never"), "{text}");
 
     // 2. A second tenant with the same range on A and B: each reaches its own peers
     // only, and nobody reaches the node's API on the uplink.
@@ -309,6 +345,10 @@ fn vm_network_mesh_isolation_update_cancel_reboot() {
         .map(|(f, &n)| bob.deploy(f, n).1["namespace"].clone())
         .collect();
     assert_ne!(bob_ns[0], ns[0]);
+    let shown = show_a(&bob);
+    let nets = shown["networks"].as_array().expect("networks listed");
+    assert_eq!(nets.len(), 1, "bob sees only his own network on A: {shown}");
+    assert_ne!(nets[0]["contract"], mesh[0].0, "bob sees alice's: {shown}");
     assert!(
         nodes[0].pings(&bob_ns[0], gateways[1], 20),
         "bob's A reaches bob's B"
@@ -383,7 +423,7 @@ fn vm_network_mesh_isolation_update_cancel_reboot() {
         .into_iter()
         .map(|p| Disk::existing(p, DiskKind::Ssd))
         .collect();
-    let vm = grid.boot(ips[1], disks, &dir.join("again"));
+    let vm = grid.boot(ips[1], disks, &dir.join("again"), free_port());
     let mut b = TestNode {
         vm,
         id: ids[1],
