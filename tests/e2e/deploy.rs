@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use cellos_ledger::deployment::{self, Deployment, Size, Workload, WorkloadSpec};
-use cellos_ledger::keys::{self, Signer};
+use cellos_ledger::deployment::{Deployment, Size, Workload, WorkloadSpec};
+use cellos_ledger::keys;
 use cellos_ledger::*;
 use cellos_qemu::{Disk, HostFwd, Protocol, Vm};
 use cellos_tests::*;
@@ -147,19 +147,7 @@ fn vm_deploy_cancel_reject_bill_and_reboot() {
 
     // 4. Rejections, each with its reason on the ledger.
     let c = &ledger.client;
-    let chain = ledger.block_on(c.status()).expect("status").chain_id;
-    let mut user = Signer::new(keys::generate(), chain);
-    ledger.block_on(async {
-        let ek = keys::encryption_key(user.key());
-        c.submit(&user.sign(TxBody::Faucet { amount: 1_000_000 }))
-            .await
-            .expect("faucet");
-        c.submit(&user.sign(TxBody::CreateAccount {
-            encryption_key: Some(ek),
-        }))
-        .await
-        .expect("account");
-    });
+    let mut user = ledger.user();
     let mut d = Deployment {
         owner: user.public_key(),
         version: 1,
@@ -180,23 +168,8 @@ fn vm_deploy_cancel_reject_bill_and_reboot() {
     };
     let mut order =
         |body: &Deployment, hash: Hash, reserve: Resources, to: EncryptionKey| -> ContractId {
-            ledger.block_on(async {
-                let sealed =
-                    deployment::seal(&serde_json::to_vec(body).expect("json"), &to).expect("seal");
-                let blob = c.put_blob(&user, sealed).await.expect("blob");
-                let r = c
-                    .submit(&user.sign(TxBody::CreateContract {
-                        node,
-                        deployment_hash: hash,
-                        resources: reserve,
-                        public_ips: 0,
-                        deposit: 10_000,
-                        blob: Some(blob),
-                    }))
-                    .await
-                    .expect("contract");
-                r.events.iter().find_map(|e| e.contract()).expect("id")
-            })
+            let body = serde_json::to_vec(body).expect("json");
+            ledger.order(&mut user, node, &to, &body, hash, reserve)
         };
     let ek = ledger.node(node).encryption_key;
     let refusals = [

@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cellos_ledger::deployment::{self, Deployment};
-use cellos_ledger::keys::{self, Signer};
+use cellos_ledger::deployment::Deployment;
+use cellos_ledger::keys;
 use cellos_ledger::*;
 use cellos_qemu::{Disk, HostFwd, Protocol, Segment, Vm};
 use cellos_tests::*;
@@ -452,40 +452,15 @@ fn vm_network_mesh_isolation_update_cancel_reboot() {
 fn bad_networks_are_refused(ledger: &Ledger, node: &mut TestNode) {
     let before = node.namespaces();
     let c = &ledger.client;
-    let chain = ledger.block_on(c.status()).expect("status").chain_id;
-    let mut user = Signer::new(keys::generate(), chain);
-    ledger.block_on(async {
-        c.submit(&user.sign(TxBody::Faucet { amount: 1_000_000 }))
-            .await
-            .expect("faucet");
-        c.submit(&user.sign(TxBody::CreateAccount {
-            encryption_key: Some(keys::encryption_key(user.key())),
-        }))
-        .await
-        .expect("account");
-    });
+    let mut user = ledger.user();
     let to = ledger.node(node.id).encryption_key;
     let (owner, owner_key) = (user.public_key(), user.key().clone());
+    let network = Resources {
+        mru: cellos_ledger::network::NETWORK_MRU,
+        ..Default::default()
+    };
     let mut order = |body: &[u8], hash: Hash| -> ContractId {
-        ledger.block_on(async {
-            let sealed = deployment::seal(body, &to).expect("seal");
-            let blob = c.put_blob(&user, sealed).await.expect("blob");
-            let r = c
-                .submit(&user.sign(TxBody::CreateContract {
-                    node: node.id,
-                    deployment_hash: hash,
-                    resources: Resources {
-                        mru: cellos_ledger::network::NETWORK_MRU,
-                        ..Default::default()
-                    },
-                    public_ips: 0,
-                    deposit: 10_000,
-                    blob: Some(blob),
-                }))
-                .await
-                .expect("contract");
-            r.events.iter().find_map(|e| e.contract()).expect("id")
-        })
+        ledger.order(&mut user, node.id, &to, body, hash, network)
     };
     // A subnet outside its range: a well-formed, signed deployment.
     let (private, public) = (

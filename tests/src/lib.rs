@@ -259,6 +259,60 @@ impl Ledger {
             .expect("node on the ledger")
     }
 
+    /// A user signing its own transactions: an account opened by the dev faucet, with
+    /// an encryption key (so results can be sealed to it).
+    pub fn user(&self) -> Signer {
+        let chain = self
+            .block_on(self.client.status())
+            .expect("status")
+            .chain_id;
+        let mut user = Signer::new(keys::generate(), chain);
+        self.block_on(async {
+            self.client
+                .submit(&user.sign(TxBody::Faucet { amount: 1_000_000 }))
+                .await
+                .expect("faucet");
+            self.client
+                .submit(&user.sign(TxBody::CreateAccount {
+                    encryption_key: Some(keys::encryption_key(user.key())),
+                }))
+                .await
+                .expect("account");
+        });
+        user
+    }
+
+    /// What `cellos deploy` does, with any body, hash and reservation (to see a node
+    /// refuse them): seals `body` to `to`, puts it in the mailbox and creates the
+    /// contract on `node`.
+    pub fn order(
+        &self,
+        user: &mut Signer,
+        node: NodeId,
+        to: &EncryptionKey,
+        body: &[u8],
+        hash: Hash,
+        reserve: Resources,
+    ) -> ContractId {
+        self.block_on(async {
+            let sealed = deployment::seal(body, to).expect("seal");
+            let blob = self.client.put_blob(user, sealed).await.expect("blob");
+            let r = self
+                .client
+                .submit(&user.sign(TxBody::CreateContract {
+                    node,
+                    deployment_hash: hash,
+                    resources: reserve,
+                    public_ips: 0,
+                    deposit: 10_000,
+                    blob: Some(blob),
+                }))
+                .await
+                .expect("contract");
+            r.events.iter().find_map(|e| e.contract()).expect("id")
+        })
+    }
+
     pub fn nodes(&self) -> Vec<Node> {
         self.block_on(self.client.nodes(&Default::default()))
             .expect("nodes")
