@@ -9,7 +9,7 @@
 
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -189,6 +189,9 @@ pub fn write(out: &Path, name: &str, shares: &[Share], force: bool) -> Result<Ve
             .mode(0o600)
             .open(path)
             .with_context(|| format!("cannot write {}", path.display()))?;
+        // `mode` applies only to a new file; a replaced one may have been readable.
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot make {} private", path.display()))?;
         f.write_all(text.as_bytes())
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
@@ -315,7 +318,6 @@ mod tests {
         let range: Ipv4Net = "10.20.0.0/16".parse().unwrap();
         let shares = plan("net", range, 51820, &members(), wg_keypair).unwrap();
         let paths = write(dir.path(), "net", &shares, false).unwrap();
-        use std::os::unix::fs::PermissionsExt;
         for (s, p) in shares.iter().zip(&paths) {
             let mode = std::fs::metadata(p).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600, "{}", p.display());
@@ -340,8 +342,12 @@ mod tests {
             before,
             "nothing replaced"
         );
+        // A replaced file is private even if it was not.
+        std::fs::set_permissions(&paths[0], std::fs::Permissions::from_mode(0o644)).unwrap();
         write(dir.path(), "net", &again, true).unwrap();
         assert_ne!(std::fs::read(&paths[0]).unwrap(), before);
+        let mode = std::fs::metadata(&paths[0]).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]
