@@ -165,10 +165,7 @@ pub async fn ledger(n_txs: usize, n_nodes: usize, conc: usize) -> Result<()> {
     let farm = r
         .events
         .iter()
-        .find_map(|e| match e {
-            Event::FarmCreated { farm, .. } => Some(*farm),
-            _ => None,
-        })
+        .find_map(Event::farm_created)
         .context("CreateFarm returned no farm id")?;
     let token = EnrollToken::issue(&ek, chain, farm, u64::MAX);
 

@@ -69,10 +69,7 @@ pub async fn setup_farm(c: &Client) -> Result<DemoFarm> {
     let farm = r
         .events
         .iter()
-        .find_map(|e| match e {
-            Event::FarmCreated { farm, .. } => Some(*farm),
-            _ => None,
-        })
+        .find_map(Event::farm_created)
         .context("CreateFarm returned no farm id")?;
     step(&format!(
         "farm {farm} created in block {}, with an enrollment key",

@@ -394,10 +394,7 @@ async fn node(c: &Client) -> (Signer, NodeId) {
     let farm = r
         .events
         .iter()
-        .find_map(|e| match e {
-            Event::FarmCreated { farm, .. } => Some(*farm),
-            _ => None,
-        })
+        .find_map(Event::farm_created)
         .expect("farm id");
     let mut node = Signer::new(keys::generate(), chain.clone());
     c.submit(&node.sign(TxBody::RegisterNode {

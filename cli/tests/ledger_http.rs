@@ -24,10 +24,7 @@ async fn signer(c: &Client) -> Signer {
 fn created_farm(r: &chain::Receipt) -> FarmId {
     r.events
         .iter()
-        .find_map(|e| match e {
-            Event::FarmCreated { farm, .. } => Some(*farm),
-            _ => None,
-        })
+        .find_map(Event::farm_created)
         .expect("farm id")
 }
 

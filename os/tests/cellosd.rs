@@ -67,10 +67,7 @@ async fn farm(l: &Ledger) -> (Signer, FarmId, EnrollToken) {
     let farm = r
         .events
         .iter()
-        .find_map(|e| match e {
-            Event::FarmCreated { farm, .. } => Some(*farm),
-            _ => None,
-        })
+        .find_map(Event::farm_created)
         .expect("FarmCreated");
     let token = EnrollToken::issue(&enroll, &l.chain_id, farm, u64::MAX);
     (farmer, farm, token)

@@ -246,10 +246,7 @@ impl Ledger {
                 .expect("farm");
             r.events
                 .iter()
-                .find_map(|e| match e {
-                    Event::FarmCreated { farm, .. } => Some(*farm),
-                    _ => None,
-                })
+                .find_map(Event::farm_created)
                 .expect("farm id")
         })
     }

@@ -116,6 +116,14 @@ impl Event {
         }
     }
 
+    /// The farm a `FarmCreated` event made (a farm's id is known only from it).
+    pub fn farm_created(&self) -> Option<FarmId> {
+        match self {
+            Event::FarmCreated { farm, .. } => Some(*farm),
+            _ => None,
+        }
+    }
+
     /// The contract this event concerns, if any.
     pub fn contract(&self) -> Option<ContractId> {
         use Event::*;

@@ -69,10 +69,7 @@ async fn farm(l: &Ledger, name: &str) -> Farmer {
     let farm = r
         .events
         .iter()
-        .find_map(|e| match e {
-            Event::FarmCreated { farm, .. } => Some(*farm),
-            _ => None,
-        })
+        .find_map(Event::farm_created)
         .expect("a FarmCreated event");
     Farmer {
         signer,
