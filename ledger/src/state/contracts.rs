@@ -69,14 +69,7 @@ impl State {
                 asked: ips,
             });
         }
-        let per_hour = farm
-            .prices
-            .per_hour(&resources, ips)
-            .ok_or(TxError::PriceOverflow {
-                farm: farm.id,
-                resources,
-                ips,
-            })?;
+        let per_hour = price_per_hour(farm, resources, ips)?;
         if deposit < per_hour.max(1) {
             return Err(TxError::DepositTooSmall { deposit, per_hour });
         }
@@ -216,14 +209,7 @@ impl State {
         }
         let farm = self.farms.get(&c.farm).ok_or(TxError::NoFarm(c.farm))?;
         let ips = u32::try_from(c.public_ips.len()).map_err(|_| TxError::Overflow("public IPs"))?;
-        let per_hour = farm
-            .prices
-            .per_hour(&resources, ips)
-            .ok_or(TxError::PriceOverflow {
-                farm: farm.id,
-                resources,
-                ips,
-            })?;
+        let per_hour = price_per_hour(farm, resources, ips)?;
         let node_id = c.node;
         self.node_mut(node_id)?.reserved = needed;
         let c = self.contract_mut(contract)?;
@@ -311,4 +297,15 @@ impl State {
             want,
         }
     }
+}
+
+/// What `farm` charges per hour for `resources` and `ips`; an overflow is refused.
+fn price_per_hour(farm: &Farm, resources: Resources, ips: u32) -> Result<u64, TxError> {
+    farm.prices
+        .per_hour(&resources, ips)
+        .ok_or(TxError::PriceOverflow {
+            farm: farm.id,
+            resources,
+            ips,
+        })
 }
