@@ -29,6 +29,11 @@ PACKAGES=(
   ca-certificates curl
   redis-tools redis-server  # redis-cli, redis-benchmark and the side-by-side server for `cellos bench shard`
   nftables iproute2 # nft in the image (tenant networks' rulesets); nft and ip in the network host tests
+  iperf3            # `cellos bench network`: throughput through a tenant tunnel and beside it
+  docker-registry   # a real OCI registry the container tests push to and nodes pull from
+  chromium chromium-driver  # the explorer's browser test (headless, WebDriver)
+  etcd-server       # the ledger's replicated mode: tests start a three-member cluster
+  protobuf-compiler # protoc, for crates generated from .proto files
 )
 
 # What the project runs or reads, and the package that provides it. A path is a
@@ -58,6 +63,12 @@ REQUIRED=(
   redis-benchmark:redis-tools
   nft:nftables
   ip:iproute2
+  iperf3:iperf3
+  docker-registry:docker-registry
+  chromium:chromium
+  chromedriver:chromium-driver
+  etcd:etcd-server
+  protoc:protobuf-compiler
 )
 
 # cargo-deny (scripts/test.sh checks licenses, duplicate versions and sources with
