@@ -17,6 +17,7 @@
 //! (a [`Clock`]), which only a test replaces.
 
 mod clock;
+mod explorer;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -396,6 +397,39 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
+/// One page of a list: a plain JSON array, with the number of all matches in the
+/// `X-Total-Count` header (what a table needs for "page 3 of 200").
+struct Page<T> {
+    total: usize,
+    items: Vec<T>,
+}
+
+impl<T: Clone> Page<T> {
+    /// Up to `limit` of `matches` after the first `offset`; counts them all.
+    fn of<'a>(matches: impl Iterator<Item = &'a T>, offset: usize, limit: usize) -> Self
+    where
+        T: 'a,
+    {
+        let mut items = Vec::new();
+        let mut total = 0;
+        for m in matches {
+            if total >= offset && items.len() < limit {
+                items.push(m.clone());
+            }
+            total += 1;
+        }
+        Page { total, items }
+    }
+}
+
+impl<T: Serialize> IntoResponse for Page<T> {
+    fn into_response(self) -> Response {
+        ([(TOTAL_COUNT, self.total.to_string())], Json(self.items)).into_response()
+    }
+}
+
+const TOTAL_COUNT: header::HeaderName = header::HeaderName::from_static("x-total-count");
+
 fn parse<T: std::str::FromStr>(what: &str, s: &str) -> Result<T, ApiError>
 where
     T::Err: std::fmt::Display,
@@ -440,6 +474,7 @@ fn router(shared: Arc<Shared>) -> Router {
                 .put(put_blob)
                 .layer(DefaultBodyLimit::max(blob_limit)),
         )
+        .merge(explorer::routes())
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .with_state(shared)
 }
@@ -546,8 +581,25 @@ async fn account(AxState(s): AxState<Arc<Shared>>, Path(key): Path<String>) -> A
         .ok_or_else(|| ApiError::not_found(format!("account {k} does not exist")))
 }
 
-async fn farms(AxState(s): AxState<Arc<Shared>>) -> ApiResult<Vec<Farm>> {
-    Ok(Json(s.chain().state().farms().cloned().collect()))
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FarmQuery {
+    offset: Option<usize>,
+    /// Without one, every farm (what clients before paging expect).
+    limit: Option<usize>,
+}
+
+async fn farms(
+    AxState(s): AxState<Arc<Shared>>,
+    q: Result<Query<FarmQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Page<Farm>, ApiError> {
+    let q = query(q)?;
+    let limit = q.limit.map_or(usize::MAX, |l| l.min(MAX_PAGE));
+    Ok(Page::of(
+        s.chain().state().farms(),
+        q.offset.unwrap_or(0),
+        limit,
+    ))
 }
 
 async fn farm(AxState(s): AxState<Arc<Shared>>, Path(id): Path<String>) -> ApiResult<Farm> {
@@ -568,31 +620,30 @@ struct NodeQuery {
     pubkey: Option<PublicKey>,
     /// Return nodes with ids above this (paging).
     after: Option<NodeId>,
+    /// Skip this many matches (paging by page number).
+    offset: Option<usize>,
     limit: Option<usize>,
 }
 
 async fn nodes(
     AxState(s): AxState<Arc<Shared>>,
     q: Result<Query<NodeQuery>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<Vec<Node>> {
+) -> Result<Page<Node>, ApiError> {
     let q = query(q)?;
     let c = s.chain();
     if let Some(k) = q.pubkey {
-        return Ok(Json(
-            c.state().node_by_key(&k).cloned().into_iter().collect(),
-        ));
+        return Ok(Page::of(c.state().node_by_key(&k).into_iter(), 0, 1));
     }
     let limit = q.limit.unwrap_or(MAX_PAGE).min(MAX_PAGE);
     let after = q.after.unwrap_or(0);
-    Ok(Json(
+    Ok(Page::of(
         c.state()
             .nodes()
             .filter(|n| n.id > after)
             .filter(|n| q.farm.is_none_or(|f| n.farm == f))
-            .filter(|n| q.status.is_none_or(|st| n.status == st))
-            .take(limit)
-            .cloned()
-            .collect(),
+            .filter(|n| q.status.is_none_or(|st| n.status == st)),
+        q.offset.unwrap_or(0),
+        limit,
     ))
 }
 
@@ -614,13 +665,15 @@ struct ContractQuery {
     /// Only contracts that are not closed.
     open: Option<bool>,
     after: Option<ContractId>,
+    /// Skip this many matches (paging by page number).
+    offset: Option<usize>,
     limit: Option<usize>,
 }
 
 async fn contracts(
     AxState(s): AxState<Arc<Shared>>,
     q: Result<Query<ContractQuery>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<Vec<Contract>> {
+) -> Result<Page<Contract>, ApiError> {
     let q = query(q)?;
     let c = s.chain();
     let limit = q.limit.unwrap_or(MAX_PAGE).min(MAX_PAGE);
@@ -631,23 +684,13 @@ async fn contracts(
             && q.node.is_none_or(|n| k.node == n)
             && (q.open != Some(true) || k.is_open())
     };
-    let list: Vec<Contract> = match (q.node, q.open) {
-        (Some(n), Some(true)) => c
-            .state()
-            .open_contracts_on(n)
-            .filter(keep)
-            .take(limit)
-            .cloned()
-            .collect(),
-        _ => c
-            .state()
-            .contracts()
-            .filter(keep)
-            .take(limit)
-            .cloned()
-            .collect(),
-    };
-    Ok(Json(list))
+    let offset = q.offset.unwrap_or(0);
+    Ok(match (q.node, q.open) {
+        (Some(n), Some(true)) => {
+            Page::of(c.state().open_contracts_on(n).filter(keep), offset, limit)
+        }
+        _ => Page::of(c.state().contracts().filter(keep), offset, limit),
+    })
 }
 
 async fn contract(AxState(s): AxState<Arc<Shared>>, Path(id): Path<String>) -> ApiResult<Contract> {

@@ -5,6 +5,9 @@
 //! store that takes seconds to commit shows it: while a block is being written,
 //! status, accounts and farms must still be answered at once, from the last durable
 //! state.
+//!
+//! Also what the explorer reads: lists paged by `offset`/`limit` with their total
+//! in `X-Total-Count`, and the explorer's own files beside the API.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -223,4 +226,261 @@ fn published_state_is_always_the_replayed_one() {
     for (i, s) in held.iter().enumerate() {
         assert_eq!(s.state().height(), 3 * i as u64 + 1);
     }
+}
+
+/// A ledger on a free port over a [`MemStore`], for the read tests below: its URL,
+/// a client, and what stops it.
+async fn memory_ledger(
+    chain: &str,
+) -> (
+    tempfile::TempDir,
+    String,
+    Client,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = Config {
+        data: dir.path().to_path_buf(),
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        params: ChainParams::new(chain, true),
+        ..Default::default()
+    };
+    let srv = Server::bind_with_store(cfg, Arc::new(MemStore::default()))
+        .await
+        .expect("bind");
+    let url = srv.url().expect("url");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(srv.run(async {
+        let _ = stopped.await;
+    }));
+    let c = Client::new(&url).expect("client");
+    (dir, url, c, stop)
+}
+
+/// GET `path`: the status, the `X-Total-Count` header and the body as JSON.
+async fn get_page(url: &str, path: &str) -> (u16, Option<usize>, serde_json::Value) {
+    let r = reqwest::get(format!("{url}{path}")).await.expect("GET");
+    let status = r.status().as_u16();
+    let total = r
+        .headers()
+        .get("x-total-count")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    (status, total, r.json().await.expect("JSON body"))
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u64> {
+    v.as_array()
+        .expect("a JSON array")
+        .iter()
+        .map(|x| x["id"].as_u64().expect("id"))
+        .collect()
+}
+
+/// Lists page by `offset` and `limit` (what the explorer's tables use) and say how
+/// many match in `X-Total-Count`, under every filter; the body stays a plain array.
+#[tokio::test]
+async fn lists_page_by_offset_with_the_total_in_a_header() {
+    let (_dir, url, c, stop) = memory_ledger("paging").await;
+    let chain = "paging";
+    let mut farmer = Signer::new(keys::generate(), chain);
+    c.submit(&farmer.sign(TxBody::Faucet {
+        amount: EXISTENTIAL_DEPOSIT,
+    }))
+    .await
+    .expect("farmer account");
+    let enroll = keys::generate();
+    let mut farms = Vec::new();
+    for name in ["paging-a", "paging-b"] {
+        let r = c
+            .submit(&farmer.sign(TxBody::CreateFarm {
+                name: name.into(),
+                prices: Prices::default(),
+                enrollment_key: Some(keys::public_key(&enroll)),
+            }))
+            .await
+            .expect("farm");
+        farms.push(r.events.iter().find_map(Event::farm_created).expect("id"));
+    }
+    // 15 nodes on the first farm, 10 on the second; 3 of the first on standby.
+    let mut nodes = Vec::new();
+    for i in 0..25 {
+        let farm = farms[usize::from(i >= 15)];
+        let mut s = Signer::new(keys::generate(), chain);
+        let r = c
+            .submit(&s.sign(TxBody::RegisterNode {
+                farm,
+                capacity: Resources {
+                    cru: 4,
+                    mru: 8 * GIB,
+                    sru: 100 * GIB,
+                    hru: 0,
+                },
+                interfaces: vec![],
+                encryption_key: keys::encryption_key(s.key()),
+                location: None,
+                enrollment: Some(EnrollToken::issue(&enroll, chain, farm, u64::MAX)),
+                persistent: true,
+            }))
+            .await
+            .expect("register");
+        let id = r
+            .events
+            .iter()
+            .find_map(|e| match e {
+                Event::NodeRegistered { node, .. } => Some(*node),
+                _ => None,
+            })
+            .expect("node id");
+        if i < 3 {
+            c.submit(&s.sign(TxBody::SetNodeStatus {
+                node: id,
+                status: NodeStatus::Standby,
+            }))
+            .await
+            .expect("standby");
+        }
+        nodes.push(u64::from(id));
+    }
+
+    let (st, total, body) = get_page(&url, "/v1/nodes?offset=10&limit=5").await;
+    assert_eq!((st, total), (200, Some(25)));
+    assert_eq!(ids(&body), nodes[10..15]);
+    let (_, total, body) = get_page(
+        &url,
+        &format!("/v1/nodes?farm={}&offset=8&limit=5", farms[1]),
+    )
+    .await;
+    assert_eq!(total, Some(10));
+    assert_eq!(ids(&body), nodes[23..25]);
+    // limit=0 is a count.
+    let (_, total, body) = get_page(&url, "/v1/nodes?status=standby&limit=0").await;
+    assert_eq!(total, Some(3));
+    assert_eq!(ids(&body), Vec::<u64>::new());
+    let (_, total, body) = get_page(&url, "/v1/nodes?offset=100").await;
+    assert_eq!((total, ids(&body).len()), (Some(25), 0));
+    // `after` (the clients' cursor) and `offset` combine: offset counts from the cursor.
+    let (_, total, body) = get_page(
+        &url,
+        &format!("/v1/nodes?after={}&offset=1&limit=2", nodes[19]),
+    )
+    .await;
+    assert_eq!(total, Some(5));
+    assert_eq!(ids(&body), nodes[21..23]);
+
+    let (_, total, body) = get_page(&url, "/v1/farms?offset=1&limit=1").await;
+    assert_eq!(total, Some(2));
+    assert_eq!(ids(&body), [u64::from(farms[1])]);
+    let (_, total, body) = get_page(&url, "/v1/farms").await;
+    assert_eq!((total, ids(&body).len()), (Some(2), 2));
+
+    let mut user = Signer::new(keys::generate(), chain);
+    c.submit(&user.sign(TxBody::Faucet { amount: 100_000 }))
+        .await
+        .expect("user account");
+    let node = nodes[5] as NodeId;
+    let mut contracts = Vec::new();
+    for i in 0..3u8 {
+        let r = c
+            .submit(&user.sign(TxBody::CreateContract {
+                node,
+                deployment_hash: Hash::of(&[i]),
+                resources: Resources {
+                    cru: 1,
+                    ..Default::default()
+                },
+                public_ips: 0,
+                deposit: 100,
+                blob: None,
+            }))
+            .await
+            .expect("contract");
+        contracts.push(
+            r.events
+                .iter()
+                .find_map(|e| match e {
+                    Event::ContractCreated { contract, .. } => Some(*contract),
+                    _ => None,
+                })
+                .expect("contract id"),
+        );
+    }
+    let (_, total, body) = get_page(
+        &url,
+        &format!("/v1/contracts?node={node}&open=true&offset=1&limit=1"),
+    )
+    .await;
+    assert_eq!(total, Some(3));
+    assert_eq!(ids(&body), [contracts[1]]);
+    let (_, total, _) = get_page(&url, &format!("/v1/contracts?owner={}", user.public_key())).await;
+    assert_eq!(total, Some(3));
+
+    let (st, _, body) = get_page(&url, "/v1/nodes?offset=-1").await;
+    assert_eq!(st, 400, "{body}");
+    let _ = stop.send(());
+}
+
+/// The explorer's files are served under `/` with their types and a strict CSP;
+/// unknown paths are 404s, `/v1` is untouched, and nothing there takes a write.
+#[tokio::test]
+async fn explorer_files_are_served_beside_the_api() {
+    let (_dir, url, _c, stop) = memory_ledger("explorer").await;
+    let http = reqwest::Client::new();
+    let get = |path: &str| http.get(format!("{url}{path}")).send();
+
+    let r = get("/").await.expect("GET /");
+    assert_eq!(r.status(), 200);
+    let h = r.headers().clone();
+    let header = |name: &str| {
+        h.get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(header("content-type"), "text/html; charset=utf-8");
+    assert!(
+        header("content-security-policy").starts_with("default-src 'self';"),
+        "{h:?}"
+    );
+    assert_eq!(header("x-content-type-options"), "nosniff");
+    let etag = header("etag");
+    assert!(etag.len() > 2, "{h:?}");
+    let page = r.text().await.expect("body");
+    assert!(page.contains("<script src=\"/explorer/app.js\""), "{page}");
+
+    for (path, kind) in [
+        ("/explorer/app.js", "text/javascript; charset=utf-8"),
+        ("/explorer/style.css", "text/css; charset=utf-8"),
+        ("/explorer/icon.svg", "image/svg+xml"),
+    ] {
+        let r = get(path).await.expect("GET");
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(r.headers()["content-type"], kind, "{path}");
+        assert!(r.headers().contains_key("content-security-policy"));
+    }
+    // A browser that has the page revalidates it for free.
+    let r = http
+        .get(format!("{url}/"))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(r.status(), 304);
+
+    for path in [
+        "/explorer/nope.js",
+        "/explorer/",
+        "/explorer/..%2Fledger.key",
+        "/index.html",
+        "/ledger.key",
+        "/v1/nope",
+    ] {
+        let r = get(path).await.expect("GET");
+        assert_eq!(r.status(), 404, "{path}");
+    }
+    let r = http.post(format!("{url}/")).send().await.expect("POST");
+    assert_eq!(r.status(), 405, "the explorer takes no writes");
+    let (st, _, status) = get_page(&url, "/v1/status").await;
+    assert_eq!((st, status["chain_id"].as_str()), (200, Some("explorer")));
+    let _ = stop.send(());
 }
