@@ -484,4 +484,24 @@ pub enum BenchCmd {
         #[arg(long)]
         shardd: Option<PathBuf>,
     },
+    /// Two QEMU nodes on one segment with a tenant network between them: iperf3
+    /// through the WireGuard tunnel and over the bare segment, and the time from
+    /// contract to a working tunnel. Builds its own image (the node image plus iperf3).
+    Network {
+        /// Seconds each iperf3 run sends.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+        /// auto (KVM, falling back to TCG when the guest hangs), kvm or tcg.
+        #[arg(long, default_value = "auto", value_parser = crate::qemu::parse_accel)]
+        accel: cellos_qemu::Accel,
+        /// vCPUs per node.
+        #[arg(long, default_value_t = 1)]
+        cpus: u32,
+        /// Memory per node.
+        #[arg(long, default_value = "2G")]
+        memory: String,
+        /// Seconds a node may take to reach init.
+        #[arg(long, default_value_t = 120)]
+        boot_timeout: u64,
+    },
 }

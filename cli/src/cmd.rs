@@ -84,6 +84,8 @@ pub async fn run(cli: Cli) -> Result<()> {
                 image,
                 vm,
                 work_dir,
+                cmdline_extra: String::new(),
+                segment: None,
             };
             signal::run_with_ctrl_c(move |stop| {
                 let mut machine = qemu::boot(&req)?;
@@ -115,6 +117,22 @@ pub async fn run(cli: Cli) -> Result<()> {
             size,
             pipeline,
         }) => crate::bench_shard::ec(seconds, size as usize, pipeline as usize).await,
+        Cmd::Bench(BenchCmd::Network {
+            seconds,
+            accel,
+            cpus,
+            memory,
+            boot_timeout,
+        }) => {
+            crate::bench_network::network(crate::bench_network::NetworkBenchOptions {
+                seconds,
+                accel,
+                cpus,
+                memory,
+                boot_timeout,
+            })
+            .await
+        }
         Cmd::Bench(BenchCmd::Shard {
             requests,
             clients,

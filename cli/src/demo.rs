@@ -147,6 +147,8 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         image,
         vm: opts.vm,
         work_dir: Some(data.join("vm")),
+        cmdline_extra: String::new(),
+        segment: None,
     };
     let started = Instant::now();
     let (mut vm, line) = tokio::task::spawn_blocking(move || -> Result<_> {

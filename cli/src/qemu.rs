@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use cellos_image::{Artifacts, BootParams, BuildOptions, Install};
-use cellos_qemu::{Accel, Boot, Config, Disk, DiskKind, Vm};
+use cellos_qemu::{Accel, Boot, Config, Disk, DiskKind, SegmentPort, Vm};
 use clap::Args;
 
 /// The manifest this `cellos` was built with; `--manifest` overrides it.
-const MANIFEST: &str = include_str!("../../os/manifest.toml");
+pub const MANIFEST: &str = include_str!("../../os/manifest.toml");
 
 /// Where a build finds the node binaries, unless told otherwise.
 pub fn default_bin_dir() -> Result<PathBuf> {
@@ -194,6 +194,10 @@ pub struct RunRequest {
     pub image: PathBuf,
     pub vm: VmArgs,
     pub work_dir: Option<PathBuf>,
+    /// Appended to the image's kernel command line (direct boot only).
+    pub cmdline_extra: String,
+    /// A second NIC on a segment shared with other guests.
+    pub segment: Option<SegmentPort>,
 }
 
 /// The line init prints first; reaching it proves the guest runs.
@@ -206,12 +210,14 @@ fn config(req: &RunRequest, accel: Accel) -> Result<Config> {
             bootfile: cellos_image::BOOT_IPXE.into(),
         }
     } else {
-        let cmdline = std::fs::read_to_string(req.image.join("cmdline")).with_context(|| {
-            format!(
-                "{} holds no image (run `cellos image build` first)",
-                req.image.display()
-            )
-        })?;
+        let mut cmdline =
+            std::fs::read_to_string(req.image.join("cmdline")).with_context(|| {
+                format!(
+                    "{} holds no image (run `cellos image build` first)",
+                    req.image.display()
+                )
+            })?;
+        cmdline = format!("{} {}", cmdline.trim(), req.cmdline_extra);
         Boot::Direct {
             kernel: req.image.join(cellos_image::VMLINUZ),
             initrd: req.image.join(cellos_image::INITRAMFS),
@@ -224,6 +230,7 @@ fn config(req: &RunRequest, accel: Accel) -> Result<Config> {
     c.accel = accel;
     c.disks = req.vm.disks.0.clone();
     c.work_dir = req.work_dir.clone();
+    c.segment = req.segment.clone();
     Ok(c)
 }
 
