@@ -22,7 +22,10 @@ use cellos_ledger::network::{Ipv4Net, NetworkSpec, WgKey};
 use futures::TryStreamExt as _;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
-use rtnetlink::packet_route::route::RouteScope;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteScope,
+};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkWireguard, RouteMessageBuilder};
 use wireguard_control::{Backend, Device, DeviceUpdate, InterfaceName, Key, PeerConfigBuilder};
 
@@ -196,6 +199,65 @@ async fn set_up(h: &Handle, index: u32) -> Result<(), rtnetlink::Error> {
         .await
 }
 
+/// Gives link `index` the IPv4 address `addr/prefix` and no other: an update that
+/// moves a network to another subnet must not leave the old gateway answering.
+async fn only_address(
+    h: &Handle,
+    index: u32,
+    addr: Ipv4Addr,
+    prefix: u8,
+) -> Result<(), rtnetlink::Error> {
+    h.address()
+        .add(index, IpAddr::V4(addr), prefix)
+        .replace()
+        .execute()
+        .await?;
+    let current: Vec<AddressMessage> = h
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_collect()
+        .await?;
+    for m in current {
+        let stale = m.attributes.iter().any(|a| {
+            matches!(a, AddressAttribute::Address(IpAddr::V4(ip))
+                if *ip != addr || m.header.prefix_len != prefix)
+        });
+        if stale {
+            h.address().del(m).execute().await?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes every route of the main table through link `index` except the one to
+/// `range`: an update to another range must not keep routing the old one into the
+/// tunnel. (The kernel's own routes for the link's address live in the local table.)
+async fn only_route(h: &Handle, index: u32, range: Ipv4Net) -> Result<(), rtnetlink::Error> {
+    let routes: Vec<RouteMessage> = h
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute()
+        .try_collect()
+        .await?;
+    for r in routes {
+        let through = r
+            .attributes
+            .iter()
+            .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index));
+        let to_range = r.header.destination_prefix_length == range.prefix_len()
+            && r.attributes.iter().any(|a| {
+                matches!(a, RouteAttribute::Destination(RouteAddress::Inet(ip))
+                    if *ip == range.network())
+            });
+        if through && r.header.table == RouteHeader::RT_TABLE_MAIN && !to_range {
+            h.route().del(r).execute().await?;
+        }
+    }
+    Ok(())
+}
+
 fn wg_name(dev: &str) -> Result<InterfaceName, SysError> {
     dev.parse::<InterfaceName>()
         .map_err(|e| io(format!("name {dev}"))(e.into()))
@@ -281,11 +343,7 @@ impl Sys for Linux {
             netlink(&format!("set up bridge {bridge} in {ns}"), |h| async move {
                 set_up(&h, existing(&h, "lo").await?).await?;
                 let index = ensure_link(&h, bridge, LinkBridge::new(bridge).build()).await?;
-                h.address()
-                    .add(index, IpAddr::V4(gateway.addr()), gateway.prefix_len())
-                    .replace()
-                    .execute()
-                    .await?;
+                only_address(&h, index, gateway.addr(), gateway.prefix_len()).await?;
                 set_up(&h, index).await
             })
         })
@@ -399,11 +457,7 @@ impl Sys for Linux {
                 &format!("address and route {dev} in {ns}"),
                 |h| async move {
                     let index = existing(&h, dev).await?;
-                    h.address()
-                        .add(index, IpAddr::V4(gateway), 32)
-                        .replace()
-                        .execute()
-                        .await?;
+                    only_address(&h, index, gateway, 32).await?;
                     set_up(&h, index).await?;
                     let route = RouteMessageBuilder::<Ipv4Addr>::new()
                         .destination_prefix(range.network(), range.prefix_len())
@@ -411,7 +465,8 @@ impl Sys for Linux {
                         .pref_source(gateway)
                         .scope(RouteScope::Link)
                         .build();
-                    h.route().add(route).replace().execute().await
+                    h.route().add(route).replace().execute().await?;
+                    only_route(&h, index, range).await
                 },
             )
         })

@@ -260,6 +260,35 @@ fn ensure_twice_changes_nothing() {
 }
 
 #[test]
+fn an_update_to_another_subnet_leaves_no_old_gateway() {
+    let Some(net) = Net::new("moved") else {
+        return;
+    };
+    net.networks
+        .ensure_local(&net.key, &spec("10.20.10.0/24"))
+        .expect("first");
+    net.networks
+        .ensure_local(&net.key, &spec("10.20.11.0/24"))
+        .expect("moved");
+    let ns = &net.names.netns;
+    let addrs = sh(&[
+        "ip",
+        "-n",
+        ns,
+        "-o",
+        "-4",
+        "addr",
+        "show",
+        "dev",
+        &net.names.bridge,
+    ]);
+    assert_eq!(addrs.lines().count(), 1, "{addrs}");
+    assert!(addrs.contains("10.20.11.1/24"), "{addrs}");
+    let routes = sh(&["ip", "-n", ns, "-4", "route", "show"]);
+    assert!(!routes.contains("10.20.10."), "{routes}");
+}
+
+#[test]
 fn remove_leaves_nothing_and_succeeds_twice() {
     let Some(net) = Net::new("remove") else {
         return;
@@ -432,5 +461,28 @@ fn wireguard_device_lives_in_the_namespace_and_survives_updates() {
         link_index(ns, &names.wireguard),
         index,
         "the device was recreated"
+    );
+    // Another subnet and range: the old gateway address and route are gone.
+    s.ip_range = "10.21.0.0/16".parse().expect("net");
+    s.subnet = "10.21.8.0/24".parse().expect("net");
+    net.networks.ensure(&net.key, &s).expect("moved");
+    let addrs = sh(&[
+        "ip",
+        "-n",
+        ns,
+        "-o",
+        "-4",
+        "addr",
+        "show",
+        "dev",
+        &names.wireguard,
+    ]);
+    assert_eq!(addrs.lines().count(), 1, "{addrs}");
+    assert!(addrs.contains("10.21.8.1/32"), "{addrs}");
+    let routes = sh(&["ip", "-n", ns, "-4", "route", "show"]);
+    assert!(!routes.contains("10.20."), "{routes}");
+    assert!(
+        routes.contains(&format!("10.21.0.0/16 dev {}", names.wireguard)),
+        "{routes}"
     );
 }
