@@ -260,6 +260,16 @@ impl Puller {
                 ),
             ));
         }
+        // Every size is checked before the first blob is requested.
+        for desc in manifest.layers() {
+            if desc.size() > self.limits.layer {
+                return Err(ContainerError::TooLarge {
+                    what: "layer",
+                    digest: desc.digest().to_string(),
+                    limit: self.limits.layer,
+                });
+            }
+        }
         let config_digest = descriptor_digest(manifest.config(), "config")?;
         pin.add(&config_digest);
         self.blob(
