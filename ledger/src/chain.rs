@@ -16,6 +16,13 @@
 //! still holds the old snapshot when the next commit starts), and readers see only
 //! durable blocks.
 //!
+//! On a replicated store other ledger servers append too. [`Chain::follow`] applies
+//! the blocks they wrote, from this chain's height on (never the whole chain). An
+//! append that fails (another server took the height, or the store failed) drops
+//! the working copy, goes back to the last published state and follows the store
+//! from there, so the state never runs ahead of the log, and never behind it for
+//! long.
+//!
 //! [`replay`] rebuilds a state from blocks; with `check_signatures` it is also the
 //! verifier: every hash link, every ledger and transaction signature, every
 //! transaction's success and every recorded event are checked again.
@@ -55,12 +62,26 @@ pub enum ChainError {
     },
     #[error("block {height}: recorded events differ from the replayed ones")]
     Events { height: u64 },
+    #[error("block {height} in the store does not apply to this server's state")]
+    Follow {
+        height: u64,
+        #[source]
+        source: Box<TxError>,
+    },
     #[error("the store has no genesis record: it holds no chain")]
     NoGenesis,
     #[error("the store's chain is signed by {store}, but this ledger's key is {key}")]
     WrongKey { store: PublicKey, key: PublicKey },
     #[error("the store's chain id is {store:?}, but {wanted:?} was asked for")]
     WrongChainId { store: String, wanted: String },
+}
+
+impl ChainError {
+    /// Another ledger server committed the block this one tried to; the chain has
+    /// followed it, and the same transactions may be tried again.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, ChainError::Store(StoreError::Conflict { .. }))
+    }
 }
 
 /// What a sender learns about its accepted transaction.
@@ -167,7 +188,8 @@ impl Snapshot {
         self.head
     }
 
-    /// Applies a block this chain committed (its transactions all applied then).
+    /// Applies a block that applied to this state before (this chain committed it,
+    /// or checked it in [`Chain::follow`]).
     fn replay_block(&mut self, block: &Block) -> Result<(), TxError> {
         self.state
             .begin_block(block.header.height, block.header.time);
@@ -201,20 +223,23 @@ impl View {
     }
 }
 
-/// The working copy `spare`, brought up to `current` by replaying the block it lacks.
+/// The working copy `spare`, brought up to `current` by replaying the blocks it lacks.
 fn working<'a>(
     spare: &'a mut Arc<Snapshot>,
-    lag: &mut Option<Block>,
+    lag: &mut Vec<Block>,
     current: &Snapshot,
 ) -> &'a mut Snapshot {
     // Clones only when a reader still holds the snapshot published before.
     let work = Arc::make_mut(spare);
-    if let Some(block) = lag.take() {
+    for block in lag.drain(..) {
+        // Cannot fail: the block applied to the same state before.
         if work.replay_block(&block).is_err() {
-            // Cannot happen: the block applied to the same state before. Fall back
-            // to a copy rather than commit on a state that differs.
-            *work = current.clone();
+            break;
         }
+    }
+    if work.head != current.head {
+        // Should it have failed: a copy, rather than commit on a state that differs.
+        *work = current.clone();
     }
     work
 }
@@ -225,9 +250,9 @@ pub struct Chain {
     /// Durable and published: what [`Chain::state`] and the view answer from.
     current: Arc<Snapshot>,
     /// The committer's working copy: `current` itself, or the copy published
-    /// before it, which lacks the block in `lag`.
+    /// before it, which lacks the blocks in `lag`.
     spare: Arc<Snapshot>,
-    lag: Option<Block>,
+    lag: Vec<Block>,
     view: View,
 }
 
@@ -241,15 +266,23 @@ impl Chain {
         now: u64,
     ) -> Result<Chain, ChainError> {
         let pk = PublicKey(key.verifying_key().to_bytes());
-        match store.genesis()? {
-            None => {
-                let genesis = Genesis {
-                    params,
-                    ledger_key: pk,
-                    time: now,
-                };
-                store.init(&genesis)?;
+        let mut found = store.genesis()?;
+        if found.is_none() {
+            let genesis = Genesis {
+                params: params.clone(),
+                ledger_key: pk,
+                time: now,
+            };
+            match store.init(&genesis) {
+                Ok(()) => {}
+                // Another ledger server on the same replicated store was first: its
+                // genesis is the chain's, checked below like any existing one.
+                Err(StoreError::AlreadyInitialized) => found = store.genesis()?,
+                Err(e) => return Err(e.into()),
             }
+        }
+        match found {
+            None => {}
             Some(g) => {
                 if g.ledger_key != pk {
                     return Err(ChainError::WrongKey {
@@ -277,7 +310,7 @@ impl Chain {
             spare: current.clone(),
             view: View::new(current.clone()),
             current,
-            lag: None,
+            lag: Vec::new(),
         })
     }
 
@@ -298,19 +331,54 @@ impl Chain {
         self.view.clone()
     }
 
-    /// Resets both copies to what the store holds, after a failed append.
-    fn reload(&mut self) -> Result<(), ChainError> {
+    /// Drops the working copy (it ran ahead of the store): the next commit or
+    /// follow starts again from a copy of the published state.
+    fn rewind(&mut self) {
         self.spare = self.current.clone();
-        self.lag = None;
-        let r = replay(self.store.as_ref(), false, &mut |_, _| {})?;
-        self.current = Arc::new(Snapshot {
-            genesis: self.current.genesis.clone(),
-            state: r.state,
-            head: r.head,
-        });
-        self.spare = self.current.clone();
-        self.view.publish(self.current.clone());
-        Ok(())
+        self.lag.clear();
+    }
+
+    /// Applies the blocks the store holds above this chain's height (appended by
+    /// other ledger servers on a replicated store, or by an append whose answer was
+    /// an error), checking each block's link and signature, and publishes the
+    /// state after them. Returns how many blocks it applied.
+    pub fn follow(&mut self) -> Result<u64, ChainError> {
+        const PAGE: usize = 256;
+        let mut applied = 0u64;
+        loop {
+            let next = self.current.state.height() + 1;
+            let blocks = self.store.blocks(next, PAGE)?;
+            if blocks.is_empty() {
+                return Ok(applied);
+            }
+            let key = self.current.genesis.ledger_key;
+            let work = working(&mut self.spare, &mut self.lag, &self.current);
+            let mut failed = None;
+            for (i, block) in blocks.iter().enumerate() {
+                let height = block.header.height;
+                if let Err(e) = block.check(next + i as u64, work.head, work.state.time(), &key) {
+                    failed = Some(e.into());
+                    break;
+                }
+                if let Err(e) = work.replay_block(block) {
+                    failed = Some(ChainError::Follow {
+                        height,
+                        source: Box::new(e),
+                    });
+                    break;
+                }
+            }
+            if let Some(e) = failed {
+                // The working copy is partly applied: drop it.
+                self.rewind();
+                return Err(e);
+            }
+            let done = blocks;
+            applied += done.len() as u64;
+            std::mem::swap(&mut self.current, &mut self.spare);
+            self.view.publish(self.current.clone());
+            self.lag = done;
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -361,13 +429,18 @@ impl Chain {
         };
         // Readers keep answering from `current` while this fsyncs.
         if let Err(e) = self.store.append(&block, &record) {
-            // The working copy ran ahead of the disk: rebuild from what is durable.
-            self.reload()?;
+            // The working copy ran ahead of the store: go back to what is durable
+            // and take what the store holds beyond it (another server's block, or
+            // this one if it was written after all). Should following fail too, the
+            // state stays at the last durable block and the next commit follows
+            // again (its append fails first, out of order or in conflict).
+            self.rewind();
+            let _ = self.follow();
             return Err(e.into());
         }
         std::mem::swap(&mut self.current, &mut self.spare);
         self.view.publish(self.current.clone());
-        self.lag = Some(block);
+        self.lag = vec![block];
         Ok(results)
     }
 

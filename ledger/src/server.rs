@@ -123,14 +123,32 @@ fn create_data_dir(data: &std::path::Path) -> Result<(), ServerError> {
 
 struct Pending {
     tx: VerifiedTx,
+    /// Its JSON body's length (for a store that caps the size of a block).
+    size: usize,
     reply: oneshot::Sender<Result<Receipt, ApiError>>,
 }
+
+/// What the committer is handed.
+// Transactions go by value, as before there were wake-ups: boxing them would
+// allocate once per transaction to save the size of a rare wake-up.
+#[allow(clippy::large_enum_variant)]
+enum Work {
+    Tx(Pending),
+    /// Another ledger server may have appended to the (replicated) store.
+    Follow,
+}
+
+/// How often a transaction is tried again in a later block when other ledger
+/// servers keep taking the height first, before its sender is told to retry.
+const RACE_RETRIES: usize = 8;
 
 struct Shared {
     /// The published state; the committer thread owns the chain itself.
     view: View,
     store: Arc<dyn Store>,
-    queue: std_mpsc::SyncSender<Pending>,
+    queue: std_mpsc::SyncSender<Work>,
+    /// Other ledger servers append to the store too (see [`committer`]).
+    replicated: bool,
     height: watch::Receiver<u64>,
     blob_limit: usize,
     mailbox: Arc<Mailbox>,
@@ -178,10 +196,16 @@ impl Server {
         let chain_id = chain.state().params.chain_id.clone();
         let (htx, hrx) = watch::channel(chain.state().height());
         let (qtx, qrx) = std_mpsc::sync_channel(QUEUE);
+        let wake = qtx.clone();
+        let replicated = store.watch(Arc::new(move || {
+            // A full queue wakes the committer anyway.
+            let _ = wake.try_send(Work::Follow);
+        }));
         let shared = Arc::new(Shared {
             view: chain.view(),
             store,
             queue: qtx,
+            replicated,
             height: hrx,
             blob_limit: cfg.blob_limit,
             mailbox,
@@ -291,53 +315,116 @@ fn blob_refs(tx: &VerifiedTx) -> Vec<Hash> {
 
 /// Owns the chain: applies each batch, writes its block (the fsync runs here, with
 /// no lock held), publishes the new state and only then answers the senders.
+///
+/// On a replicated store it also follows the log: before every batch (so that a
+/// transaction is validated against every block acknowledged before it arrived,
+/// whichever server wrote it), when the store's watch wakes it, and once a second.
+/// A block another server took in between is applied, and the batch tried again on
+/// top of it (each transaction validated again) up to [`RACE_RETRIES`] times; then
+/// its senders get 503, which clients retry.
 fn committer(
     shared: Arc<Shared>,
     mut chain: Chain,
-    rx: std_mpsc::Receiver<Pending>,
+    rx: std_mpsc::Receiver<Work>,
     height: watch::Sender<u64>,
 ) {
     loop {
         let first = match rx.recv_timeout(Duration::from_secs(1)) {
-            Ok(p) => Some(p),
+            Ok(w) => Some(w),
             Err(std_mpsc::RecvTimeoutError::Timeout) => None,
             Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
         };
-        let mut batch: Vec<Pending> = first.into_iter().collect();
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
+        let mut batch: Vec<Pending> = Vec::new();
+        let mut next = first;
+        while let Some(w) = next {
+            if let Work::Tx(p) = w {
+                batch.push(p);
+            }
+            next = if batch.len() < MAX_BATCH {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        if shared.replicated {
+            if let Err(e) = chain.follow() {
+                tracing::error!("cannot follow the store (retrying): {}", causes(&e));
+            }
+            height.send_replace(chain.state().height());
+        }
+        if batch.is_empty() {
+            // A tick: a block only if time alone changes the state.
+            commit(&shared, &mut chain, Vec::new(), &height);
+        }
+        for part in split(batch, shared.store.max_block_bytes()) {
+            commit(&shared, &mut chain, part, &height);
+        }
+    }
+}
+
+/// `batch` in parts whose transactions' sizes add up to at most `max` each.
+fn split(batch: Vec<Pending>, max: Option<usize>) -> Vec<Vec<Pending>> {
+    let Some(max) = max else {
+        return vec![batch];
+    };
+    let mut parts: Vec<Vec<Pending>> = Vec::new();
+    let mut bytes = 0usize;
+    for p in batch {
+        match parts.last_mut() {
+            Some(part) if bytes + p.size <= max => {
+                bytes += p.size;
+                part.push(p);
+            }
+            _ => {
+                bytes = p.size;
+                parts.push(vec![p]);
             }
         }
-        let (txs, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.tx, p.reply)).unzip();
-        let refs: Vec<Vec<Hash>> = txs.iter().map(blob_refs).collect();
-        match chain.commit(txs, shared.clock.now()) {
-            Ok(results) => {
-                let h = chain.state().height();
-                height.send_replace(h);
-                // Named by a committed transaction: out of the uploaders' quotas.
-                shared.mailbox.mark_referenced(
-                    refs.into_iter()
-                        .zip(&results)
-                        .filter(|(_, r)| r.is_ok())
-                        .flat_map(|(hs, _)| hs),
-                );
-                for (reply, r) in replies.into_iter().zip(results) {
-                    let _ = reply.send(r.map_err(|e| {
+    }
+    parts
+}
+
+/// Commits one batch as one block and answers its senders.
+fn commit(shared: &Shared, chain: &mut Chain, batch: Vec<Pending>, height: &watch::Sender<u64>) {
+    let (mut txs, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.tx, p.reply)).unzip();
+    let refs: Vec<Vec<Hash>> = txs.iter().map(blob_refs).collect();
+    let mut tries = 0;
+    let outcome = loop {
+        let again = (shared.replicated && tries < RACE_RETRIES).then(|| txs.clone());
+        match (chain.commit(txs, shared.clock.now()), again) {
+            // The chain has applied the winner's block: try on top of it.
+            (Err(e), Some(again)) if e.is_conflict() => {
+                tries += 1;
+                txs = again;
+            }
+            (r, _) => break r,
+        }
+    };
+    height.send_replace(chain.state().height());
+    match outcome {
+        Ok(results) => {
+            // Named by a committed transaction: out of the uploaders' quotas.
+            shared.mailbox.mark_referenced(
+                refs.into_iter()
+                    .zip(&results)
+                    .filter(|(_, r)| r.is_ok())
+                    .flat_map(|(hs, _)| hs),
+            );
+            for (reply, r) in replies.into_iter().zip(results) {
+                let _ =
+                    reply.send(r.map_err(|e| {
                         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
                     }));
-                }
             }
-            Err(e) => {
-                let e = causes(&e);
-                tracing::error!("commit failed, nothing in this batch was acknowledged: {e}");
-                for reply in replies {
-                    let _ = reply.send(Err(ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!("the ledger could not store the block: {e}"),
-                    )));
-                }
+        }
+        Err(e) => {
+            let e = causes(&e);
+            tracing::error!("commit failed, nothing in this batch was acknowledged: {e}");
+            for reply in replies {
+                let _ = reply.send(Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the ledger could not store the block (retry): {e}"),
+                )));
             }
         }
     }
@@ -376,7 +463,7 @@ impl ApiError {
 
 /// An error and each of its causes, `: `-separated: errors keep their cause as
 /// `source()` only, and a log line or an answer must not lose it.
-fn causes(e: &dyn std::error::Error) -> String {
+pub(crate) fn causes(e: &dyn std::error::Error) -> String {
     std::iter::successors(Some(e), |e| e.source())
         .map(|e| e.to_string())
         .collect::<Vec<_>>()
@@ -525,8 +612,13 @@ async fn submit(
         .into_verified()
         .map_err(|e| ApiError::bad(e.to_string()))?;
     let (reply, rx) = oneshot::channel();
+    let size = body.len();
     s.queue
-        .try_send(Pending { tx: vtx, reply })
+        .try_send(Work::Tx(Pending {
+            tx: vtx,
+            size,
+            reply,
+        }))
         .map_err(|e| match e {
             std_mpsc::TrySendError::Full(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the ledger is busy; retry")

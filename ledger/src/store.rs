@@ -1,9 +1,11 @@
 //! Where blocks, their events and mailbox blobs live.
 //!
 //! The block log is the source of truth; the state is rebuilt from it. The store is a
-//! trait so that a replicated backend (etcd) can stand beside the embedded one: what
-//! it must guarantee is that `append` is durable when it returns, and that blocks
-//! come back in order, complete, exactly as written.
+//! trait so that a replicated backend ([`EtcdStore`], several ledger servers on one
+//! etcd cluster) can stand beside the embedded one: what it must guarantee is that
+//! `append` is durable when it returns, that it never takes two blocks at one height
+//! ([`StoreError::Conflict`] for the second), and that blocks come back in order,
+//! complete, exactly as written.
 //!
 //! The embedded store also keeps a head record outside the database (`ledger.head`
 //! beside `ledger.redb`): the height and hash of the last block it acknowledged. When
@@ -55,6 +57,14 @@ pub enum StoreError {
     },
     #[error("head record {path}: {reason}")]
     HeadRecord { path: String, reason: String },
+    #[error("another ledger server appended block {height} first")]
+    Conflict { height: u64 },
+    #[error("block {height} is {bytes} bytes with its events; the store takes at most {limit}")]
+    TooLarge {
+        height: u64,
+        bytes: usize,
+        limit: usize,
+    },
 }
 
 /// "block 7 was" or "blocks 5 to 7 were".
@@ -66,6 +76,9 @@ fn lost(store: u64, recorded: u64) -> String {
         format!("blocks {first} to {recorded} were")
     }
 }
+
+/// Called by a replicated store whenever its log may have grown.
+pub type Wake = std::sync::Arc<dyn Fn() + Send + Sync>;
 
 pub trait Store: Send + Sync {
     fn genesis(&self) -> Result<Option<Genesis>, StoreError>;
@@ -81,8 +94,25 @@ pub trait Store: Send + Sync {
     fn events(&self, from: u64, limit: usize) -> Result<Vec<BlockEvents>, StoreError>;
     fn put_blob(&self, hash: &Hash, data: &[u8]) -> Result<(), StoreError>;
     fn get_blob(&self, hash: &Hash) -> Result<Option<Vec<u8>>, StoreError>;
+    /// For a store that other ledger servers append to as well: calls `wake` (from a
+    /// task of the store's own) whenever another writer may have appended, and
+    /// returns true; the server then follows the log. A store only this process
+    /// writes returns false.
+    fn watch(&self, _wake: Wake) -> bool {
+        false
+    }
+    /// The most bytes of transactions (as JSON) one block may hold, for a store that
+    /// limits the size of a record.
+    fn max_block_bytes(&self) -> Option<usize> {
+        None
+    }
 }
 
+#[cfg(feature = "server")]
+mod etcd;
+
+#[cfg(feature = "server")]
+pub use self::etcd::{EtcdStore, MAX_BLOCK_TX_BYTES, MAX_RECORD};
 #[cfg(feature = "server")]
 pub use self::redb_store::{RedbStore, Rollback};
 
