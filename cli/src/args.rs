@@ -271,11 +271,26 @@ pub struct MailboxArgs {
 
 #[derive(Subcommand)]
 pub enum LedgerCmd {
-    /// Serve a ledger over HTTP, storing its chain in --data.
+    /// Serve a ledger over HTTP, storing its chain in --data (or in etcd, with --etcd).
     Serve {
-        /// Data directory (the chain in ledger.redb, the ledger's key in ledger.key).
+        /// Data directory (the chain in ledger.redb, the ledger's key in ledger.key,
+        /// the blob mailbox).
         #[arg(long, default_value = "./ledger-data")]
         data: PathBuf,
+        /// Replicated mode: keep the chain in this etcd cluster (its members' client
+        /// URLs, comma-separated) instead of ledger.redb. Every ledger server given
+        /// the same cluster and prefix serves one chain; they must all hold the same
+        /// ledger.key (copy the first server's into the others' --data).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            value_name = "URLS",
+            conflicts_with = "accept_rollback"
+        )]
+        etcd: Vec<String>,
+        /// Key prefix of the chain in etcd (one cluster can hold several chains).
+        #[arg(long, default_value = "cellos/ledger/", requires = "etcd")]
+        etcd_prefix: String,
         #[arg(long, default_value = DEFAULT_LISTEN)]
         listen: SocketAddr,
         /// Development mode: enables the faucet.

@@ -3,13 +3,14 @@
 //! every block.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use cellos_ledger::chain::replay;
 use cellos_ledger::mailbox::Policy;
 use cellos_ledger::server::{self, Server};
-use cellos_ledger::store::{MemStore, RedbStore, Store, StoreError};
+use cellos_ledger::store::{EtcdStore, MemStore, RedbStore, Store, StoreError};
 use cellos_ledger::*;
 use serde::Serialize;
 
@@ -22,6 +23,8 @@ pub async fn run(g: &Global, c: LedgerCmd) -> Result<()> {
     match c {
         LedgerCmd::Serve {
             data,
+            etcd,
+            etcd_prefix,
             listen,
             dev,
             chain_id,
@@ -60,10 +63,22 @@ pub async fn run(g: &Global, c: LedgerCmd) -> Result<()> {
             if accept_rollback {
                 accept_rollback_in(&data)?;
             }
-            let srv = Server::bind(cfg).await.context("cannot start the ledger")?;
+            let (srv, chain_in) = if etcd.is_empty() {
+                let srv = Server::bind(cfg).await;
+                (srv, data.join("ledger.redb").display().to_string())
+            } else {
+                let store = EtcdStore::connect(&etcd, &etcd_prefix)
+                    .context("cannot use the etcd cluster")?;
+                let srv = Server::bind_with_store(cfg, Arc::new(store)).await;
+                (
+                    srv,
+                    format!("etcd {} under {etcd_prefix:?}", etcd.join(",")),
+                )
+            };
+            let srv = srv.context("cannot start the ledger")?;
             let url = srv.url()?;
             tracing::info!(
-                "ledger {:?} serving on {url} (data {}, dev mode {})",
+                "ledger {:?} serving on {url} (chain in {chain_in}, data {}, dev mode {})",
                 srv.chain_id(),
                 data.display(),
                 if dev { "on: faucet enabled" } else { "off" }
