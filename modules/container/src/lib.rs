@@ -16,12 +16,14 @@
 //! The parts: [`reference`] parses image references, [`cache`] is the blob store,
 //! [`pull`] fetches images with `oci-client`, [`unpack`] applies one layer,
 //! [`layers`] composes layers into snapshots through the [`sys::Snapshots`] trait
-//! (btrfs subvolumes on a node, directory copies in host tests).
+//! (btrfs subvolumes on a node, directory copies in host tests), and [`spec`]
+//! builds the OCI runtime spec a container runs under.
 
 pub mod cache;
 pub mod layers;
 pub mod pull;
 pub mod reference;
+pub mod spec;
 pub mod sys;
 pub mod unpack;
 
@@ -91,6 +93,8 @@ pub enum ContainerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("runtime spec: {0}")]
+    Spec(String),
     #[error("{op} {path}")]
     Snapshot {
         op: &'static str,
