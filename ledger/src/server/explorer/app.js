@@ -317,7 +317,7 @@
         h('td', { class: 'num' }, link(`#/nodes/${n.id}`, n.id)),
         h('td', {}, farmLink(n.farm)),
         h('td', {}, statusTag(n.status), n.approved ? '' : h('span', { class: 'muted' }, ' (not approved)')),
-        res(n, 'cru', (x) => `${x} cores`),
+        res(n, 'cru', String),
         res(n, 'mru', bytes),
         res(n, 'sru', bytes),
         res(n, 'hru', bytes),
@@ -327,7 +327,7 @@
     );
   }
 
-  const NODE_HEADS = [['ID', 'num'], ['Farm'], ['Status'], ['CPU'], ['Memory'], ['SSD'], ['HDD'], ['Uptime'], ['Last seen']];
+  const NODE_HEADS = [['ID', 'num'], ['Farm'], ['Status'], ['CPU cores'], ['Memory'], ['SSD'], ['HDD'], ['Uptime'], ['Last seen']];
 
   // A page of nodes, filtered; `base` is the route the pager links to.
   async function nodeTable(params, base, fixed) {
@@ -577,8 +577,9 @@
       hits = ['nodes', 'contracts', 'farms'].filter((_, i) => found[i]).map((k) => [`#/${k}/${q}`, `${k.slice(0, -1)} ${q}`]);
     } else if (/^[0-9a-fA-F]{64}$/.test(q)) {
       const [nodes, acct] = await Promise.all([data(`/v1/nodes?pubkey=${q}`), maybe(`/v1/accounts/${q}`)]);
-      if (nodes.length) hits.push([`#/nodes/${nodes[0].id}`, `node ${nodes[0].id}`]);
-      if (acct) hits.push([`#/accounts/${q.toLowerCase()}`, 'account']);
+      // A node's key opens the node (its account is a link away).
+      if (nodes.length) hits = [[`#/nodes/${nodes[0].id}`, `node ${nodes[0].id}`]];
+      else if (acct) hits = [[`#/accounts/${q.toLowerCase()}`, 'account']];
     } else if (q) {
       const farms = await data('/v1/farms');
       const needle = q.toLowerCase();
