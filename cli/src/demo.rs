@@ -112,6 +112,9 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         "ledger serving on {url} (data {})",
         data.display()
     ));
+    step(&format!(
+        "explorer: open {url}/ in a browser (farms, nodes, contracts, blocks; live)"
+    ));
     let c = Client::new(&url)?;
     let demo = setup_farm(&c).await?;
 
@@ -223,7 +226,7 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         tokio::task::spawn_blocking(move || qemu::power_off(&mut vm)).await?
     } else {
         println!(
-            "\nThe node and the ledger stay up: try `cellos --url {url} node list` or `cellos --url {url} ledger verify`.\nCtrl-C powers the node off and stops the ledger. Node console:"
+            "\nThe node and the ledger stay up: watch them in the explorer at {url}/, or try `cellos --url {url} node list` or `cellos --url {url} ledger verify`.\nCtrl-C powers the node off and stops the ledger. Node console:"
         );
         crate::signal::run_with_ctrl_c(move |stop| qemu::follow(&mut vm, stop)).await
     };
