@@ -201,12 +201,11 @@
   function pager(offset, size, total, what, onPage) {
     const page = Math.floor(offset / size) + 1;
     const pages = Math.max(1, Math.ceil(total / size));
-    const first = total === 0 ? 0 : offset + 1;
-    const last = Math.min(total, offset + size);
+    const info = offset < total ? `${num(offset + 1)}–${num(Math.min(total, offset + size))} of ${num(total)} ${what}` : `${num(total)} ${what}`;
     return h(
       'div',
       { class: 'pager' },
-      h('span', { class: 'info', dataset: { total } }, `${num(first)}–${num(last)} of ${num(total)} ${what}`),
+      h('span', { class: 'info', dataset: { total } }, info),
       h('button', { type: 'button', class: 'prev', disabled: page <= 1, on: { click: () => onPage(page - 1) } }, '‹ Prev'),
       h('span', {}, `page ${num(page)} of ${num(pages)}`),
       h('button', { type: 'button', class: 'next', disabled: page >= pages, on: { click: () => onPage(page + 1) } }, 'Next ›'),
@@ -615,7 +614,10 @@
     try {
       do {
         redrawAgain = false;
-        if (liveViews.has(route().parts[0] || '')) await render(true);
+        // Not while the reader is typing into a filter of the view: a redraw
+        // would throw the input away.
+        const typing = view.contains(document.activeElement) && /^(INPUT|SELECT)$/.test(document.activeElement.tagName);
+        if (!typing && liveViews.has(route().parts[0] || '')) await render(true);
       } while (redrawAgain);
     } finally {
       redrawing = false;
@@ -625,11 +627,13 @@
   // Long-polls /v1/events for the next block; its arrival redraws the view.
   async function follow() {
     let delay = 1000;
+    let started = false;
     for (;;) {
       try {
-        if (!chain.status) {
+        if (!started) {
           chain.status = await data('/v1/status');
           chain.next = chain.status.height + 1;
+          started = true;
         }
         setLive(true, `live · block ${num(chain.next - 1)}`);
         const page = await data(`/v1/events?${qs({ from: chain.next, wait: 25, limit: 1 })}`);
