@@ -26,7 +26,7 @@ use cellos_ledger::client::{Client, ClientError};
 use cellos_ledger::keys::{self, Signer};
 use cellos_ledger::store::EtcdStore;
 use cellos_ledger::*;
-use common::{cellos, LedgerProc};
+use common::{cellos, chain_txs, LedgerProc};
 
 const ETCD: &str = "/usr/bin/etcd";
 
@@ -206,21 +206,6 @@ async fn submit(clients: &[Client], first: usize, tx: &SignedTx) -> Option<Recei
     unreachable!("the servers are tried in a loop")
 }
 
-/// Every transaction hash in the chain `c` serves.
-async fn chain_txs(c: &Client) -> HashSet<Hash> {
-    let mut seen = HashSet::new();
-    let mut from = 1;
-    loop {
-        let blocks = c.blocks(from, 1000).await.expect("blocks");
-        let Some(last) = blocks.last() else { break };
-        from = last.header.height + 1;
-        for b in &blocks {
-            seen.extend(b.txs.iter().map(|t| t.hash()));
-        }
-    }
-    seen
-}
-
 /// Waits until every server reports the same height and state digest, and returns it.
 async fn converge(urls: &[String]) -> (u64, Hash) {
     let clients: Vec<Client> = urls
@@ -246,10 +231,24 @@ async fn converge(urls: &[String]) -> (u64, Hash) {
     }
 }
 
-/// `cellos ledger verify --url` accepts the chain each server serves.
-fn verify_each(urls: &[String], dir: &Path) {
+/// The servers reach one state; each serves a chain that holds every acknowledged
+/// transaction and that `cellos ledger verify --url` accepts.
+fn assert_one_chain(
+    rt: &tokio::runtime::Runtime,
+    urls: &[String],
+    acked: &HashSet<Hash>,
+    dir: &Path,
+) {
+    let (height, _) = rt.block_on(converge(urls));
+    assert!(height > 0);
     let key = dir.join("unused.key");
     for url in urls {
+        let txs = rt.block_on(chain_txs(&Client::new(url).expect("client")));
+        let lost = acked.difference(&txs).count();
+        assert_eq!(
+            lost, 0,
+            "{url}: {lost} acknowledged transactions are not in its chain"
+        );
         let (ok, out, err) = cellos(&["ledger", "verify"], url, &key);
         assert!(ok, "verify of {url} failed: {out}{err}");
         assert!(out.contains("verified"), "{out}");
@@ -293,17 +292,7 @@ fn three_servers_one_chain() {
     });
     let acked = acked.lock().expect("lock").clone();
     assert_eq!(acked.len(), 6 * 41);
-    let (height, _) = rt.block_on(converge(&urls));
-    assert!(height > 0);
-    for url in &urls {
-        let txs = rt.block_on(chain_txs(&Client::new(url).expect("client")));
-        assert!(
-            acked.is_subset(&txs),
-            "{url} serves a chain without {} acknowledged transactions",
-            acked.difference(&txs).count()
-        );
-    }
-    verify_each(&urls, dir.path());
+    assert_one_chain(&rt, &urls, &acked, dir.path());
 }
 
 #[test]
@@ -365,15 +354,7 @@ fn sigkill_an_etcd_member_and_a_ledger_server_under_load() {
     });
     let acked = acked.lock().expect("lock").clone();
     // The restarted server caught up with the others.
-    let urls = ledgers.urls();
-    let (height, _) = rt.block_on(converge(&urls));
-    assert!(height > 0);
-    for url in &urls {
-        let txs = rt.block_on(chain_txs(&Client::new(url).expect("client")));
-        let lost = acked.difference(&txs).count();
-        assert_eq!(lost, 0, "{url}: {lost} acknowledged transactions lost");
-    }
-    verify_each(&urls, dir.path());
+    assert_one_chain(&rt, &ledgers.urls(), &acked, dir.path());
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 use cellos_ledger::client::Client;
 use cellos_ledger::keys::{self, Signer};
 use cellos_ledger::*;
-use common::{cellos, LedgerProc};
+use common::{cellos, chain_txs, LedgerProc};
 
 #[test]
 fn acknowledged_transactions_survive_sigkill() {
@@ -72,16 +72,7 @@ fn acknowledged_transactions_survive_sigkill() {
     let mut ledger = LedgerProc::start(&data, &[]);
     let in_chain: HashSet<Hash> = rt.block_on(async {
         let c = Client::new(&ledger.url).expect("client");
-        let mut seen = HashSet::new();
-        let mut from = 1;
-        loop {
-            let blocks = c.blocks(from, 1000).await.expect("blocks");
-            let Some(last) = blocks.last() else { break };
-            from = last.header.height + 1;
-            for b in &blocks {
-                seen.extend(b.txs.iter().map(|t| t.hash()));
-            }
-        }
+        let seen = chain_txs(&c).await;
         // And the ledger keeps working after the crash.
         let mut s = Signer::new(keys::generate(), c.status().await.expect("status").chain_id);
         c.submit(&s.sign(TxBody::Faucet {

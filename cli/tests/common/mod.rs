@@ -3,6 +3,7 @@
 // Each test binary uses its own subset of these helpers.
 #![allow(dead_code)]
 
+use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -99,4 +100,19 @@ pub fn cellos(args: &[&str], url: &str, key: &Path) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Every transaction hash in the chain the ledger behind `c` serves.
+pub async fn chain_txs(c: &cellos_ledger::client::Client) -> HashSet<cellos_ledger::Hash> {
+    let mut seen = HashSet::new();
+    let mut from = 1;
+    loop {
+        let blocks = c.blocks(from, 1000).await.expect("blocks");
+        let Some(last) = blocks.last() else { break };
+        from = last.header.height + 1;
+        for b in &blocks {
+            seen.extend(b.txs.iter().map(|t| t.hash()));
+        }
+    }
+    seen
 }
