@@ -50,6 +50,13 @@ pub enum ContainerError {
         #[source]
         source: oci_client::errors::OciDistributionError,
     },
+    #[error("registry: {op} {url}")]
+    Http {
+        op: &'static str,
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
     #[error("{what} {digest}: content hashes to {actual}")]
     DigestMismatch {
         what: &'static str,

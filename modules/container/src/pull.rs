@@ -1,8 +1,9 @@
 //! Pulling an image from an OCI distribution registry into the [`BlobCache`].
 //!
 //! The HTTP side (token auth, plain HTTP for registries flagged insecure, the
-//! distribution API) is `oci-client`'s; everything it hands back is treated as
-//! untrusted: manifests, the config and every layer are hashed here and compared
+//! distribution API) is `oci-client`'s, except the manifest GET, which is ours so
+//! that its body is capped as it arrives (oci-client reads it whole). Everything a
+//! registry sends is treated as untrusted: manifests, the config and every layer are hashed here and compared
 //! with the digest that named them, and each has a size cap ([`Limits`]). Layers
 //! stream from the socket into the cache's temp file, never whole into memory.
 //! Blobs are fetched by digest from the image's own repository only: a layer's
@@ -13,11 +14,12 @@
 //! makes no request at all, so a node restarts its containers without the registry.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
-use oci_client::Client;
+use oci_client::{Client, RegistryOperation};
 use oci_spec::image::{Arch, ImageConfiguration, ImageIndex, ImageManifest, MediaType, Os};
 
 use crate::cache::{BlobCache, Pin};
@@ -29,8 +31,7 @@ const MIB: u64 = 1 << 20;
 /// Size caps on what a registry may send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// A manifest or an index. `oci-client` reads a manifest response whole before
-    /// this is checked; blobs (config, layers) are cut off as they stream.
+    /// A manifest or an index; the response is cut off at this size.
     pub manifest: u64,
     pub config: u64,
     /// One layer, compressed.
@@ -126,11 +127,19 @@ pub struct Image {
 /// Pulls images into a cache.
 pub struct Puller {
     client: Client,
+    /// For manifests, which oci-client would read whole before any cap applies.
+    http: reqwest::Client,
+    insecure: Vec<String>,
     cache: Arc<BlobCache>,
     auth: RegistryAuth,
     limits: Limits,
 }
 
+/// A stalled registry fails a pull instead of hanging it.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Manifest media types asked for, most wanted first.
 const ACCEPT: &[&str] = &[
     "application/vnd.oci.image.manifest.v1+json",
     "application/vnd.oci.image.index.v1+json",
@@ -141,17 +150,28 @@ const ACCEPT: &[&str] = &[
 impl Puller {
     pub fn new(cache: Arc<BlobCache>, options: PullOptions) -> Self {
         let config = ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(options.insecure_registries),
+            protocol: ClientProtocol::HttpsExcept(options.insecure_registries.clone()),
             // Index entries are chosen here, after the index is checked.
             platform_resolver: None,
+            connect_timeout: Some(CONNECT_TIMEOUT),
+            read_timeout: Some(READ_TIMEOUT),
             ..ClientConfig::default()
         };
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            .build()
+            // Only a TLS backend that fails to initialise makes this fail; the
+            // default client has the same configuration.
+            .unwrap_or_default();
         let auth = match options.credentials {
             Credentials::Anonymous => RegistryAuth::Anonymous,
             Credentials::Basic { username, password } => RegistryAuth::Basic(username, password),
         };
         Puller {
             client: Client::new(config),
+            http,
+            insecure: options.insecure_registries,
             cache,
             auth,
             limits: options.limits,
@@ -323,21 +343,66 @@ impl Puller {
                 limit: self.limits.manifest,
             });
         }
-        let (bytes, _) = self
+        let registry = |source| ContainerError::Registry {
+            op: "fetching the manifest of",
+            reference: reference.to_string(),
+            source,
+        };
+        // oci-client finds and caches the token (anonymous or with credentials);
+        // the GET itself is ours so that the body is cut off at the cap.
+        let token = self
             .client
-            .pull_manifest_raw(oci_ref, &self.auth, ACCEPT)
+            .auth(oci_ref, &self.auth, RegistryOperation::Pull)
             .await
-            .map_err(|source| ContainerError::Registry {
-                op: "fetching the manifest of",
-                reference: reference.to_string(),
-                source,
-            })?;
-        if bytes.len() as u64 > self.limits.manifest {
-            return Err(ContainerError::TooLarge {
-                what: "manifest",
-                digest: reference.to_string(),
-                limit: self.limits.manifest,
-            });
+            .map_err(registry)?;
+        let host = oci_ref.resolve_registry();
+        let scheme = if self.insecure.iter().any(|r| r == host) {
+            "http"
+        } else {
+            "https"
+        };
+        let url = format!(
+            "{scheme}://{host}/v2/{}/manifests/{}",
+            oci_ref.repository(),
+            oci_ref.digest().or(oci_ref.tag()).unwrap_or("latest")
+        );
+        let mut req = self
+            .http
+            .get(&url)
+            .header(reqwest::header::ACCEPT, ACCEPT.join(", "));
+        req = match (token, &self.auth) {
+            (Some(token), _) => req.bearer_auth(token),
+            (None, RegistryAuth::Basic(user, password)) => req.basic_auth(user, Some(password)),
+            (None, _) => req,
+        };
+        let http = |source| ContainerError::Http {
+            op: "fetching",
+            url: url.clone(),
+            source,
+        };
+        let mut resp = req
+            .send()
+            .await
+            .map_err(http)?
+            .error_for_status()
+            .map_err(http)?;
+        let too_large = || ContainerError::TooLarge {
+            what: "manifest",
+            digest: reference.to_string(),
+            limit: self.limits.manifest,
+        };
+        if resp
+            .content_length()
+            .is_some_and(|n| n > self.limits.manifest)
+        {
+            return Err(too_large());
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(http)? {
+            if (bytes.len() + chunk.len()) as u64 > self.limits.manifest {
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(&chunk);
         }
         let digest = Digest::of(&bytes);
         Ok((bytes, digest))

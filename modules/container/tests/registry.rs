@@ -343,6 +343,84 @@ async fn eviction_keeps_the_cache_within_its_limit() {
     );
 }
 
+/// A registry that answers every manifest request with an endless body (64 MiB
+/// at most, so the test ends whatever happens).
+fn endless_manifest_server() -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(8) {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+                let _ = reader.read_line(&mut line);
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).map_or(true, |n| n == 0) || h == "\r\n" {
+                        break;
+                    }
+                }
+                if !line.contains("/manifests/") {
+                    let _ = conn.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+                    );
+                    return;
+                }
+                let head = "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+                if conn.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                let chunk = vec![b' '; 64 << 10];
+                for _ in 0..1024 {
+                    let framed =
+                        [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
+                    if conn.write_all(&framed).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_endless_manifest_is_cut_off_at_the_cap() {
+    let addr = endless_manifest_server();
+    let work = tempfile::tempdir().expect("tempdir");
+    let cache = Arc::new(BlobCache::open(work.path().join("cache"), 10 * GIB).expect("cache"));
+    let p = Puller::new(
+        cache,
+        PullOptions {
+            insecure_registries: vec![addr.clone()],
+            limits: Limits {
+                manifest: 1 << 20,
+                ..Limits::default()
+            },
+            ..PullOptions::default()
+        },
+    );
+    let r = ImageRef::parse(&format!("{addr}/hostile:v1")).expect("ref");
+    let e = p
+        .pull(&r, PullPolicy::Always)
+        .await
+        .expect_err("endless manifest");
+    assert!(
+        matches!(
+            e,
+            ContainerError::TooLarge {
+                what: "manifest",
+                limit: 1048576,
+                ..
+            }
+        ),
+        "{}",
+        error_chain(&e)
+    );
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
