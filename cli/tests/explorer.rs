@@ -3,8 +3,9 @@
 //! fills with 2 farms, 10,000 nodes (registered with their own keys) and contracts.
 //!
 //! It checks what a person would: the nodes table counts right (in total and under
-//! filters) and pages; searching a node id, a node key or `contract N` opens that
-//! page; a block committed while the page is open shows up without a reload. It
+//! filters) and pages, and so do a node's and an owner's contracts; searching a
+//! node id, a node key or `contract N` opens that page; a block committed while the
+//! page is open shows up without a reload. It
 //! prints how long the nodes page takes to load with 10,000 nodes (not asserted:
 //! speed is a benchmark's business) and saves a screenshot of the overview as
 //! `target/artifacts/explorer.png`.
@@ -560,6 +561,19 @@ fn explorer_in_a_browser_with_ten_thousand_nodes() {
         b.click("#search button").await;
         b.drawn(&format!("/contracts/{}", f.contracts[0])).await;
         assert!(b.text("h1").await.contains("active"), "{}", b.text("h1").await);
+        // The first node's contracts, on its page and on their owner's.
+        let first = f.nodes[0].0;
+        b.goto(&format!("{url}/#/nodes/{first}")).await;
+        b.drawn(&format!("/nodes/{first}")).await;
+        assert_eq!(b.js(PAGER_TOTAL, json!([])).await, json!(3));
+        b.goto(&format!("{url}/#/nodes/{first}?open=true")).await;
+        b.drawn(&format!("/nodes/{first}?open=true")).await;
+        assert_eq!(b.js(PAGER_TOTAL, json!([])).await, json!(2));
+        let owner = f.user.public_key();
+        b.goto(&format!("{url}/#/accounts/{owner}")).await;
+        b.drawn(&format!("/accounts/{owner}")).await;
+        assert_eq!(b.js(PAGER_TOTAL, json!([])).await, json!(3));
+        assert_eq!(b.text("#account-key").await, owner.to_string());
         b.type_into("#q", "no-such-thing").await;
         b.click("#search button").await;
         b.drawn("/search/no-such-thing").await;

@@ -365,7 +365,7 @@
 
   async function nodePage(id) {
     if (!/^\d+$/.test(id)) throw new NotFound(`"${id}" is not a node id.`);
-    const [n, cs] = await Promise.all([data(`/v1/nodes/${id}`), get(`/v1/contracts?${qs({ node: id, limit: PAGE })}`)]);
+    const [n, cs] = await Promise.all([data(`/v1/nodes/${id}`), contractTable(route().params, `#/nodes/${id}`, { node: id })]);
     const free = (k) => Math.max(0, n.capacity[k] - n.reserved[k]);
     const capRow = (label, k, fmt) =>
       h('tr', {}, h('td', {}, label), h('td', { class: 'num' }, fmt(n.capacity[k])), h('td', { class: 'num' }, fmt(n.reserved[k])), h('td', { class: 'num' }, fmt(free(k))), h('td', {}, usage(n.reserved[k], n.capacity[k], fmt)));
@@ -401,8 +401,8 @@
         n.interfaces.map((i) => h('tr', {}, h('td', {}, i.name), h('td', { class: 'mono' }, i.mac), h('td', {}, i.ips.join(', ') || '—'))),
         'No interface reported.',
       ),
-      h('h2', {}, `Contracts (${num(cs.total)})`),
-      table('contracts', CONTRACT_HEADS, contractRows(cs.data), 'No contract on this node.'),
+      h('h2', {}, 'Contracts on this node'),
+      cs,
     );
   }
 
@@ -531,14 +531,15 @@
 
   async function accountPage(key) {
     if (!/^[0-9a-fA-F]{64}$/.test(key)) throw new NotFound(`"${key}" is not a key (64 hex digits).`);
-    const [acct, nodes, farms, cs] = await Promise.all([
+    const [acct, nodes, farms, ownedContracts, cs] = await Promise.all([
       maybe(`/v1/accounts/${key}`),
       data(`/v1/nodes?pubkey=${key}`),
       data('/v1/farms'),
-      get(`/v1/contracts?${qs({ owner: key, limit: PAGE })}`),
+      count(`/v1/contracts?${qs({ owner: key, limit: 0 })}`),
+      contractTable(route().params, `#/accounts/${key}`, { owner: key }),
     ]);
     const owned = farms.filter((f) => f.owner === key.toLowerCase());
-    if (!acct && !nodes.length && !owned.length && !cs.total) throw new NotFound(`No account, node or farm has key ${key}.`);
+    if (!acct && !nodes.length && !owned.length && !ownedContracts) throw new NotFound(`No account, node or farm has key ${key}.`);
     return h(
       'div',
       {},
@@ -551,8 +552,8 @@
         nodes.length ? ['Node', nodeLink(nodes[0].id)] : null,
         owned.length ? ['Farms', owned.flatMap((f, i) => [i ? ', ' : '', link(`#/farms/${f.id}`, `${f.name} (${f.id})`)])] : null,
       ]),
-      h('h2', {}, `Contracts owned (${num(cs.total)})`),
-      table('contracts', CONTRACT_HEADS, contractRows(cs.data), 'None.'),
+      h('h2', {}, 'Contracts owned'),
+      cs,
     );
   }
 
