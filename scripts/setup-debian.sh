@@ -29,6 +29,7 @@ PACKAGES=(
   ca-certificates curl
   redis-tools redis-server  # redis-cli, redis-benchmark and the side-by-side server for `cellos bench shard`
   nftables iproute2 # nft in the image (tenant networks' rulesets); nft and ip in the network host tests
+  iputils-ping      # ping in the network host tests (attached workloads reach each other)
   iperf3            # `cellos bench network`: throughput through a tenant tunnel and beside it
   docker-registry   # a real OCI registry the container tests push to and nodes pull from
   chromium chromium-driver  # the explorer's browser test (headless, WebDriver)
@@ -63,6 +64,7 @@ REQUIRED=(
   redis-benchmark:redis-tools
   nft:nftables
   ip:iproute2
+  ping:iputils-ping
   iperf3:iperf3
   docker-registry:docker-registry
   chromium:chromium

@@ -12,16 +12,21 @@
 //!
 //! [`Networks::ensure`] converges (a restart or a reboot rebuilds what is missing,
 //! an update changes peers on the live device); [`Networks::remove`] takes it all
-//! down. This crate never forks `ip` or `wg`, never logs or returns the private key,
+//! down. [`Networks::attach`] gives a workload (a container) a namespace of its own
+//! with one interface, a veth whose other end is a port of the network's bridge;
+//! [`Networks::detach`] removes both. This crate never forks `ip` or `wg`, never logs or returns the private key,
 //! and never changes the namespace of any thread but its own short-lived ones.
 
 mod names;
 pub mod ruleset;
 pub mod sys;
 
-use cellos_ledger::network::{NetworkSpec, WgKey};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
 
-pub use names::Names;
+use cellos_ledger::network::{Ipv4Net, NetworkSpec, WgKey};
+
+pub use names::{Names, WorkloadNames};
 pub use sys::{wireguard_available, Linux, PeerStatus, Sys, SysError};
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +42,37 @@ pub enum NetworkError {
         #[source]
         source: SysError,
     },
+    #[error("workload {workload}: network {network} is not on this node")]
+    NoNetwork { network: String, workload: String },
+    #[error("workload {workload}: {reason}")]
+    BadAttachment { workload: String, reason: String },
+    #[error("workload {workload}: {step}")]
+    Workload {
+        workload: String,
+        step: &'static str,
+        #[source]
+        source: SysError,
+    },
+}
+
+/// The one interface a workload sees in its namespace (besides `lo`).
+pub const WORKLOAD_INTERFACE: &str = "eth0";
+
+/// A workload's place on a network, as [`Networks::attach`] left it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    pub names: WorkloadNames,
+    /// The workload's namespace (`/run/netns/c-<hash>`), for its processes to join.
+    pub netns_path: PathBuf,
+    /// The workload's interface in that namespace ([`WORKLOAD_INTERFACE`]).
+    pub interface: String,
+    /// The interface's index in that namespace; the same for as long as the
+    /// attachment lasts.
+    pub index: u32,
+    /// The workload's address, with the subnet's prefix (`/24`).
+    pub address: Ipv4Net,
+    /// Its default route: the network's gateway on the bridge.
+    pub gateway: Ipv4Addr,
 }
 
 /// What a node reports about one of its networks.
@@ -149,6 +185,84 @@ impl<S: Sys> Networks<S> {
             .map_err(step("delete the namespace"))
     }
 
+    /// Puts workload `workload_key` on network `network_key` (whose spec is `spec`)
+    /// at `ip`: a namespace of its own, bind-mounted like the network's, whose only
+    /// interface besides `lo` is [`WORKLOAD_INTERFACE`] with `ip` in the subnet's
+    /// prefix and the default route via the gateway; the other end of that veth is
+    /// a port of the network's bridge, inside the network's namespace, so nothing of
+    /// the workload's is in the host namespace.
+    ///
+    /// Converges: a repeat keeps the namespace and the interface (same index); a new
+    /// `ip` replaces the old address; a workload moved to another network gets a
+    /// new veth. The network must exist ([`Networks::ensure`]); the caller does not
+    /// attach one workload twice at the same time.
+    pub fn attach(
+        &self,
+        network_key: &str,
+        spec: &NetworkSpec,
+        workload_key: &str,
+        ip: Ipv4Addr,
+    ) -> Result<Attachment, NetworkError> {
+        spec.check().map_err(|reason| NetworkError::BadSpec {
+            key: network_key.to_string(),
+            reason,
+        })?;
+        let address = workload_address(spec, ip).map_err(|reason| NetworkError::BadAttachment {
+            workload: workload_key.to_string(),
+            reason,
+        })?;
+        let network = Names::for_key(network_key);
+        if !self.sys.netns_exists(&network.netns) {
+            return Err(NetworkError::NoNetwork {
+                network: network_key.to_string(),
+                workload: workload_key.to_string(),
+            });
+        }
+        let names = WorkloadNames::for_key(workload_key);
+        if !self.sys.netns_exists(&names.netns) {
+            self.sys
+                .create_netns(&names.netns)
+                .map_err(workload_step(workload_key, "create the namespace"))?;
+        }
+        let index = self
+            .sys
+            .ensure_veth(
+                &network.netns,
+                &network.bridge,
+                &names.port,
+                &names.netns,
+                WORKLOAD_INTERFACE,
+            )
+            .map_err(workload_step(workload_key, "join the network's bridge"))?;
+        self.sys
+            .configure_interface(&names.netns, WORKLOAD_INTERFACE, address, spec.gateway())
+            .map_err(workload_step(workload_key, "configure the interface"))?;
+        Ok(Attachment {
+            netns_path: self.sys.netns_path(&names.netns),
+            names,
+            interface: WORKLOAD_INTERFACE.to_string(),
+            index,
+            address,
+            gateway: spec.gateway(),
+        })
+    }
+
+    /// Removes workload `workload_key`'s veth and namespace; succeeds if they are
+    /// gone.
+    pub fn detach(&self, workload_key: &str) -> Result<(), NetworkError> {
+        let names = WorkloadNames::for_key(workload_key);
+        if self.sys.netns_exists(&names.netns) {
+            // Deleted explicitly (its bridge port goes with it): a process still in
+            // the namespace would keep the namespace, and so the veth, alive.
+            self.sys
+                .delete_link(Some(&names.netns), WORKLOAD_INTERFACE)
+                .map_err(workload_step(workload_key, "delete the interface"))?;
+        }
+        self.sys
+            .delete_netns(&names.netns)
+            .map_err(workload_step(workload_key, "delete the namespace"))
+    }
+
     /// The peers of network `key` with their last handshake and byte counters.
     pub fn status(&self, key: &str) -> Result<NetworkStatus, NetworkError> {
         let names = Names::for_key(key);
@@ -167,6 +281,33 @@ impl<S: Sys> Networks<S> {
             names,
             peers,
         })
+    }
+}
+
+/// `ip` with the subnet's prefix, if it is a workload's address in the subnet: not
+/// the network address, the gateway or the broadcast address.
+fn workload_address(spec: &NetworkSpec, ip: Ipv4Addr) -> Result<Ipv4Net, String> {
+    let subnet = spec.subnet;
+    if !subnet.contains(&ip) {
+        return Err(format!("{ip} is outside the subnet {subnet}"));
+    }
+    if [subnet.network(), spec.gateway(), subnet.broadcast()].contains(&ip) {
+        return Err(format!(
+            "{ip} is the network, gateway or broadcast address of {subnet}"
+        ));
+    }
+    Ipv4Net::new(ip, subnet.prefix_len()).map_err(|e| e.to_string())
+}
+
+/// Wraps a kernel error of `step` of attaching or detaching `workload`.
+fn workload_step<'a>(
+    workload: &'a str,
+    step: &'static str,
+) -> impl FnOnce(SysError) -> NetworkError + 'a {
+    move |source| NetworkError::Workload {
+        workload: workload.to_string(),
+        step,
+        source,
     }
 }
 
@@ -199,6 +340,9 @@ mod tests {
     }
 
     impl Sys for Fake {
+        fn netns_path(&self, ns: &str) -> PathBuf {
+            PathBuf::from("/run/netns").join(ns)
+        }
         fn netns_exists(&self, ns: &str) -> bool {
             self.namespaces
                 .lock()
@@ -254,6 +398,29 @@ mod tests {
         }
         fn delete_link(&self, ns: Option<&str>, name: &str) -> Result<(), SysError> {
             self.log(format!("delete {name} in {}", ns.unwrap_or("host")));
+            Ok(())
+        }
+        fn ensure_veth(
+            &self,
+            ns: &str,
+            br: &str,
+            port: &str,
+            workload_ns: &str,
+            dev: &str,
+        ) -> Result<u32, SysError> {
+            self.log(format!(
+                "veth {port} on {br} in {ns}, {dev} in {workload_ns}"
+            ));
+            Ok(2)
+        }
+        fn configure_interface(
+            &self,
+            ns: &str,
+            dev: &str,
+            address: Ipv4Net,
+            gateway: Ipv4Addr,
+        ) -> Result<(), SysError> {
+            self.log(format!("address {address} via {gateway} on {dev} in {ns}"));
             Ok(())
         }
     }
@@ -332,6 +499,93 @@ mod tests {
         let err = n.ensure("c2-net", &bad).expect_err("bad");
         assert!(err.to_string().contains("outside ip_range"), "{err}");
         assert!(!n.sys.netns_exists(&Names::for_key("c2-net").netns));
+    }
+
+    #[test]
+    fn attach_joins_the_bridge_then_addresses_the_interface() {
+        let n = Networks::new(Fake::default());
+        let net = n.ensure_local("c1-net", &spec()).expect("network");
+        n.sys.calls();
+        let ip = "10.20.3.7".parse().expect("ip");
+        let a = n.attach("c1-net", &spec(), "c1-web", ip).expect("attach");
+        let w = WorkloadNames::for_key("c1-web");
+        assert_eq!(
+            a,
+            Attachment {
+                netns_path: format!("/run/netns/{}", w.netns).into(),
+                names: w.clone(),
+                interface: "eth0".into(),
+                index: 2,
+                address: "10.20.3.7/24".parse().expect("net"),
+                gateway: "10.20.3.1".parse().expect("ip"),
+            }
+        );
+        let (br, ns) = (&net.bridge, &net.netns);
+        assert_eq!(
+            n.sys.calls(),
+            [
+                format!("create {}", w.netns),
+                format!("veth {} on {br} in {ns}, eth0 in {}", w.port, w.netns),
+                format!("address 10.20.3.7/24 via 10.20.3.1 on eth0 in {}", w.netns),
+            ]
+        );
+        // Again: the namespace is not made twice; the rest converges.
+        n.attach("c1-net", &spec(), "c1-web", ip).expect("again");
+        let again = n.sys.calls();
+        assert!(!again.iter().any(|c| c.starts_with("create")), "{again:?}");
+        assert_eq!(again.len(), 2, "{again:?}");
+    }
+
+    #[test]
+    fn attach_refuses_addresses_not_a_workload_s_and_missing_networks() {
+        let n = Networks::new(Fake::default());
+        n.ensure_local("c1-net", &spec()).expect("network");
+        n.sys.calls();
+        for ip in ["10.20.4.7", "10.20.3.0", "10.20.3.1", "10.20.3.255"] {
+            let err = n
+                .attach("c1-net", &spec(), "c1-web", ip.parse().expect("ip"))
+                .expect_err(ip);
+            assert!(
+                matches!(&err, NetworkError::BadAttachment { workload, .. } if workload == "c1-web"),
+                "{ip}: {err}"
+            );
+            assert!(err.to_string().contains(ip), "{err}");
+        }
+        let err = n
+            .attach(
+                "c2-net",
+                &spec(),
+                "c1-web",
+                "10.20.3.7".parse().expect("ip"),
+            )
+            .expect_err("no network");
+        assert_eq!(
+            err.to_string(),
+            "workload c1-web: network c2-net is not on this node"
+        );
+        assert!(n.sys.calls().is_empty(), "nothing was made");
+    }
+
+    #[test]
+    fn detach_deletes_the_interface_then_the_namespace() {
+        let n = Networks::new(Fake::default());
+        n.ensure_local("c1-net", &spec()).expect("network");
+        n.attach(
+            "c1-net",
+            &spec(),
+            "c1-web",
+            "10.20.3.7".parse().expect("ip"),
+        )
+        .expect("attach");
+        n.sys.calls();
+        n.detach("c1-web").expect("detach");
+        let ns = WorkloadNames::for_key("c1-web").netns;
+        assert_eq!(
+            n.sys.calls(),
+            [format!("delete eth0 in {ns}"), format!("delete {ns}")]
+        );
+        n.detach("c1-web").expect("detach again");
+        assert_eq!(n.sys.calls(), [format!("delete {ns}")]);
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The crate's one boundary with the kernel: namespaces, links, addresses and routes
-//! over rtnetlink, the WireGuard device over its generic-netlink family
+//! The crate's one boundary with the kernel: namespaces, links (bridges, veth pairs),
+//! addresses and routes over rtnetlink, the WireGuard device over its generic-netlink family
 //! (wireguard-control), and the ruleset through `nft -f -`.
 //!
 //! Work inside a namespace runs on a thread of its own that `setns`es into it and
@@ -23,10 +23,14 @@ use futures::TryStreamExt as _;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteScope,
 };
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkWireguard, RouteMessageBuilder};
+use rtnetlink::{
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkWireguard,
+    RouteMessageBuilder,
+};
 use wireguard_control::{Backend, Device, DeviceUpdate, InterfaceName, Key, PeerConfigBuilder};
 
 /// What one peer's tunnel has done, from the WireGuard device.
@@ -89,6 +93,8 @@ fn errno(what: impl Into<String>) -> impl FnOnce(nix::errno::Errno) -> SysError 
 /// What the crate asks of the kernel. [`Linux`] is the real thing; unit tests put a
 /// recording fake here.
 pub trait Sys: Send + Sync {
+    /// Where namespace `ns` is bind-mounted (what a container runtime joins).
+    fn netns_path(&self, ns: &str) -> PathBuf;
     fn netns_exists(&self, ns: &str) -> bool;
     /// Creates the namespace and bind-mounts it under the namespace directory, so it
     /// outlives cellosd.
@@ -113,6 +119,27 @@ pub trait Sys: Send + Sync {
     /// Deletes link `name` inside `ns`, or in the host namespace for `None`; succeeds
     /// if it is not there.
     fn delete_link(&self, ns: Option<&str>, name: &str) -> Result<(), SysError>;
+    /// Makes sure a veth pair joins two namespaces: `port` inside `ns`, a port of
+    /// `bridge` and up, and its peer `dev` inside `workload_ns`. A pair whose ends
+    /// are not each other's (one end missing, or left from another network) is
+    /// replaced; a matching one is kept. Returns the index of `dev`.
+    fn ensure_veth(
+        &self,
+        ns: &str,
+        bridge: &str,
+        port: &str,
+        workload_ns: &str,
+        dev: &str,
+    ) -> Result<u32, SysError>;
+    /// Inside `ns`: `lo` up, `dev` up with `address` and no other IPv4 address, and
+    /// the default route via `gateway`.
+    fn configure_interface(
+        &self,
+        ns: &str,
+        dev: &str,
+        address: Ipv4Net,
+        gateway: Ipv4Addr,
+    ) -> Result<(), SysError>;
 }
 
 /// The running kernel.
@@ -161,17 +188,43 @@ where
     })
 }
 
-async fn link_index(h: &Handle, name: &str) -> Result<Option<u32>, rtnetlink::Error> {
+async fn find_link(h: &Handle, name: &str) -> Result<Option<LinkMessage>, rtnetlink::Error> {
     let mut links = h.link().get().match_name(name.to_string()).execute();
     match links.try_next().await {
-        Ok(link) => Ok(link.map(|l| l.header.index)),
         Err(rtnetlink::Error::NetlinkError(e))
             if e.code.map(|c| c.get()) == Some(-libc::ENODEV) =>
         {
             Ok(None)
         }
-        Err(e) => Err(e),
+        found => found,
     }
+}
+
+async fn link_index(h: &Handle, name: &str) -> Result<Option<u32>, rtnetlink::Error> {
+    Ok(find_link(h, name).await?.map(|l| l.header.index))
+}
+
+/// One end of a veth pair: its index, and its peer's index in the peer's namespace.
+#[derive(Clone, Copy)]
+struct VethEnd {
+    index: u32,
+    peer: Option<u32>,
+}
+
+impl VethEnd {
+    fn pairs_with(self, other: VethEnd) -> bool {
+        self.peer == Some(other.index) && other.peer == Some(self.index)
+    }
+}
+
+async fn veth_end(h: &Handle, name: &str) -> Result<Option<VethEnd>, rtnetlink::Error> {
+    Ok(find_link(h, name).await?.map(|l| VethEnd {
+        index: l.header.index,
+        peer: l.attributes.iter().find_map(|a| match a {
+            LinkAttribute::Link(i) => Some(*i),
+            _ => None,
+        }),
+    }))
 }
 
 async fn existing(h: &Handle, name: &str) -> Result<u32, rtnetlink::Error> {
@@ -200,18 +253,18 @@ async fn set_up(h: &Handle, index: u32) -> Result<(), rtnetlink::Error> {
 }
 
 /// Gives link `index` the IPv4 address `addr/prefix` and no other: an update that
-/// moves a network to another subnet must not leave the old gateway answering.
+/// moves a network to another subnet must not leave the old gateway answering, nor
+/// a workload given another address keep its old one.
+///
+/// The stale addresses go first: a new address in the subnet of an old one is its
+/// secondary, and deleting a primary deletes its secondaries too (the kernel's
+/// default without `promote_secondaries`).
 async fn only_address(
     h: &Handle,
     index: u32,
     addr: Ipv4Addr,
     prefix: u8,
 ) -> Result<(), rtnetlink::Error> {
-    h.address()
-        .add(index, IpAddr::V4(addr), prefix)
-        .replace()
-        .execute()
-        .await?;
     let current: Vec<AddressMessage> = h
         .address()
         .get()
@@ -228,7 +281,11 @@ async fn only_address(
             h.address().del(m).execute().await?;
         }
     }
-    Ok(())
+    h.address()
+        .add(index, IpAddr::V4(addr), prefix)
+        .replace()
+        .execute()
+        .await
 }
 
 /// Removes every route of the main table through link `index` except the one to
@@ -270,17 +327,13 @@ fn is_netns(path: &Path) -> bool {
 }
 
 impl Linux {
-    fn path(&self, ns: &str) -> PathBuf {
-        self.netns_dir.join(ns)
-    }
-
     /// Runs `f` on a thread that has entered namespace `ns`.
     fn in_netns<T: Send>(
         &self,
         ns: &str,
         f: impl FnOnce() -> Result<T, SysError> + Send,
     ) -> Result<T, SysError> {
-        let path = self.path(ns);
+        let path = self.netns_path(ns);
         on_thread(move || {
             let fd = File::open(&path).map_err(io(format!("open namespace {}", path.display())))?;
             setns(&fd, CloneFlags::CLONE_NEWNET)
@@ -288,15 +341,37 @@ impl Linux {
             f()
         })
     }
+
+    /// The ends named `port` inside `ns` and `dev` inside `workload_ns`.
+    fn veth_ends(
+        &self,
+        ns: &str,
+        port: &str,
+        workload_ns: &str,
+        dev: &str,
+    ) -> Result<(Option<VethEnd>, Option<VethEnd>), SysError> {
+        let end = |ns: &str, name: &str| {
+            self.in_netns(ns, || {
+                netlink(&format!("look for {name} in {ns}"), |h| async move {
+                    veth_end(&h, name).await
+                })
+            })
+        };
+        Ok((end(ns, port)?, end(workload_ns, dev)?))
+    }
 }
 
 impl Sys for Linux {
+    fn netns_path(&self, ns: &str) -> PathBuf {
+        self.netns_dir.join(ns)
+    }
+
     fn netns_exists(&self, ns: &str) -> bool {
-        is_netns(&self.path(ns))
+        is_netns(&self.netns_path(ns))
     }
 
     fn create_netns(&self, ns: &str) -> Result<(), SysError> {
-        let path = self.path(ns);
+        let path = self.netns_path(ns);
         if is_netns(&path) {
             return Ok(());
         }
@@ -325,7 +400,7 @@ impl Sys for Linux {
     }
 
     fn delete_netns(&self, ns: &str) -> Result<(), SysError> {
-        let path = self.path(ns);
+        let path = self.netns_path(ns);
         if is_netns(&path) {
             umount2(&path, MntFlags::MNT_DETACH)
                 .map_err(errno(format!("unmount {}", path.display())))?;
@@ -398,7 +473,7 @@ impl Sys for Linux {
         if let Some(index) = find()? {
             return Ok(index);
         }
-        let path = self.path(ns);
+        let path = self.netns_path(ns);
         let target = File::open(&path).map_err(io(format!("open namespace {}", path.display())))?;
         on_thread(|| {
             netlink(
@@ -504,6 +579,88 @@ impl Sys for Linux {
             Some(ns) => self.in_netns(ns, delete),
             None => on_thread(delete),
         }
+    }
+
+    fn ensure_veth(
+        &self,
+        ns: &str,
+        bridge: &str,
+        port: &str,
+        workload_ns: &str,
+        dev: &str,
+    ) -> Result<u32, SysError> {
+        let paired = match self.veth_ends(ns, port, workload_ns, dev)? {
+            (Some(outer), Some(inner)) => outer.pairs_with(inner),
+            _ => false,
+        };
+        if !paired {
+            // Deleting one end of a veth deletes the other, wherever it is.
+            self.delete_link(Some(workload_ns), dev)?;
+            self.delete_link(Some(ns), port)?;
+            let path = self.netns_path(workload_ns);
+            let target =
+                File::open(&path).map_err(io(format!("open namespace {}", path.display())))?;
+            // One request makes both ends, the peer already in the workload's
+            // namespace under its final name: a crash leaves the whole pair or none.
+            let peer = LinkUnspec::new_with_name(dev)
+                .setns_by_fd(target.as_raw_fd())
+                .build();
+            let pair = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+                .name(port.to_string())
+                .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+                .build();
+            self.in_netns(ns, || {
+                netlink(
+                    &format!("create {port} in {ns} with its peer {dev} in {workload_ns}"),
+                    |h| async move { h.link().add(pair).execute().await },
+                )
+            })?;
+        }
+        self.in_netns(ns, || {
+            netlink(&format!("put {port} on {bridge} in {ns}"), |h| async move {
+                let bridge = existing(&h, bridge).await?;
+                let index = existing(&h, port).await?;
+                h.link()
+                    .set(
+                        LinkUnspec::new_with_index(index)
+                            .controller(bridge)
+                            .up()
+                            .build(),
+                    )
+                    .execute()
+                    .await
+            })
+        })?;
+        match self.veth_ends(ns, port, workload_ns, dev)? {
+            (Some(outer), Some(inner)) if outer.pairs_with(inner) => Ok(inner.index),
+            _ => Err(SysError::Netlink {
+                what: format!("{port} in {ns} and {dev} in {workload_ns} are not a pair"),
+                source: Box::new(rtnetlink::Error::RequestFailed),
+            }),
+        }
+    }
+
+    fn configure_interface(
+        &self,
+        ns: &str,
+        dev: &str,
+        address: Ipv4Net,
+        gateway: Ipv4Addr,
+    ) -> Result<(), SysError> {
+        self.in_netns(ns, || {
+            netlink(&format!("configure {dev} in {ns}"), |h| async move {
+                set_up(&h, existing(&h, "lo").await?).await?;
+                let index = existing(&h, dev).await?;
+                only_address(&h, index, address.addr(), address.prefix_len()).await?;
+                set_up(&h, index).await?;
+                let route = RouteMessageBuilder::<Ipv4Addr>::new()
+                    .gateway(gateway)
+                    .output_interface(index)
+                    .build();
+                // Replace: the one default route of the namespace.
+                h.route().add(route).replace().execute().await
+            })
+        })
     }
 }
 

@@ -8,11 +8,12 @@
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use cellos_ledger::network::{NetworkPeer, NetworkSpec, WgKey, WgSecret};
-use cellos_network::{wireguard_available, Linux, Names, Networks};
+use cellos_network::{wireguard_available, Attachment, Linux, Names, Networks, WorkloadNames};
 use nix::sched::{setns, CloneFlags};
 
 fn sh(args: &[&str]) -> String {
@@ -48,6 +49,8 @@ struct Net {
     networks: Networks,
     key: String,
     names: Names,
+    /// Workload keys attached by this test.
+    workloads: Vec<String>,
     extra: Vec<String>,
 }
 
@@ -64,62 +67,45 @@ impl Net {
             networks: Networks::new(Linux::default()),
             names: Names::for_key(&key),
             key,
+            workloads: vec![],
             extra: vec![],
         })
     }
 
-    /// A namespace for a workload on the network's bridge, at `addr`/24 with the
-    /// gateway as its default route, as a container will be attached next.
-    fn workload(&mut self, tag: &str, addr: &str, gateway: &str) -> String {
-        let ns = format!("{}{tag}", self.names.netns.replacen("n-", "t-", 1));
-        let (inner, outer) = (format!("{ns}i"), format!("{ns}o"));
-        sh(&["ip", "netns", "add", &ns]);
-        self.extra.push(ns.clone());
-        sh(&[
-            "ip",
-            "link",
-            "add",
-            &inner,
-            "netns",
-            &ns,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &outer,
-            "netns",
-            &self.names.netns,
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            &self.names.netns,
-            "link",
-            "set",
-            &outer,
-            "master",
-            &self.names.bridge,
-            "up",
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{addr}/24"),
-            "dev",
-            &inner,
-        ]);
-        sh(&["ip", "-n", &ns, "link", "set", &inner, "up"]);
-        sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
-        sh(&["ip", "-n", &ns, "route", "add", "default", "via", gateway]);
-        ns
+    /// [`Net::new`] with the local part of a network on `subnet` made.
+    fn local(test: &str, subnet: &str) -> Option<(Net, NetworkSpec)> {
+        let net = Net::new(test)?;
+        let s = spec(subnet);
+        net.networks.ensure_local(&net.key, &s).expect("network");
+        Some((net, s))
+    }
+
+    /// Attaches workload `tag` of this test to the network at `ip`; detached on
+    /// drop. Returns the workload's namespace.
+    fn attach(&mut self, tag: &str, ip: &str, spec: &NetworkSpec) -> Attachment {
+        let workload = self.workload_key(tag);
+        let a = self
+            .networks
+            .attach(&self.key, spec, &workload, ip.parse().expect("ip"))
+            .unwrap_or_else(|e| panic!("attach {workload}: {}", chain(&e)));
+        if !self.workloads.contains(&workload) {
+            self.workloads.push(workload);
+        }
+        a
+    }
+
+    fn workload_key(&self, tag: &str) -> String {
+        format!("{}-w{tag}", self.key)
     }
 }
 
 impl Drop for Net {
     fn drop(&mut self) {
+        for w in &self.workloads {
+            if let Err(e) = self.networks.detach(w) {
+                eprintln!("cleanup of {w}: {e}");
+            }
+        }
         for ns in &self.extra {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
@@ -152,6 +138,34 @@ fn reaches(ns: &str, addr: &str) -> bool {
     in_ns(ns, || {
         TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()
     })
+}
+
+/// The error and its causes, one after the other.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text += &format!(": {c}");
+        cause = c.source();
+    }
+    text
+}
+
+/// Whether `addr` answers ping from namespace `ns`.
+fn pings(ns: &str, addr: &str) -> bool {
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", ns, "ping", "-n", "-q", "-c", "3", "-i", "0.2",
+        ])
+        .args(["-W", "2", addr])
+        .output()
+        .unwrap_or_else(|e| panic!("ip netns exec {ns} ping: {e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("exec of"),
+        "no ping here (iputils-ping): {stderr}"
+    );
+    out.status.success()
 }
 
 fn link_index(ns: &str, dev: &str) -> String {
@@ -316,9 +330,9 @@ fn tenants_with_the_same_subnet_cannot_reach_each_other_or_the_uplink() {
     };
     a.networks.ensure_local(&a.key, &s).expect("a");
     b.networks.ensure_local(&b.key, &s).expect("b");
-    let a1 = a.workload("1", "10.20.7.2", "10.20.7.1");
-    let a2 = a.workload("2", "10.20.7.4", "10.20.7.1");
-    let b1 = b.workload("1", "10.20.7.3", "10.20.7.1");
+    let a1 = a.attach("1", "10.20.7.2", &s).names.netns;
+    let a2 = a.attach("2", "10.20.7.4", &s).names.netns;
+    let b1 = b.attach("1", "10.20.7.3", &s).names.netns;
     let _la = listen(&a2, "10.20.7.4:7000");
     let _lb = listen(&b1, "10.20.7.3:7000");
     // Workloads of one tenant on one node reach each other over the bridge...
@@ -485,4 +499,195 @@ fn wireguard_device_lives_in_the_namespace_and_survives_updates() {
         routes.contains(&format!("10.21.0.0/16 dev {}", names.wireguard)),
         "{routes}"
     );
+}
+
+/// Lines of `ip -o` output in `ns` (`-n` omitted for the host's namespace).
+fn ip(ns: Option<&str>, args: &[&str]) -> String {
+    let mut all = vec!["ip"];
+    if let Some(ns) = ns {
+        all.extend(["-n", ns]);
+    }
+    all.extend(args);
+    sh(&all)
+}
+
+#[test]
+fn attached_workloads_ping_each_other_and_the_gateway() {
+    let Some((mut net, s)) = Net::local("ping", "10.20.12.0/24") else {
+        return;
+    };
+    let one = net.attach("1", "10.20.12.2", &s);
+    let two = net.attach("2", "10.20.12.3", &s);
+    let (w1, w2) = (&one.names.netns, &two.names.netns);
+    assert_eq!(one.netns_path, Path::new("/run/netns").join(w1));
+    assert!(one.netns_path.exists());
+    assert_eq!(
+        (one.address.to_string(), one.gateway.to_string()),
+        ("10.20.12.2/24".into(), "10.20.12.1".into())
+    );
+    // In the workload's namespace: lo and eth0 only, its address, the route.
+    let links = ip(Some(w1), &["-o", "link", "show"]);
+    assert_eq!(links.lines().count(), 2, "{links}");
+    assert!(
+        links.contains(": lo:") && links.contains(": eth0@"),
+        "{links}"
+    );
+    assert!(links.lines().all(|l| l.contains(",UP")), "{links}");
+    let addrs = ip(Some(w1), &["-o", "-4", "addr", "show", "dev", "eth0"]);
+    assert!(addrs.contains("inet 10.20.12.2/24"), "{addrs}");
+    let routes = ip(Some(w1), &["-4", "route", "show", "default"]);
+    assert!(
+        routes.contains("default via 10.20.12.1 dev eth0"),
+        "{routes}"
+    );
+    // The other end is a port of the bridge inside the network's namespace, and
+    // nothing of the workload's is in the host namespace.
+    let port = ip(
+        Some(&net.names.netns),
+        &["-o", "link", "show", "dev", &one.names.port],
+    );
+    assert!(
+        port.contains(&format!("master {}", net.names.bridge)) && port.contains(",UP"),
+        "{port}"
+    );
+    let host_links = ip(None, &["-o", "link", "show"]);
+    assert!(!host_links.contains(&one.names.port), "{host_links}");
+
+    assert!(
+        pings(w1, "10.20.12.1"),
+        "workload 1 does not reach the gateway"
+    );
+    assert!(
+        pings(w2, "10.20.12.1"),
+        "workload 2 does not reach the gateway"
+    );
+    assert!(
+        pings(w1, "10.20.12.3"),
+        "workload 1 does not reach workload 2"
+    );
+    assert!(
+        pings(w2, "10.20.12.2"),
+        "workload 2 does not reach workload 1"
+    );
+}
+
+#[test]
+fn attach_twice_keeps_the_interface_and_a_new_ip_replaces_the_address() {
+    let Some((mut net, s)) = Net::local("reattach", "10.20.13.0/24") else {
+        return;
+    };
+    let first = net.attach("1", "10.20.13.5", &s);
+    let ns = first.names.netns.clone();
+    let port = link_index(&net.names.netns, &first.names.port);
+    assert_eq!(link_index(&ns, "eth0"), first.index.to_string());
+
+    let again = net.attach("1", "10.20.13.5", &s);
+    assert_eq!(again, first, "a repeat changed the attachment");
+    assert_eq!(link_index(&ns, "eth0"), first.index.to_string());
+    assert_eq!(link_index(&net.names.netns, &first.names.port), port);
+
+    let moved = net.attach("1", "10.20.13.6", &s);
+    assert_eq!(moved.index, first.index, "a new address recreated the veth");
+    assert_eq!(link_index(&net.names.netns, &first.names.port), port);
+    let addrs = ip(Some(&ns), &["-o", "-4", "addr", "show", "dev", "eth0"]);
+    assert_eq!(addrs.lines().count(), 1, "{addrs}");
+    assert!(addrs.contains("inet 10.20.13.6/24"), "{addrs}");
+    let routes = ip(Some(&ns), &["-4", "route", "show", "default"]);
+    assert!(
+        routes.contains("default via 10.20.13.1 dev eth0"),
+        "{routes}"
+    );
+    assert!(pings(&ns, "10.20.13.1"), "the new address does not work");
+}
+
+#[test]
+fn a_workload_attached_to_another_network_leaves_the_first() {
+    let Some((mut a, sa)) = Net::local("from", "10.20.14.0/24") else {
+        return;
+    };
+    let Some((b, sb)) = Net::local("to", "10.20.15.0/24") else {
+        return;
+    };
+    let first = a.attach("1", "10.20.14.2", &sa);
+    // The same workload (a's Net detaches it on drop), now on b's network.
+    let moved = b
+        .networks
+        .attach(
+            &b.key,
+            &sb,
+            &a.workload_key("1"),
+            "10.20.15.2".parse().expect("ip"),
+        )
+        .expect("attach to b");
+    assert_eq!(moved.names, first.names);
+    let in_a = ip(Some(&a.names.netns), &["-o", "link", "show"]);
+    assert!(!in_a.contains(&first.names.port), "{in_a}");
+    let in_b = ip(
+        Some(&b.names.netns),
+        &["-o", "link", "show", "dev", &first.names.port],
+    );
+    assert!(
+        in_b.contains(&format!("master {}", b.names.bridge)),
+        "{in_b}"
+    );
+    assert!(pings(&moved.names.netns, "10.20.15.1"));
+    assert!(!pings(&moved.names.netns, "10.20.14.1"));
+}
+
+#[test]
+fn attached_workloads_cannot_reach_the_host_or_the_gateway_s_services() {
+    let Some((mut net, s)) = Net::local("host", "10.20.16.0/24") else {
+        return;
+    };
+    let w = net.attach("1", "10.20.16.2", &s).names.netns;
+    // A service of the node: a listener on every address of the host namespace.
+    let host = TcpListener::bind("0.0.0.0:0").expect("listen on the host");
+    let port = host.local_addr().expect("port").port();
+    let host_addrs: Vec<String> = ip(None, &["-o", "-4", "addr", "show"])
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3)?.split('/').next())
+        .map(|a| format!("{a}:{port}"))
+        .collect();
+    assert!(!host_addrs.is_empty());
+    for addr in &host_addrs {
+        assert!(
+            TcpStream::connect(addr.as_str()).is_ok(),
+            "the host itself does not reach {addr}"
+        );
+        assert!(
+            !reaches(&w, addr),
+            "the workload reached the host at {addr}"
+        );
+    }
+    // Nor a service of the network's namespace itself, though its gateway
+    // answers ping.
+    let _gateway = listen(&net.names.netns, "10.20.16.1:7000");
+    assert!(pings(&w, "10.20.16.1"));
+    assert!(
+        !reaches(&w, "10.20.16.1:7000"),
+        "the workload reached a service on its gateway"
+    );
+    let routes = ip(Some(&net.names.netns), &["-4", "route", "show"]);
+    assert!(!routes.contains("default"), "{routes}");
+}
+
+#[test]
+fn detach_removes_namespace_and_veth_and_succeeds_twice() {
+    let Some((mut net, s)) = Net::local("detach", "10.20.17.0/24") else {
+        return;
+    };
+    let a = net.attach("1", "10.20.17.2", &s);
+    // A process still in the namespace (here: an open handle) keeps it alive after
+    // the unmount; the veth must go all the same.
+    let held = File::open(&a.netns_path).expect("hold the namespace");
+    net.networks.detach(&net.workload_key("1")).expect("detach");
+    assert!(!a.netns_path.exists());
+    assert!(!sh(&["ip", "netns", "list"]).contains(a.names.netns.as_str()));
+    let in_network = ip(Some(&net.names.netns), &["-o", "link", "show"]);
+    assert!(!in_network.contains(&a.names.port), "{in_network}");
+    drop(held);
+    net.networks
+        .detach(&net.workload_key("1"))
+        .expect("detach again");
+    assert_eq!(WorkloadNames::for_key(&net.workload_key("1")), a.names);
 }
