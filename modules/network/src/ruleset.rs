@@ -1,7 +1,8 @@
 //! The nftables ruleset inside a tenant namespace.
 //!
 //! The namespace has two interfaces besides `lo`: the bridge of the node's local
-//! workloads and the WireGuard device to the other nodes of the same network. It has
+//! workloads and the WireGuard device to the other nodes of the same network (the
+//! workloads' veths are ports of the bridge, so their traffic is the bridge's). It has
 //! no link to the host namespace, so the node's services and its uplink network are
 //! out of reach by construction; the ruleset says the same thing again, so that a
 //! later link into the namespace (a NAT path, a public IP) opens nothing by accident:
