@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use cellos_container::sys::DirCopySnapshots;
 use cellos_container::{
-    BlobCache, Compression, ContainerError, ImageRef, LayerStore, Limits, PullOptions, PullPolicy,
-    Puller, UnpackLimits,
+    BlobCache, Compression, ContainerError, Credentials, ImageRef, LayerStore, Limits, PullOptions,
+    PullPolicy, Puller, UnpackLimits,
 };
 use support::{layer, push_image, push_index, read, tar, Entry, Registry, TestImage};
 
@@ -341,6 +341,61 @@ async fn eviction_keeps_the_cache_within_its_limit() {
         !cache.blob_path(&i1.layers[0].digest).exists(),
         "image one goes once nothing holds it"
     );
+}
+
+#[tokio::test]
+async fn bearer_tokens_are_fetched_with_the_tenants_credentials() {
+    let image = TestImage::new(vec![layer(
+        &tar(&[Entry::File("secret", b"s", 0o644)]),
+        Compression::Gzip,
+    )]);
+    let reg = support::TokenRegistry::start(&image);
+    let work = tempfile::tempdir().expect("tempdir");
+    let cache = Arc::new(BlobCache::open(work.path().join("cache"), 10 * GIB).expect("cache"));
+    let r = ImageRef::parse(&format!("{}/private:v1", reg.addr)).expect("ref");
+    let with = |credentials| {
+        Puller::new(
+            cache.clone(),
+            PullOptions {
+                insecure_registries: vec![reg.addr.clone()],
+                credentials,
+                ..PullOptions::default()
+            },
+        )
+    };
+    let e = with(Credentials::Anonymous)
+        .pull(&r, PullPolicy::Always)
+        .await
+        .expect_err("anonymous");
+    assert!(
+        matches!(e, ContainerError::Registry { .. }),
+        "{}",
+        error_chain(&e)
+    );
+    let wrong = Credentials::Basic {
+        username: "tenant".into(),
+        password: "guess".into(),
+    };
+    with(wrong)
+        .pull(&r, PullPolicy::Always)
+        .await
+        .expect_err("wrong password");
+    assert_eq!(
+        reg.tokens_issued.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+
+    let right = Credentials::Basic {
+        username: "tenant".into(),
+        password: "s3cret".into(),
+    };
+    let pulled = with(right)
+        .pull(&r, PullPolicy::Always)
+        .await
+        .expect("pull with a token");
+    assert_eq!(pulled.layers, vec![image.layers[0].1.clone()]);
+    assert!(cache.contains(&image.layers[0].1.digest));
+    assert!(reg.tokens_issued.load(std::sync::atomic::Ordering::SeqCst) >= 1);
 }
 
 /// A registry that answers every manifest request with an endless body (64 MiB
