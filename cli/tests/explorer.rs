@@ -21,6 +21,7 @@
 mod common;
 
 use std::io::Write as _;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -255,7 +256,9 @@ async fn fill(c: &Client) -> Filled {
 
 // ---- a WebDriver client -----------------------------------------------------------
 
-/// chromedriver on a free port, stopped on drop.
+/// chromedriver on a free port, in a process group of its own that the browsers it
+/// starts join: dropping it kills them all, also when the test fails half-way
+/// (killing chromedriver alone would leave chromium running).
 struct Driver {
     child: Child,
     url: String,
@@ -269,6 +272,7 @@ impl Driver {
             .port();
         let child = Command::new(exe)
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -297,6 +301,8 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        let group = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -325,6 +331,7 @@ impl Browser {
                     "--no-sandbox",
                     "--disable-gpu",
                     "--disable-dev-shm-usage",
+                    "--disable-crash-reporter",
                     "--window-size=1200,800",
                     format!("--user-data-dir={}", profile.display()),
                 ],
