@@ -327,3 +327,90 @@ fn copy_tree(src: &Path, dst: &Path) -> Result<(), ContainerError> {
 fn meta_mode(meta: &fs::Metadata) -> u32 {
     std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cellos_storage::sys::FsSize;
+    use cellos_storage::StorageError;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    /// Records `btrfs` command lines; makes a directory for `subvolume create`.
+    #[derive(Default)]
+    struct Recording(Mutex<Vec<String>>);
+
+    impl cellos_storage::sys::Sys for Recording {
+        fn read_at(&self, _: &Path, _: u64, _: usize) -> Result<Vec<u8>, StorageError> {
+            unreachable!("not a block device test")
+        }
+        fn wipe(&self, _: &Path, _: u64) -> Result<(), StorageError> {
+            unreachable!("not a block device test")
+        }
+        fn seek_time(&self, _: &Path, _: u64) -> Result<Duration, StorageError> {
+            unreachable!("not a block device test")
+        }
+        fn mkfs_btrfs(&self, _: &Path, _: &str) -> Result<(), StorageError> {
+            unreachable!("not a block device test")
+        }
+        fn mount_btrfs(&self, _: &Path, _: &Path) -> Result<(), StorageError> {
+            unreachable!("not a block device test")
+        }
+        fn fs_size(&self, _: &Path) -> Result<FsSize, StorageError> {
+            unreachable!("not a block device test")
+        }
+        fn btrfs(&self, args: &[&OsStr]) -> Result<String, StorageError> {
+            let line: Vec<_> = args
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            if line[..2] == ["subvolume", "create"] {
+                fs::create_dir(&line[2]).expect("fake subvolume");
+            }
+            self.0.lock().expect("calls").push(line.join(" "));
+            Ok(String::new())
+        }
+    }
+
+    #[test]
+    fn btrfs_snapshots_are_subvolume_commands() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let snaps = BtrfsSnapshots::new(Recording::default());
+        snaps.create(&a).expect("create");
+        snaps.snapshot(&a, &b).expect("snapshot");
+        snaps.delete(&a).expect("delete");
+        snaps
+            .delete(&dir.path().join("missing"))
+            .expect("nothing to delete");
+        let calls = snaps.sys.0.lock().expect("calls").clone();
+        let (a, b) = (a.display(), b.display());
+        assert_eq!(
+            calls,
+            [
+                format!("subvolume create {a}"),
+                format!("subvolume snapshot {a} {b}"),
+                format!("subvolume delete {a}"),
+            ]
+        );
+    }
+
+    #[test]
+    fn resolution_stays_under_the_root() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root_path = dir.path().join("root");
+        fs::create_dir_all(root_path.join("etc")).expect("etc");
+        std::os::unix::fs::symlink("/", root_path.join("up")).expect("symlink");
+        std::os::unix::fs::symlink("../../..", root_path.join("rel")).expect("symlink");
+        let root = RootDir::open(&root_path).expect("root");
+        for via in ["up/etc", "rel/etc", "etc/../../etc"] {
+            let fd = root.open_dir(Path::new(via)).expect(via);
+            let names = list_dir(&fd).expect("list");
+            assert!(names.is_empty(), "{via} left the root: {names:?}");
+        }
+        assert!(
+            root.open_dir(Path::new("up/tmp")).is_err(),
+            "the host's /tmp is not in the root"
+        );
+    }
+}

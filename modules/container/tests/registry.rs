@@ -17,6 +17,11 @@ use support::{layer, push_image, push_index, read, tar, Entry, Registry, TestIma
 
 const GIB: u64 = 1 << 30;
 
+/// The cache in `work/cache` (10 GiB), opened as cellosd would after a restart.
+fn open_cache(work: &tempfile::TempDir) -> Arc<BlobCache> {
+    Arc::new(BlobCache::open(work.path().join("cache"), 10 * GIB).expect("cache"))
+}
+
 fn puller(reg: &Registry, cache: &Arc<BlobCache>) -> Puller {
     puller_with(reg, cache, Limits::default())
 }
@@ -83,7 +88,7 @@ async fn pulls_an_index_and_unpacks_the_amd64_image() {
     let reg = Registry::start();
     let pushed = push_app(&reg).await;
     let work = tempfile::tempdir().expect("tempdir");
-    let cache = Arc::new(BlobCache::open(work.path().join("cache"), 10 * GIB).expect("cache"));
+    let cache = open_cache(&work);
     let r = ImageRef::parse(&reg.reference("team/app:v1")).expect("ref");
     let image = puller(&reg, &cache)
         .pull(&r, PullPolicy::Always)
@@ -137,7 +142,7 @@ async fn a_cached_image_is_pulled_without_the_registry() {
     let mut reg = Registry::start();
     push_app(&reg).await;
     let work = tempfile::tempdir().expect("tempdir");
-    let cache = Arc::new(BlobCache::open(work.path().join("cache"), 10 * GIB).expect("cache"));
+    let cache = open_cache(&work);
     let r = ImageRef::parse(&reg.reference("team/app:v1")).expect("ref");
     let first = puller(&reg, &cache)
         .pull(&r, PullPolicy::Always)
@@ -156,7 +161,7 @@ async fn a_cached_image_is_pulled_without_the_registry() {
 
     // No registry at all, and a cache reopened as after a reboot.
     reg.stop();
-    let cache = Arc::new(BlobCache::open(work.path().join("cache"), 10 * GIB).expect("reopen"));
+    let cache = open_cache(&work);
     let offline = puller(&reg, &cache)
         .pull(&r, PullPolicy::IfNotPresent)
         .await
@@ -187,7 +192,7 @@ async fn a_corrupt_blob_is_refused_and_not_cached() {
     std::fs::write(&data, bytes).expect("corrupt");
 
     let work = tempfile::tempdir().expect("tempdir");
-    let cache = Arc::new(BlobCache::open(work.path().join("cache"), 10 * GIB).expect("cache"));
+    let cache = open_cache(&work);
     let r = ImageRef::parse(&reg.reference("team/app:v1")).expect("ref");
     let e = puller(&reg, &cache)
         .pull(&r, PullPolicy::Always)
@@ -227,7 +232,7 @@ async fn a_config_that_lies_about_its_layers_is_refused_at_unpack() {
     ]);
     push_image(&reg, "liar", Some("v1"), &image).await;
     let work = tempfile::tempdir().expect("tempdir");
-    let cache = Arc::new(BlobCache::open(work.path().join("cache"), 10 * GIB).expect("cache"));
+    let cache = open_cache(&work);
     let r = ImageRef::parse(&reg.reference("liar:v1")).expect("ref");
     let pulled = puller(&reg, &cache)
         .pull(&r, PullPolicy::Always)
@@ -252,7 +257,7 @@ async fn size_limits_stop_a_pull() {
     let reg = Registry::start();
     push_app(&reg).await;
     let work = tempfile::tempdir().expect("tempdir");
-    let cache = Arc::new(BlobCache::open(work.path().join("cache"), 10 * GIB).expect("cache"));
+    let cache = open_cache(&work);
     let r = ImageRef::parse(&reg.reference("team/app:v1")).expect("ref");
     for (limits, what) in [
         (
@@ -351,7 +356,7 @@ async fn bearer_tokens_are_fetched_with_the_tenants_credentials() {
     )]);
     let reg = support::TokenRegistry::start(&image);
     let work = tempfile::tempdir().expect("tempdir");
-    let cache = Arc::new(BlobCache::open(work.path().join("cache"), 10 * GIB).expect("cache"));
+    let cache = open_cache(&work);
     let r = ImageRef::parse(&format!("{}/private:v1", reg.addr)).expect("ref");
     let with = |credentials| {
         Puller::new(
@@ -445,7 +450,7 @@ fn endless_manifest_server() -> String {
 async fn an_endless_manifest_is_cut_off_at_the_cap() {
     let addr = endless_manifest_server();
     let work = tempfile::tempdir().expect("tempdir");
-    let cache = Arc::new(BlobCache::open(work.path().join("cache"), 10 * GIB).expect("cache"));
+    let cache = open_cache(&work);
     let p = Puller::new(
         cache,
         PullOptions {
