@@ -33,6 +33,8 @@ pub mod key {
     pub const DISKS: &str = "cellos.disks";
     /// `cellos.selftest=<name>`.
     pub const SELFTEST: &str = "cellos.selftest";
+    /// `cellos.registry.insecure=<host[:port]>[,<host[:port]>...]`.
+    pub const INSECURE_REGISTRIES: &str = "cellos.registry.insecure";
 }
 
 /// How strict the node is. `Prod` unless the cmdline says otherwise.
@@ -131,6 +133,11 @@ pub struct BootConfig {
     /// `cellos.ca=<base64 DER>`: one more certificate authority the node trusts for an
     /// `https://` ledger (a farm's own CA), beside the usual public roots.
     pub ca: Option<String>,
+    /// `cellos.registry.insecure`: OCI registries (`host[:port]`, as image references
+    /// name them) the node pulls container images from over plain HTTP: a farm's own
+    /// registry on its LAN, or the test registry. Every blob is still checked against
+    /// its digest; what plain HTTP loses is the secrecy of what is pulled.
+    pub insecure_registries: Vec<String>,
 }
 
 impl BootConfig {
@@ -157,6 +164,12 @@ impl BootConfig {
         }
         if let Some(ca) = &self.ca {
             out.push((env::CA.to_string(), ca.clone()));
+        }
+        if !self.insecure_registries.is_empty() {
+            out.push((
+                env::INSECURE_REGISTRIES.to_string(),
+                self.insecure_registries.join(","),
+            ));
         }
         out
     }
@@ -192,6 +205,7 @@ const DEBUG_EXPECTED: &str = "no value, 0 or 1";
 const DISKS_EXPECTED: &str = "keep or wipe";
 const SELFTEST_EXPECTED: &str = "a self-test name";
 const NET_PEER_EXPECTED: &str = "<iface>:<ip/prefix>, e.g. eth1:192.168.77.11/24";
+const REGISTRIES_EXPECTED: &str = "host[:port] registries, comma separated";
 const NET_EXPECTED: &str = "dhcp, <iface> or static:<iface>,<ip/prefix>,<gw>[,<dns>]";
 
 /// Parse a kernel command line (the contents of `/proc/cmdline`).
@@ -262,6 +276,19 @@ pub fn parse(cmdline: &str) -> (BootConfig, Vec<CmdlineError>) {
                 Some(v) if !v.is_empty() => cfg.selftest = Some(v.to_string()),
                 _ => errors.push(bad(SELFTEST_EXPECTED)),
             },
+            key::INSECURE_REGISTRIES => {
+                let list: Vec<String> = value
+                    .as_deref()
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(str::to_string)
+                    .collect();
+                if list.iter().all(|r| valid_registry(r)) {
+                    cfg.insecure_registries = list;
+                } else {
+                    errors.push(bad(REGISTRIES_EXPECTED));
+                }
+            }
             _ => errors.push(CmdlineError::UnknownKey { key }),
         }
     }
@@ -316,6 +343,23 @@ fn valid_url(url: &str) -> bool {
         }
         None => false,
     }
+}
+
+/// `host[:port]`: a DNS name or IPv4 address and an optional port.
+fn valid_registry(r: &str) -> bool {
+    let (host, port) = match r.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (r, None),
+    };
+    !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'-')
+        && match port {
+            None => true,
+            Some(p) => p.parse::<u16>().is_ok_and(|p| p > 0),
+        }
 }
 
 fn valid_iface(name: &str) -> bool {
@@ -379,6 +423,27 @@ fn parse_net(value: &str) -> Option<NetConfig> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn insecure_registries() {
+        let (cfg, errs) = parse("cellos.registry.insecure=10.0.2.2:5000,registry.lan");
+        assert!(errs.is_empty(), "{errs:?}");
+        assert_eq!(cfg.insecure_registries, ["10.0.2.2:5000", "registry.lan"]);
+        assert!(cfg.to_env().contains(&(
+            env::INSECURE_REGISTRIES.into(),
+            "10.0.2.2:5000,registry.lan".into()
+        )));
+        for bad in ["", "a_b", "host:0", "host:99999", "h/x", "10.0.2.2:5000,"] {
+            let (cfg, errs) = parse(&format!("cellos.registry.insecure={bad}"));
+            assert_eq!(errs.len(), 1, "{bad:?}");
+            assert!(cfg.insecure_registries.is_empty(), "{bad:?}");
+        }
+        assert!(parse("")
+            .0
+            .to_env()
+            .iter()
+            .all(|(k, _)| k != env::INSECURE_REGISTRIES));
+    }
 
     #[test]
     fn defaults_on_empty_cmdline() {

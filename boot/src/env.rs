@@ -1,5 +1,5 @@
 //! Environment variable names under which init hands the boot to its services (cellosd
-//! reads them). The first eight carry the cmdline ([`crate::cmdline::BootConfig::to_env`]);
+//! reads them). The first nine carry the cmdline ([`crate::cmdline::BootConfig::to_env`]);
 //! the others say what init itself found.
 
 /// Farm id, absent when unset.
@@ -18,6 +18,9 @@ pub const DISKS: &str = "CELLOS_DISKS";
 pub const SELFTEST: &str = "CELLOS_SELFTEST";
 /// An extra CA certificate (base64 DER), absent when unset.
 pub const CA: &str = "CELLOS_CA";
+/// Registries pulled from over plain HTTP (`host[:port]`, comma separated), absent
+/// when none.
+pub const INSECURE_REGISTRIES: &str = "CELLOS_INSECURE_REGISTRIES";
 /// CLOCK_BOOTTIME in ms when init started; absent when a service is run by hand.
 pub const INIT_START: &str = "CELLOS_INIT_START";
 /// The boot disk's kernel name (e.g. `sda`) after a USB boot, absent after a PXE boot:

@@ -14,6 +14,7 @@ use std::fmt;
 use ed25519_dalek::{Signer as _, SigningKey};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::container::ContainerSpec;
 use crate::network::NetworkSpec;
 use crate::tx::{encode, verify_sig};
 use crate::types::*;
@@ -114,6 +115,9 @@ pub enum WorkloadSpec {
     /// name is the network's name, which containers and VMs of the same deployment
     /// will name to attach to it ([`Deployment::network`]).
     Network(NetworkSpec),
+    /// An OCI image run under the node's container runtime, on a network workload
+    /// of the same deployment ([`crate::container`]).
+    Container(ContainerSpec),
 }
 
 /// How a shard namespace names its values.
@@ -133,6 +137,7 @@ impl WorkloadSpec {
             WorkloadSpec::Volume { .. } => "volume",
             WorkloadSpec::Shard { .. } => "shard",
             WorkloadSpec::Network(_) => "network",
+            WorkloadSpec::Container(_) => "container",
         }
     }
 
@@ -153,6 +158,11 @@ impl WorkloadSpec {
             // and it keeps a network-only contract from being free to hold.
             WorkloadSpec::Network(_) => Resources {
                 mru: crate::network::NETWORK_MRU,
+                ..Default::default()
+            },
+            WorkloadSpec::Container(c) => Resources {
+                cru: u64::from(c.cpu),
+                mru: c.memory.0,
                 ..Default::default()
             },
         }
@@ -248,9 +258,11 @@ impl Deployment {
                     }
                 }
                 WorkloadSpec::Network(n) => n.check().map_err(bad)?,
+                WorkloadSpec::Container(c) => {
+                    c.check().map_err(bad)?;
+                    self.check_attachments(c).map_err(bad)?;
+                }
             }
-            // Hook: container and VM workloads will name their network here; check
-            // it with `self.network(name)` (a network of this same deployment).
             if let WorkloadSpec::Shard { password, .. } = &w.spec {
                 // A node's shard server takes writes only into namespaces with a
                 // password and a quota (DESIGN §9): without one the shard is useless.
@@ -269,6 +281,51 @@ impl Deployment {
                         "shard password must be 1 to 128 characters without spaces".into(),
                     ));
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// What a container names in the rest of the deployment: its network, its
+    /// address in that network's subnet (not the network's own, gateway or broadcast
+    /// address, and no other container's), its volumes.
+    fn check_attachments(&self, c: &ContainerSpec) -> Result<(), String> {
+        let net = self.network(&c.network).ok_or_else(|| {
+            format!(
+                "network {:?} is not a network workload of this deployment",
+                c.network
+            )
+        })?;
+        let subnet = net.subnet;
+        if !subnet.contains(&c.ip)
+            || c.ip == subnet.network()
+            || c.ip == subnet.broadcast()
+            || c.ip == net.gateway()
+        {
+            return Err(format!(
+                "ip {} must be a host address of subnet {subnet} other than the gateway {}",
+                c.ip,
+                net.gateway()
+            ));
+        }
+        let same_ip = self
+            .workloads
+            .iter()
+            .filter(|w| matches!(&w.spec, WorkloadSpec::Container(o) if o.network == c.network && o.ip == c.ip))
+            .count();
+        if same_ip > 1 {
+            return Err(format!("ip {} is given to {same_ip} containers", c.ip));
+        }
+        for m in &c.mounts {
+            let volume = self
+                .workloads
+                .iter()
+                .any(|w| w.name == m.volume && matches!(w.spec, WorkloadSpec::Volume { .. }));
+            if !volume {
+                return Err(format!(
+                    "mount {}: {:?} is not a volume workload of this deployment",
+                    m.path, m.volume
+                ));
             }
         }
         Ok(())
@@ -571,6 +628,86 @@ mod tests {
         assert!(err.contains("32 bytes of base64; this is 3 bytes"), "{err}");
         let unknown = text.replace("listen_port", "port");
         assert!(toml::from_str::<Deployment>(&unknown).is_err());
+    }
+
+    #[test]
+    fn container_workloads_name_their_network_address_and_volumes() {
+        let text = r#"
+            version = 1
+            owner = "0000000000000000000000000000000000000000000000000000000000000000"
+            [[workloads]]
+            name = "net"
+            spec.network.ip_range = "10.20.0.0/16"
+            spec.network.subnet = "10.20.3.0/24"
+            spec.network.private_key = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="
+            spec.network.listen_port = 51820
+            [[workloads]]
+            name = "data"
+            spec.volume.size = "1G"
+            [[workloads]]
+            name = "web"
+            [workloads.spec.container]
+            image = "10.0.2.2:5000/web:1"
+            cmd = ["/bin/httpd", "-f"]
+            cpu = 2
+            memory = "256M"
+            network = "net"
+            ip = "10.20.3.10"
+            mounts = [{ volume = "data", path = "/srv" }]
+        "#;
+        let d: Deployment = toml::from_str(text).expect("toml");
+        assert_eq!(d.validate(), Ok(()));
+        assert_eq!(
+            d.resources(),
+            Resources {
+                cru: 2,
+                mru: (256 << 20) + crate::network::NETWORK_MRU,
+                sru: 1 << 30,
+                ..Default::default()
+            }
+        );
+        let json = serde_json::to_string(&d).expect("json");
+        let back: Deployment = serde_json::from_str(&json).expect("parse");
+        assert_eq!((back.hash(), &back), (d.hash(), &d));
+
+        let refused = |from: &str, to: &str, why: &str| {
+            let bad: Deployment = toml::from_str(&text.replace(from, to)).expect("toml");
+            let err = bad.validate().expect_err(why).to_string();
+            assert!(err.contains("\"web\"") && err.contains(why), "{to}: {err}");
+        };
+        refused(
+            "network = \"net\"",
+            "network = \"nope\"",
+            "is not a network workload",
+        );
+        refused(
+            "ip = \"10.20.3.10\"",
+            "ip = \"10.20.4.10\"",
+            "must be a host address",
+        );
+        refused(
+            "ip = \"10.20.3.10\"",
+            "ip = \"10.20.3.1\"",
+            "other than the gateway",
+        );
+        refused(
+            "ip = \"10.20.3.10\"",
+            "ip = \"10.20.3.255\"",
+            "must be a host address",
+        );
+        refused(
+            "volume = \"data\"",
+            "volume = \"net\"",
+            "is not a volume workload",
+        );
+        refused("cpu = 2", "cpu = 0", "cpu 0");
+
+        let mut twin = d.clone();
+        let mut second = twin.workloads[2].clone();
+        second.name = "web2".into();
+        twin.workloads.push(second);
+        let err = twin.validate().expect_err("same ip").to_string();
+        assert!(err.contains("given to 2 containers"), "{err}");
     }
 
     #[test]

@@ -16,6 +16,7 @@
 pub mod blob;
 pub mod block;
 pub mod chain;
+pub mod container;
 pub mod deployment;
 pub mod keys;
 pub mod network;

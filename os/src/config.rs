@@ -44,6 +44,8 @@ pub struct BootEnv {
     pub api_addr: Option<std::net::SocketAddr>,
     /// `cellos.mode=test`: short intervals (usage reports) for end-to-end tests.
     pub test_mode: bool,
+    /// `cellos.registry.insecure=`: registries pulled from over plain HTTP.
+    pub insecure_registries: Vec<String>,
 }
 
 impl BootEnv {
@@ -106,6 +108,9 @@ impl BootEnv {
             init_start_ms: set(env::INIT_START).and_then(|v| v.parse().ok()),
             uptime_every,
             test_mode,
+            insecure_registries: set(env::INSECURE_REGISTRIES)
+                .map(|v| v.split(',').map(str::to_string).collect())
+                .unwrap_or_default(),
         })
     }
 }
@@ -134,6 +139,7 @@ mod tests {
             ("CELLOS_DISKS", "wipe"),
             ("CELLOS_BOOT_DEVICE", "/dev/sdb"),
             ("CELLOS_SELFTEST", "volume-quota"),
+            ("CELLOS_INSECURE_REGISTRIES", "10.0.2.2:5000,registry.lan"),
         ])
         .expect("valid");
         assert_eq!(
@@ -152,6 +158,7 @@ mod tests {
                 ca: None,
                 api_addr: None,
                 test_mode: true,
+                insecure_registries: vec!["10.0.2.2:5000".into(), "registry.lan".into()],
             }
         );
     }

@@ -11,6 +11,7 @@
 //! reached is never a reason to exit: the registrar retries and says so.
 
 mod config;
+mod containers;
 mod dashboard;
 mod host;
 mod selftest;
@@ -139,6 +140,19 @@ async fn run(env: BootEnv, client: Client, started: Instant) -> Result<()> {
         selftest::run(name, &volumes, pool);
     }
 
+    // Containers' images, layers, roots and logs go on the first SSD pool; crun's
+    // state and the bundles on /run (they describe processes, gone at reboot).
+    let container_dirs = storage
+        .pools
+        .iter()
+        .find(|p| p.name.kind() == DiskKind::Ssd)
+        .map(|p| containers::ContainerDirs {
+            pool: p.mount.join("containers"),
+            // A quarter of the pool for cached images: the rest is sold as SRU.
+            cache_limit: p.size / 4,
+            run: env.run_dir.join("containers"),
+        });
+
     // Shards go on the first HDD pool (sold as HRU), else the first SSD pool.
     let shard_dir = storage
         .pools
@@ -244,6 +258,9 @@ async fn run(env: BootEnv, client: Client, started: Instant) -> Result<()> {
             shards,
             test_mode: env.test_mode,
             api: api.clone(),
+            containers: container_dirs.clone(),
+            container_volumes: Box::new(BtrfsVolumes::new(&storage.pools, System)),
+            insecure_registries: env.insecure_registries.clone(),
         });
         tokio::select! {
             never = registrar.maintain() => match never {},

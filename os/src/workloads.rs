@@ -71,6 +71,8 @@ impl<V: Volumes> Provisioner for VolumeProvisioner<V> {
 /// reboot builds them again from the recorded deployments.
 pub struct NetworkProvisioner {
     pub networks: cellos_network::Networks,
+    /// Where containers find the networks they attach to.
+    pub book: crate::containers::NetworkBook,
 }
 
 impl Provisioner for NetworkProvisioner {
@@ -83,6 +85,7 @@ impl Provisioner for NetworkProvisioner {
             return Err(WorkloadError(format!("{} is not a network", spec.kind())));
         };
         let names = self.networks.ensure(&id.node_name(), n).map_err(err)?;
+        self.book.put(&id.node_name(), n);
         // Never the private key: only what the owner needs to reach the network.
         Ok(BTreeMap::from([
             ("namespace".to_string(), names.netns),
@@ -99,7 +102,9 @@ impl Provisioner for NetworkProvisioner {
     }
 
     fn remove(&self, id: &WorkloadId, _: &WorkloadSpec) -> Result<(), WorkloadError> {
-        self.networks.remove(&id.node_name()).map_err(err)
+        self.networks.remove(&id.node_name()).map_err(err)?;
+        self.book.forget(&id.node_name());
+        Ok(())
     }
 
     /// The WireGuard device's bytes to and from all peers: what crosses the node's
@@ -405,6 +410,12 @@ pub struct Wiring<V: Volumes + 'static> {
     pub test_mode: bool,
     /// The node API: its owner views show the workloads' live status.
     pub api: Arc<ApiState>,
+    /// Where containers keep images, roots and logs; `None` without an SSD pool.
+    pub containers: Option<crate::containers::ContainerDirs>,
+    /// Volumes again, for the containers that mount them.
+    pub container_volumes: Box<dyn Volumes>,
+    /// Registries pulled from over plain HTTP (`cellos.registry.insecure`).
+    pub insecure_registries: Vec<String>,
 }
 
 /// Opens the provision store under the state directory.
@@ -427,12 +438,27 @@ pub async fn run<V: Volumes + 'static>(w: Wiring<V>) -> Result<std::convert::Inf
         },
         event_wait: Duration::from_secs(if w.test_mode { 2 } else { 30 }),
     };
+    let book = crate::containers::NetworkBook::default();
+    let container: Arc<dyn Provisioner> = match &w.containers {
+        Some(dirs) => Arc::new(
+            crate::containers::ContainerProvisioner::open(
+                dirs,
+                w.insecure_registries,
+                w.container_volumes,
+                book.clone(),
+            )
+            .context("preparing the container image cache")?,
+        ),
+        None => Arc::new(crate::containers::NoContainers),
+    };
     let provisioners = Provisioners {
         volume: Arc::new(VolumeProvisioner { volumes: w.volumes }),
         shard: w.shards,
         network: Arc::new(NetworkProvisioner {
             networks: cellos_network::Networks::new(cellos_network::Linux::default()),
+            book,
         }),
+        container,
     };
     w.api.set_provisioners(provisioners.clone());
     let mut engine = Engine::new(

@@ -353,6 +353,14 @@ pub fn registered(line: &str) -> (NodeId, FarmId, u64) {
 /// Where cellosd serves the node API inside the guest.
 pub const NODE_API_PORT: u16 = 8646;
 
+/// A shell command for a node's debug shell: an HTTP GET with busybox `nc`, after
+/// `prefix` (e.g. an `nsenter`). Busybox's static `wget` crashes in the image (its
+/// name lookup needs glibc's NSS modules), so a failing `wget` proves nothing. The
+/// output holds the status line (`HTTP/1.0 200 OK`) when something answered.
+pub fn http_get(prefix: &str, addr: &str, port: u16, path: &str) -> String {
+    format!("printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' | {prefix} nc -w 3 {addr} {port}")
+}
+
 /// Runs the release `cellos` CLI of this build as a user would; (success, stdout, stderr).
 pub fn cellos_cli(args: &[&str], url: &str, key: &Path) -> (bool, String, String) {
     let out = std::process::Command::new(bin_dir().join("cellos"))

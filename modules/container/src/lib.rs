@@ -17,9 +17,10 @@
 //! [`pull`] fetches images with `oci-client`, [`unpack`] applies one layer,
 //! [`layers`] composes layers into snapshots through the [`sys::Snapshots`] trait
 //! (btrfs subvolumes on a node, directory copies in host tests), and [`spec`]
-//! builds the OCI runtime spec a container runs under.
+//! builds the OCI runtime spec a container runs under, which [`crun`] runs.
 
 pub mod cache;
+pub mod crun;
 pub mod layers;
 pub mod pull;
 pub mod reference;
@@ -102,6 +103,12 @@ pub enum ContainerError {
     },
     #[error("runtime spec: {0}")]
     Spec(String),
+    #[error("cannot {op} container {id}: {reason}")]
+    Runtime {
+        op: &'static str,
+        id: String,
+        reason: String,
+    },
     #[error("{op} {path}")]
     Snapshot {
         op: &'static str,

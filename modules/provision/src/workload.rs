@@ -3,7 +3,7 @@
 //! Each workload type is one [`Provisioner`]; `ensure` and `remove` must be idempotent
 //! (the engine repeats them after a crash and on every reconcile), and `remove` deletes
 //! the workload's data. Unit tests put fakes here; the node puts the storage module's
-//! volumes, shards and networks (and later containers and VMs).
+//! volumes, shards, networks and containers (and later VMs).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -62,6 +62,7 @@ pub struct Provisioners {
     pub volume: Arc<dyn Provisioner>,
     pub shard: Arc<dyn Provisioner>,
     pub network: Arc<dyn Provisioner>,
+    pub container: Arc<dyn Provisioner>,
 }
 
 impl Provisioners {
@@ -70,6 +71,7 @@ impl Provisioners {
             WorkloadSpec::Volume { .. } => self.volume.clone(),
             WorkloadSpec::Shard { .. } => self.shard.clone(),
             WorkloadSpec::Network(_) => self.network.clone(),
+            WorkloadSpec::Container(_) => self.container.clone(),
         }
     }
 
@@ -126,5 +128,6 @@ pub fn rank(spec: &WorkloadSpec) -> u8 {
         WorkloadSpec::Volume { .. } => 0,
         WorkloadSpec::Network(_) => 1,
         WorkloadSpec::Shard { .. } => 2,
+        WorkloadSpec::Container(_) => 3,
     }
 }

@@ -173,7 +173,8 @@ async fn status_deployments_and_metrics() {
     state_for_metrics.set_provisioners(Provisioners {
         volume: live.clone(),
         shard: live.clone(),
-        network: live,
+        network: live.clone(),
+        container: live,
     });
     let (st, body) = signed("/v1/deployments", &k, node_pub, now()).await;
     assert_eq!(st, 200, "{body}");

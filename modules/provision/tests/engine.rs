@@ -73,7 +73,7 @@ impl Provisioner for FakeVolumes {
         }
         let size = match spec {
             WorkloadSpec::Volume { size } | WorkloadSpec::Shard { size, .. } => *size,
-            WorkloadSpec::Network(_) => Size(0),
+            WorkloadSpec::Network(_) | WorkloadSpec::Container(_) => Size(0),
         };
         let p = self.dir.join(id.node_name());
         std::fs::create_dir_all(&p).map_err(|e| WorkloadError(e.to_string()))?;
@@ -218,6 +218,7 @@ impl World {
                 volume: std::sync::Arc::new(self.volumes.clone()),
                 shard: std::sync::Arc::new(self.volumes.clone()),
                 network: std::sync::Arc::new(self.volumes.clone()),
+                container: std::sync::Arc::new(self.volumes.clone()),
             },
             self.node,
             self.node_key.clone(),

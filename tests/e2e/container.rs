@@ -1,0 +1,243 @@
+//! Containers end to end: an image the test builds (a static busybox) pushed to
+//! Debian's real registry on the host, a deployment with a tenant network and a
+//! container sent with `cellos deploy` to a QEMU node, which pulls the image over
+//! plain HTTP (`cellos.registry.insecure`), unpacks it into btrfs snapshots and runs
+//! it with crun in a namespace of its own on the network's bridge.
+//!
+//! Checked from inside the node (the debug shell): the container runs and its output
+//! is in its log; the tenant's namespace reaches its web server, while the container
+//! cannot reach the node's API; cellosd killed, the container keeps its pid and the
+//! restarted cellosd reports it again; cancel removes container, root, log and
+//! namespace.
+
+#[path = "../../modules/container/tests/support/mod.rs"]
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use cellos_container::Compression;
+use cellos_qemu::{Disk, DiskKind, Vm};
+use cellos_tests::*;
+use support::{layer, push_image, tar, Entry, Registry, TestImage};
+
+const GIB: u64 = 1 << 30;
+const SHELL: Duration = Duration::from_secs(60);
+
+fn sh(vm: &mut Vm, cmd: &str) -> (i32, String) {
+    vm.shell(cmd, SHELL)
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"))
+}
+
+/// A one-layer image: busybox and the applets the test uses, as links.
+fn busybox_image() -> TestImage {
+    let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox (busybox-static)");
+    let mut entries = vec![
+        Entry::Dir("bin/", 0o755),
+        Entry::Dir("www/", 0o755),
+        Entry::File("www/index.html", b"served-from-a-container\n", 0o644),
+        Entry::File("bin/busybox", &busybox, 0o755),
+    ];
+    for applet in ["sh", "echo", "sleep", "httpd", "cat"] {
+        entries.push(Entry::Symlink(
+            Box::leak(format!("bin/{applet}").into_boxed_str()),
+            "busybox",
+        ));
+    }
+    let mut image = TestImage::new(vec![layer(&tar(&entries), Compression::Gzip)]);
+    image.entrypoint = vec![];
+    image.cmd = vec!["/bin/sh"];
+    image.env = vec!["PATH=/bin"];
+    image.working_dir = "/";
+    image.user = "";
+    image
+}
+
+/// Waits until `cmd` succeeds in the node's shell; its output.
+fn until_ok(vm: &mut Vm, cmd: &str, timeout: Duration) -> String {
+    let t = Instant::now();
+    loop {
+        let (status, out) = sh(vm, cmd);
+        if status == 0 {
+            return out;
+        }
+        assert!(
+            t.elapsed() < timeout,
+            "{cmd} still fails after {timeout:?}: {out}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn deployment(dir: &Path, image: &str) -> std::path::PathBuf {
+    let file = dir.join("web.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"version = 1
+[[workloads]]
+name = "net"
+spec.network.ip_range = "10.20.0.0/16"
+spec.network.subnet = "10.20.1.0/24"
+spec.network.private_key = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="
+spec.network.listen_port = 51820
+spec.network.peers = []
+
+[[workloads]]
+name = "web"
+[workloads.spec.container]
+image = "{image}"
+cmd = ["/bin/sh", "-c", "echo hello-from-container; exec httpd -f -p 8080 -h /www"]
+cpu = 1
+memory = "64M"
+network = "net"
+ip = "10.20.1.5"
+"#
+        ),
+    )
+    .expect("deployment file");
+    file
+}
+
+#[test]
+fn vm_container_pull_run_isolate_survive_cancel() {
+    let reg = Registry::start();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(push_image(&reg, "cellos/box", Some("1"), &busybox_image()));
+    let port = reg.addr.rsplit(':').next().expect("port").to_string();
+    let guest_ref = format!("10.0.2.2:{port}/cellos/box:1");
+
+    let ledger = Ledger::start(free_port());
+    let enroll = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let farm = ledger.farm(&enroll);
+    let mut params = boot_params(farm, &ledger.guest_url(), &enroll);
+    params.extra.push_str(&format!(
+        " cellos.debug cellos.registry.insecure=10.0.2.2:{port}"
+    ));
+    let mut vm = start(vm_config(
+        image().direct(&params),
+        vec![Disk::new(20 * GIB, DiskKind::Ssd)],
+    ));
+    let line = vm
+        .wait_for(&Regex::new(REGISTERED).expect("regex"), BOOT_TIMEOUT)
+        .expect("registers");
+    let (node, _, _) = registered(&line);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("user.key");
+    let url = format!("http://{}", ledger.addr);
+    let cli = |args: &[&str]| {
+        let (ok, out, err) = cellos_cli(args, &url, &key);
+        assert!(ok, "cellos {args:?} failed:\n{out}\n{err}");
+        out
+    };
+    cli(&["key", "new"]);
+    cli(&["account", "create"]);
+    cli(&["account", "fund", "10000000"]);
+    let file = deployment(dir.path(), &guest_ref);
+    let t = Instant::now();
+    let out = cli(&[
+        "--json",
+        "deploy",
+        file.to_str().expect("path"),
+        "--node",
+        &node.to_string(),
+    ]);
+    eprintln!(
+        "figure: contract to a running container (cold cache, over TCG): {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).expect("deploy --json");
+    let contract = v["contract"]["id"].as_u64().expect("contract id");
+    let web = v["result"]["workloads"]
+        .as_array()
+        .expect("workloads")
+        .iter()
+        .find(|w| w["name"] == "web")
+        .expect("the container's result")
+        .clone();
+    assert_eq!(web["state"], "ok", "{web}");
+    let pid = web["data"]["pid"].as_str().expect("pid").to_string();
+    assert_ne!(pid, "0", "{web}");
+    let name = format!("c{contract}-web");
+    let net_ns = v["result"]["workloads"][0]["data"]["namespace"]
+        .as_str()
+        .expect("namespace")
+        .to_string();
+
+    // It runs, and what it printed is in its log on the node.
+    let state = format!("crun --root /run/cellos/containers/crun state {name}");
+    let (_, s) = sh(&mut vm, &state);
+    assert!(s.contains("\"running\""), "{s}");
+    let log = format!("/mnt/ssd0/containers/logs/{name}.log");
+    until_ok(
+        &mut vm,
+        &format!("grep -q hello-from-container {log}"),
+        SHELL,
+    );
+
+    // The tenant's namespace reaches its web server on the network.
+    let page = until_ok(
+        &mut vm,
+        &http_get(
+            &format!("nsenter --net=/run/netns/{net_ns}"),
+            "10.20.1.5",
+            8080,
+            "/",
+        ),
+        SHELL,
+    );
+    assert!(page.contains("served-from-a-container"), "{page}");
+    // The container reaches its gateway but not the node's API, on any address.
+    let in_container = format!("nsenter --target {pid} --net");
+    let (gw, out) = sh(&mut vm, &format!("{in_container} ping -c 1 -W 2 10.20.1.1"));
+    assert_eq!(gw, 0, "the container cannot ping its gateway: {out}");
+    // The same request from the node's own namespace is answered: the check works.
+    let (status, out) = sh(
+        &mut vm,
+        &http_get("", "10.0.2.15", NODE_API_PORT, "/v1/status"),
+    );
+    assert!(
+        status == 0 && out.contains("200"),
+        "the node API does not answer the node: {out}"
+    );
+    for target in ["10.0.2.15", "10.20.1.1", "127.0.0.1"] {
+        let (_, out) = sh(
+            &mut vm,
+            &http_get(&in_container, target, NODE_API_PORT, "/v1/status"),
+        );
+        assert!(
+            !out.contains("HTTP/"),
+            "the container reached the node API at {target}: {out}"
+        );
+    }
+
+    // cellosd killed: the container keeps running with the same pid, and the
+    // restarted cellosd (init supervises it) reports it.
+    sh(&mut vm, "kill -9 $(pidof cellosd)");
+    until_ok(&mut vm, "pidof cellosd", SHELL);
+    let (_, s) = sh(&mut vm, &state);
+    assert!(
+        s.contains("\"running\"") && s.contains(&format!("\"pid\": {pid}")),
+        "{s}"
+    );
+
+    // Cancel: container, root, log and namespace are gone.
+    cli(&["contract", "cancel", &contract.to_string()]);
+    let gone = format!(
+        "{state} >/dev/null 2>&1 && echo container-alive; ls /run/netns /mnt/ssd0/containers/layers/roots /mnt/ssd0/containers/logs"
+    );
+    let t = Instant::now();
+    loop {
+        let (_, s) = sh(&mut vm, &gone);
+        if !s.contains("container-alive") && !s.contains(&name) && !s.contains(&net_ns) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "not removed after cancel: {s}"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let _ = vm.powerdown();
+}
