@@ -315,3 +315,21 @@ fn limits_and_the_diff_id_are_enforced() {
     }
     s.assert_outside_untouched();
 }
+
+#[test]
+fn ownership_is_kept_only_when_running_as_root() {
+    let s = Scene::new();
+    s.apply(&[Entry::Owned("owned", 1234, 5678)], Compression::None)
+        .expect("layer");
+    let meta = std::fs::metadata(s.root().join("owned")).expect("owned");
+    let me = nix::unistd::geteuid();
+    if me.is_root() {
+        assert_eq!((meta.uid(), meta.gid()), (1234, 5678));
+    } else {
+        assert_eq!(
+            meta.uid(),
+            me.as_raw(),
+            "a non-root unpack keeps files as its own"
+        );
+    }
+}

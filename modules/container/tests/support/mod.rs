@@ -135,6 +135,8 @@ pub enum Entry<'a> {
     Char(&'a str),
     Block(&'a str),
     Fifo(&'a str),
+    /// A file owned by `uid:gid`.
+    Owned(&'a str, u64, u64),
 }
 
 /// A tar of `entries`, names written raw (so `..` and absolute names go in as is).
@@ -151,7 +153,12 @@ pub fn tar(entries: &[Entry]) -> Vec<u8> {
                 Entry::Char(n) => (n, b"", tar::EntryType::Char, 0o666, None),
                 Entry::Block(n) => (n, b"", tar::EntryType::Block, 0o666, None),
                 Entry::Fifo(n) => (n, b"", tar::EntryType::Fifo, 0o644, None),
+                Entry::Owned(n, _, _) => (n, b"", tar::EntryType::Regular, 0o644, None),
             };
+        let (uid, gid) = match e {
+            Entry::Owned(_, u, g) => (*u, *g),
+            _ => (0, 0),
+        };
         let raw = &mut h.as_old_mut().name;
         assert!(name.len() < raw.len(), "test names stay short");
         raw[..name.len()].copy_from_slice(name.as_bytes());
@@ -161,8 +168,8 @@ pub fn tar(entries: &[Entry]) -> Vec<u8> {
         }
         h.set_entry_type(kind);
         h.set_mode(mode);
-        h.set_uid(0);
-        h.set_gid(0);
+        h.set_uid(uid);
+        h.set_gid(gid);
         h.set_mtime(0);
         h.set_size(data.len() as u64);
         h.set_cksum();
