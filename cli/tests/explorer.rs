@@ -626,7 +626,7 @@ fn explorer_in_a_browser_with_ten_thousand_nodes() {
             }))
             .await
             .expect("transfer");
-        assert_eq!(r.height, height + 1);
+        assert!(r.height > height, "{} after {height}", r.height);
         b.wait(
             "the new block in the overview",
             "return document.querySelector(`table.blocks tr[data-height=\"${arguments[0]}\"]`) !== null",
