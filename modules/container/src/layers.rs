@@ -9,7 +9,8 @@
 //! Layout under the store's directory (on a node, on the SSD pool next to the
 //! blob cache, so btrfs can snapshot between them):
 //! - `layers/<chain hex>`: a finished layer tree; never written after it is made.
-//! - `layers/<chain hex>.partial`: being made; removed and redone after a crash.
+//! - `tmp/<n>`: a tree being made, renamed into `layers/` or `roots/` when done;
+//!   what a crash leaves here is removed when the store is opened.
 //! - `roots/<name>`: a container's root.
 //!
 //! Every step is idempotent: a tree that exists is reused, so a crash at any point
@@ -17,6 +18,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::cache::BlobCache;
 use crate::pull::Image;
@@ -27,7 +29,10 @@ use crate::{io_err, ContainerError};
 
 const LAYERS: &str = "layers";
 const ROOTS: &str = "roots";
-const PARTIAL: &str = ".partial";
+const SCRATCH: &str = "tmp";
+
+/// Numbers scratch trees, so that concurrent builds never share one.
+static SCRATCH_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// Layer trees and container roots in one directory.
 pub struct LayerStore<S> {
@@ -56,15 +61,21 @@ impl<S: Snapshots> LayerStore<S> {
         limits: UnpackLimits,
     ) -> Result<Self, ContainerError> {
         let dir = dir.into();
-        for sub in [LAYERS, ROOTS] {
+        for sub in [LAYERS, ROOTS, SCRATCH] {
             let p = dir.join(sub);
             fs::create_dir_all(&p).map_err(io_err("creating", &p))?;
         }
-        Ok(LayerStore {
+        let store = LayerStore {
             dir,
             snapshots,
             limits,
-        })
+        };
+        let scratch = store.dir.join(SCRATCH);
+        for entry in fs::read_dir(&scratch).map_err(io_err("listing", &scratch))? {
+            let entry = entry.map_err(io_err("listing", &scratch))?;
+            store.snapshots.delete(&entry.path())?;
+        }
+        Ok(store)
     }
 
     fn layer_path(&self, chain: &Digest) -> PathBuf {
@@ -105,21 +116,32 @@ impl<S: Snapshots> LayerStore<S> {
         parent: Option<&Path>,
         apply: impl FnOnce(&Path) -> Result<(), ContainerError>,
     ) -> Result<(), ContainerError> {
-        let mut scratch = path.as_os_str().to_owned();
-        scratch.push(PARTIAL);
-        let scratch = PathBuf::from(scratch);
+        let seq = SCRATCH_SEQ.fetch_add(1, Ordering::Relaxed);
+        let scratch = self
+            .dir
+            .join(SCRATCH)
+            .join(format!("{}-{seq}", std::process::id()));
         self.snapshots.delete(&scratch)?;
         match parent {
             Some(p) => self.snapshots.snapshot(p, &scratch)?,
             None => self.snapshots.create(&scratch)?,
         }
-        if let Err(e) = apply(&scratch) {
-            if let Err(cleanup) = self.snapshots.delete(&scratch) {
-                tracing::warn!(tree = %scratch.display(), error = %cleanup, "could not remove a failed layer tree");
+        let done = apply(&scratch)
+            .and_then(|()| fs::rename(&scratch, path).map_err(io_err("renaming into place", path)));
+        match done {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                if let Err(cleanup) = self.snapshots.delete(&scratch) {
+                    tracing::warn!(tree = %scratch.display(), error = %cleanup, "could not remove a scratch tree");
+                }
+                // A concurrent build of the same tree finished first: use it.
+                if path.exists() {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
             }
-            return Err(e);
         }
-        fs::rename(&scratch, path).map_err(io_err("renaming into place", path))
     }
 
     /// Where the root named `name` is.
@@ -176,5 +198,34 @@ impl<S: Snapshots> LayerStore<S> {
             }
         }
         Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::DirCopySnapshots;
+
+    #[test]
+    fn opening_removes_scratch_trees_a_crash_left() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store =
+            LayerStore::open(dir.path(), DirCopySnapshots, UnpackLimits::default()).expect("open");
+        let top = store.dir.join(LAYERS).join("top");
+        store
+            .build(&top, None, |t| {
+                fs::write(t.join("f"), "x").map_err(io_err("writing", t))
+            })
+            .expect("build");
+        fs::create_dir_all(dir.path().join("tmp/123-4/half")).expect("leftover");
+        let root = store.create_root("c1", &top).expect("root");
+        let store = LayerStore::open(dir.path(), DirCopySnapshots, UnpackLimits::default())
+            .expect("reopen");
+        assert_eq!(
+            fs::read_dir(store.dir.join(SCRATCH)).expect("tmp").count(),
+            0
+        );
+        assert_eq!(fs::read_to_string(root.join("f")).expect("root kept"), "x");
+        assert!(store.root_path("../x").is_err() && store.root_path(".x").is_err());
     }
 }
