@@ -291,6 +291,10 @@ pub enum LedgerCmd {
         /// Key prefix of the chain in etcd (one cluster can hold several chains).
         #[arg(long, default_value = "cellos/ledger/", requires = "etcd")]
         etcd_prefix: String,
+        /// Save the state every this many blocks, so that a restart replays only the
+        /// blocks since (0: never; the etcd store keeps no snapshots).
+        #[arg(long, default_value_t = 10_000)]
+        snapshot_every: u64,
         #[arg(long, default_value = DEFAULT_LISTEN)]
         listen: SocketAddr,
         /// Development mode: enables the faucet.

@@ -25,6 +25,7 @@ pub async fn run(g: &Global, c: LedgerCmd) -> Result<()> {
             data,
             etcd,
             etcd_prefix,
+            snapshot_every,
             listen,
             dev,
             chain_id,
@@ -59,6 +60,7 @@ pub async fn run(g: &Global, c: LedgerCmd) -> Result<()> {
                     _ => None,
                 },
                 clock: std::sync::Arc::new(server::SystemClock),
+                snapshot_every,
             };
             if accept_rollback {
                 accept_rollback_in(&data)?;

@@ -25,7 +25,10 @@
 //!
 //! [`replay`] rebuilds a state from blocks; with `check_signatures` it is also the
 //! verifier: every hash link, every ledger and transaction signature, every
-//! transaction's success and every recorded event are checked again.
+//! transaction's success and every recorded event are checked again, and the
+//! store's state snapshot against the replayed state. Start-up begins from that
+//! snapshot when it checks out ([`StateSnapshot`]), so it replays only the blocks
+//! written since.
 
 use std::sync::{Arc, RwLock};
 
@@ -68,6 +71,10 @@ pub enum ChainError {
         #[source]
         source: Box<TxError>,
     },
+    #[error(
+        "the store's state snapshot at block {height} is not the state the chain leads to there"
+    )]
+    Snapshot { height: u64 },
     #[error("the store has no genesis record: it holds no chain")]
     NoGenesis,
     #[error("the store's chain is signed by {store}, but this ledger's key is {key}")]
@@ -101,19 +108,111 @@ pub struct Replayed {
     pub txs: u64,
 }
 
+/// A state saved at a block (the server writes one every N blocks), so that start-up
+/// replays only the blocks after it. It is never trusted alone: start-up takes it
+/// only when its bytes hash to its digest, it belongs to this chain and the store's
+/// block at its height is the one it names, and then applies every block after it
+/// link by link; `cellos ledger verify` replays the whole chain and requires the
+/// state at that height to have the snapshot's digest.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StateSnapshot {
+    pub height: u64,
+    /// Hash of the block at `height`.
+    pub head: Hash,
+    /// [`State::digest`] of the state: the hash of `state`.
+    pub digest: Hash,
+    /// The state after block `height`, postcard-encoded.
+    pub state: Vec<u8>,
+}
+
+/// Saves the state `s` as the store's snapshot (see [`StateSnapshot`]).
+pub fn save_snapshot(store: &dyn Store, s: &Snapshot) -> Result<(), ChainError> {
+    let encode = |e: postcard::Error| ChainError::Store(StoreError::Io(Box::new(e)));
+    let state = postcard::to_stdvec(&s.state).map_err(encode)?;
+    let record = StateSnapshot {
+        height: s.state.height(),
+        head: s.head,
+        digest: Hash::of(&state),
+        state,
+    };
+    let bytes = postcard::to_stdvec(&record).map_err(encode)?;
+    Ok(store.put_snapshot(&bytes)?)
+}
+
+/// The store's snapshot as a state to start from, with the hash of its block, if it
+/// checks out (see [`StateSnapshot`]); `None` sends start-up back to the genesis.
+fn usable_snapshot(store: &dyn Store, genesis: &Genesis) -> Option<(State, Hash)> {
+    let s: StateSnapshot = postcard::from_bytes(&store.snapshot().ok()??).ok()?;
+    if s.height == 0 || Hash::of(&s.state) != s.digest {
+        return None;
+    }
+    let state: State = postcard::from_bytes(&s.state).ok()?;
+    if state.height() != s.height || state.params != genesis.params {
+        return None;
+    }
+    let block = store.blocks(s.height, 1).ok()?.into_iter().next()?;
+    (block.header.height == s.height && block.hash() == s.head).then_some((state, s.head))
+}
+
 /// Rebuilds the state from the store's blocks. With `check_signatures` it verifies
-/// every signature too (`cellos ledger verify`); without, it trusts blocks this
-/// ledger wrote itself (start-up).
+/// every signature too (`cellos ledger verify`), and the state snapshot start-up
+/// would take against the replayed state (one it would not take is no risk: a
+/// damaged one, or one an accepted rollback left beyond the chain); without, it
+/// trusts blocks this ledger wrote itself.
 pub fn replay(
     store: &dyn Store,
     check_signatures: bool,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Replayed, ChainError> {
     let genesis = store.genesis()?.ok_or(ChainError::NoGenesis)?;
+    let saved = if check_signatures {
+        usable_snapshot(store, &genesis).map(|(state, _)| (state.height(), state.digest()))
+    } else {
+        None
+    };
+    let state = State::new(genesis.params.clone(), genesis.time);
+    let head = genesis.hash();
+    apply_blocks(
+        store,
+        genesis,
+        state,
+        head,
+        check_signatures,
+        saved,
+        progress,
+    )
+}
+
+/// Start-up: the state from the store's snapshot, if one checks out, and the blocks
+/// after it (trusted: this ledger wrote them); from the genesis otherwise. Returns
+/// the replay and the height it started from.
+fn resume(store: &dyn Store) -> Result<(Replayed, u64), ChainError> {
+    let genesis = store.genesis()?.ok_or(ChainError::NoGenesis)?;
+    let (state, head) = usable_snapshot(store, &genesis).unwrap_or_else(|| {
+        (
+            State::new(genesis.params.clone(), genesis.time),
+            genesis.hash(),
+        )
+    });
+    let from = state.height();
+    let r = apply_blocks(store, genesis, state, head, false, None, &mut |_, _| {})?;
+    Ok((r, from))
+}
+
+/// Applies the store's blocks after `state` (whose last block is `head`); with
+/// `check_signatures`, checks every signature and recorded event, and that the
+/// state at `saved`'s height has its digest.
+fn apply_blocks(
+    store: &dyn Store,
+    genesis: Genesis,
+    mut state: State,
+    mut head: Hash,
+    check_signatures: bool,
+    saved: Option<(u64, Hash)>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Replayed, ChainError> {
     let target = store.height()?;
-    let mut state = State::new(genesis.params.clone(), genesis.time);
-    let mut head = genesis.hash();
-    let mut next = 1u64;
+    let mut next = state.height() + 1;
     let mut txs = 0u64;
     const PAGE: usize = 512;
     loop {
@@ -154,6 +253,12 @@ pub fn replay(
             txs += block.txs.len() as u64;
             head = block.hash();
             next += 1;
+            match saved {
+                Some((at, digest)) if at == height && digest != state.digest() => {
+                    return Err(ChainError::Snapshot { height });
+                }
+                _ => {}
+            }
             progress(height, target);
         }
     }
@@ -254,6 +359,7 @@ pub struct Chain {
     spare: Arc<Snapshot>,
     lag: Vec<Block>,
     view: View,
+    resumed_from: u64,
 }
 
 impl Chain {
@@ -298,7 +404,7 @@ impl Chain {
                 }
             }
         }
-        let r = replay(store.as_ref(), false, &mut |_, _| {})?;
+        let (r, resumed_from) = resume(store.as_ref())?;
         let current = Arc::new(Snapshot {
             genesis: Arc::new(r.genesis),
             state: r.state,
@@ -311,7 +417,13 @@ impl Chain {
             view: View::new(current.clone()),
             current,
             lag: Vec::new(),
+            resumed_from,
         })
+    }
+
+    /// The height of the snapshot start-up began from (0: the genesis).
+    pub fn resumed_from(&self) -> u64 {
+        self.resumed_from
     }
 
     pub fn state(&self) -> &State {

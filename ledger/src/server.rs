@@ -96,6 +96,9 @@ pub struct Config {
     /// Block times, the status time and the mailbox's windows: [`SystemClock`]
     /// except in tests.
     pub clock: Arc<dyn Clock>,
+    /// Save the state every this many blocks, so that start-up replays only the
+    /// blocks since ([`crate::chain::StateSnapshot`]); 0 never does.
+    pub snapshot_every: u64,
 }
 
 impl Default for Config {
@@ -110,6 +113,7 @@ impl Default for Config {
             mailbox: Policy::default(),
             tls: None,
             clock: Arc::new(SystemClock),
+            snapshot_every: 10_000,
         }
     }
 }
@@ -149,6 +153,7 @@ struct Shared {
     queue: std_mpsc::SyncSender<Work>,
     /// Other ledger servers append to the store too (see [`committer`]).
     replicated: bool,
+    snapshot_every: u64,
     height: watch::Receiver<u64>,
     blob_limit: usize,
     mailbox: Arc<Mailbox>,
@@ -189,6 +194,14 @@ impl Server {
         create_data_dir(&cfg.data)?;
         let (key, _) = keys::load_or_create(&cfg.data.join("ledger.key"))?;
         let chain = Chain::open(store.clone(), key, cfg.params.clone(), cfg.clock.now())?;
+        tracing::info!(
+            "chain at block {}: started from {}",
+            chain.state().height(),
+            match chain.resumed_from() {
+                0 => "the genesis".to_string(),
+                h => format!("the state snapshot at block {h}"),
+            }
+        );
         let mailbox = Arc::new(Mailbox::open(
             &cfg.data.join("mailbox"),
             cfg.mailbox.clone(),
@@ -206,6 +219,7 @@ impl Server {
             store,
             queue: qtx,
             replicated,
+            snapshot_every: cfg.snapshot_every,
             height: hrx,
             blob_limit: cfg.blob_limit,
             mailbox,
@@ -328,7 +342,14 @@ fn committer(
     rx: std_mpsc::Receiver<Work>,
     height: watch::Sender<u64>,
 ) {
+    let saver = Saver::default();
+    let mut saved_at = chain.state().height();
     loop {
+        let h = chain.state().height();
+        let due = shared.snapshot_every > 0 && h >= saved_at.saturating_add(shared.snapshot_every);
+        if due && saver.save(shared.store.clone(), chain.view().load()) {
+            saved_at = h;
+        }
         let first = match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(w) => Some(w),
             Err(std_mpsc::RecvTimeoutError::Timeout) => None,
@@ -359,6 +380,43 @@ fn committer(
         for part in split(batch, shared.store.max_block_bytes()) {
             commit(&shared, &mut chain, part, &height);
         }
+    }
+}
+
+/// Writes state snapshots on a thread of its own, one at a time, so the committer
+/// never waits for one (it only hands over the published state, a pointer).
+#[derive(Default)]
+struct Saver {
+    busy: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Saver {
+    /// Starts saving `state`, unless a save is still running; says whether it started.
+    fn save(&self, store: Arc<dyn Store>, state: Arc<Snapshot>) -> bool {
+        use std::sync::atomic::Ordering;
+        if self.busy.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        let busy = self.busy.clone();
+        let spawned = std::thread::Builder::new()
+            .name("ledger-snapshot".into())
+            .spawn(move || {
+                let height = state.state().height();
+                match crate::chain::save_snapshot(store.as_ref(), &state) {
+                    Ok(()) => tracing::info!("state snapshot saved at block {height}"),
+                    Err(e) => tracing::error!(
+                        "state snapshot at block {height} not saved (the next is tried later): {}",
+                        causes(&e)
+                    ),
+                }
+                busy.store(false, Ordering::Release);
+            });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the snapshot thread: {e}");
+            self.busy.store(false, Ordering::Release);
+            return false;
+        }
+        true
     }
 }
 

@@ -101,6 +101,17 @@ pub trait Store: Send + Sync {
     fn watch(&self, _wake: Wake) -> bool {
         false
     }
+    /// Keeps `record` (an encoded [`crate::chain::StateSnapshot`]) as the latest
+    /// snapshot, in place of the one before. A store
+    /// that keeps none ignores it (the etcd store: a state outgrows etcd's request
+    /// limit), and start-up replays its whole chain.
+    fn put_snapshot(&self, _record: &[u8]) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// The latest snapshot record [`Store::put_snapshot`] kept.
+    fn snapshot(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(None)
+    }
     /// The most bytes of transactions (as JSON) one block may hold, for a store that
     /// limits the size of a record.
     fn max_block_bytes(&self) -> Option<usize> {
@@ -128,6 +139,7 @@ struct MemInner {
     blocks: Vec<Block>,
     events: Vec<BlockEvents>,
     blobs: std::collections::BTreeMap<Hash, Vec<u8>>,
+    snapshot: Option<Vec<u8>>,
 }
 
 impl MemStore {
@@ -182,6 +194,13 @@ impl Store for MemStore {
     fn get_blob(&self, hash: &Hash) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.lock().blobs.get(hash).cloned())
     }
+    fn put_snapshot(&self, record: &[u8]) -> Result<(), StoreError> {
+        self.lock().snapshot = Some(record.to_vec());
+        Ok(())
+    }
+    fn snapshot(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.lock().snapshot.clone())
+    }
 }
 
 #[cfg(feature = "server")]
@@ -200,6 +219,9 @@ mod redb_store {
     const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("blocks");
     const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
     const BLOBS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("blobs");
+    /// The latest state snapshot, under [`SNAPSHOT_KEY`].
+    const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
+    const SNAPSHOT_KEY: &str = "latest";
 
     fn io<E: std::error::Error + Send + Sync + 'static>(e: E) -> StoreError {
         StoreError::Io(Box::new(e))
@@ -306,6 +328,7 @@ mod redb_store {
                 w.open_table(BLOCKS).map_err(io)?;
                 w.open_table(EVENTS).map_err(io)?;
                 w.open_table(BLOBS).map_err(io)?;
+                w.open_table(SNAPSHOT).map_err(io)?;
             }
             w.commit().map_err(io)?;
             let head_path = path.with_extension("head");
@@ -616,6 +639,22 @@ mod redb_store {
             let r = self.db.begin_read().map_err(io)?;
             let t = r.open_table(BLOBS).map_err(io)?;
             Ok(t.get(&hash.0).map_err(io)?.map(|v| v.value().to_vec()))
+        }
+
+        fn put_snapshot(&self, record: &[u8]) -> Result<(), StoreError> {
+            let mut w = self.db.begin_write().map_err(io)?;
+            w.set_durability(Durability::Immediate);
+            {
+                let mut t = w.open_table(SNAPSHOT).map_err(io)?;
+                t.insert(SNAPSHOT_KEY, record).map_err(io)?;
+            }
+            w.commit().map_err(io)
+        }
+
+        fn snapshot(&self) -> Result<Option<Vec<u8>>, StoreError> {
+            let r = self.db.begin_read().map_err(io)?;
+            let t = r.open_table(SNAPSHOT).map_err(io)?;
+            Ok(t.get(SNAPSHOT_KEY).map_err(io)?.map(|v| v.value().to_vec()))
         }
     }
 }
