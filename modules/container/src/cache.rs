@@ -43,13 +43,13 @@ pub struct BlobCache {
 
 /// Holds blobs out of eviction while a pull that needs them runs.
 #[derive(Debug)]
-pub struct Pin {
+pub(crate) struct Pin {
     pins: Arc<Mutex<HashMap<Digest, usize>>>,
     held: Vec<Digest>,
 }
 
 impl Pin {
-    pub fn add(&mut self, digest: &Digest) {
+    pub(crate) fn add(&mut self, digest: &Digest) {
         let mut pins = self.pins.lock().unwrap_or_else(PoisonError::into_inner);
         *pins.entry(digest.clone()).or_insert(0) += 1;
         self.held.push(digest.clone());
@@ -127,10 +127,6 @@ impl BlobCache {
         Ok(out)
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// Where the blob is (whether or not it is there).
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
         self.root.join(BLOBS).join(digest.hex())
@@ -172,7 +168,7 @@ impl BlobCache {
     }
 
     /// Starts writing the blob `digest`, refusing more than `max` bytes.
-    pub fn writer(
+    pub(crate) fn writer(
         &self,
         digest: &Digest,
         what: &'static str,
@@ -194,7 +190,7 @@ impl BlobCache {
     }
 
     /// Stores a small blob held in memory (checked against `digest` like any other).
-    pub fn put(
+    pub(crate) fn put(
         &self,
         digest: &Digest,
         what: &'static str,
@@ -206,7 +202,7 @@ impl BlobCache {
     }
 
     /// A pin that keeps blobs from eviction until it is dropped.
-    pub fn pin(&self) -> Pin {
+    pub(crate) fn pin(&self) -> Pin {
         Pin {
             pins: self.pins.clone(),
             held: Vec::new(),
@@ -214,7 +210,11 @@ impl BlobCache {
     }
 
     /// Records which blobs the image with this manifest digest needs.
-    pub fn record_image(&self, manifest: &Digest, blobs: &[Digest]) -> Result<(), ContainerError> {
+    pub(crate) fn record_image(
+        &self,
+        manifest: &Digest,
+        blobs: &[Digest],
+    ) -> Result<(), ContainerError> {
         let text: String = blobs.iter().map(|d| format!("{d}\n")).collect();
         write_atomic(
             &self.root.join(IMAGES).join(manifest.hex()),
@@ -223,7 +223,10 @@ impl BlobCache {
     }
 
     /// The blobs an image recorded with [`BlobCache::record_image`] needs.
-    pub fn image_blobs(&self, manifest: &Digest) -> Result<Option<Vec<Digest>>, ContainerError> {
+    pub(crate) fn image_blobs(
+        &self,
+        manifest: &Digest,
+    ) -> Result<Option<Vec<Digest>>, ContainerError> {
         let path = self.root.join(IMAGES).join(manifest.hex());
         let text = match fs::read_to_string(&path) {
             Ok(t) => t,
@@ -237,7 +240,7 @@ impl BlobCache {
     }
 
     /// Remembers that `reference` resolved to `manifest`.
-    pub fn record_ref(
+    pub(crate) fn record_ref(
         &self,
         reference: &ImageRef,
         manifest: &Digest,
@@ -332,7 +335,7 @@ impl BlobCache {
 /// A blob being written; it enters the cache only through [`BlobWriter::finish`].
 /// Dropping it removes the temp file.
 #[derive(Debug)]
-pub struct BlobWriter {
+pub(crate) struct BlobWriter {
     dest: PathBuf,
     digest: Digest,
     what: &'static str,
@@ -343,7 +346,7 @@ pub struct BlobWriter {
 }
 
 impl BlobWriter {
-    pub fn write(&mut self, bytes: &[u8]) -> Result<(), ContainerError> {
+    pub(crate) fn write(&mut self, bytes: &[u8]) -> Result<(), ContainerError> {
         self.written += bytes.len() as u64;
         if self.written > self.max {
             return Err(ContainerError::TooLarge {
@@ -359,7 +362,7 @@ impl BlobWriter {
     }
 
     /// Checks the digest, then fsyncs and renames the blob into place.
-    pub fn finish(self) -> Result<PathBuf, ContainerError> {
+    pub(crate) fn finish(self) -> Result<PathBuf, ContainerError> {
         let actual = Digest::from_hasher(self.hasher);
         if actual != self.digest {
             return Err(ContainerError::DigestMismatch {

@@ -178,6 +178,7 @@ impl Puller {
         }
     }
 
+    /// The cache this puller fills (what [`crate::LayerStore::prepare`] reads).
     pub fn cache(&self) -> &Arc<BlobCache> {
         &self.cache
     }

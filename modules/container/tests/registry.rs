@@ -250,7 +250,9 @@ async fn a_config_that_lies_about_its_layers_is_refused_at_unpack() {
         .expect("layers")
         .count();
     assert_eq!(left, 0, "a refused layer left a tree");
-    let scratch = std::fs::read_dir(work.path().join("layers/tmp")).expect("tmp").count();
+    let scratch = std::fs::read_dir(work.path().join("layers/tmp"))
+        .expect("tmp")
+        .count();
     assert_eq!(scratch, 0, "a refused layer left its scratch tree");
 }
 
