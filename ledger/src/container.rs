@@ -196,7 +196,8 @@ mod tests {
     #[test]
     fn a_good_spec_passes_and_each_bad_field_is_named() {
         assert_eq!(spec().check(), Ok(()));
-        let cases: Vec<(fn(&mut ContainerSpec), &str)> = vec![
+        type Break = fn(&mut ContainerSpec);
+        let cases: Vec<(Break, &str)> = vec![
             (|s| s.image = String::new(), "image"),
             (|s| s.image = "a b".into(), "image"),
             (|s| s.image = " x".into(), "image"),

@@ -509,11 +509,11 @@ mod tests {
             owner = "0000000000000000000000000000000000000000000000000000000000000000"
             [[workloads]]
             name = "web"
-            spec.container.image = "nginx"
+            spec.vm.image = "debian"
         "#;
         let err = toml::from_str::<Deployment>(unknown).expect_err("unknown type");
         assert!(
-            err.to_string().contains("unknown variant `container`"),
+            err.to_string().contains("unknown variant `vm`"),
             "{err}"
         );
     }
