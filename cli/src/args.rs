@@ -84,6 +84,19 @@ pub enum Cmd {
     /// Deployments: hash, show, update, cancel.
     #[command(subcommand)]
     Deployment(DeploymentCmd),
+    /// What a container printed, from its node (a request signed by --key, the
+    /// deployment's owner).
+    Logs {
+        contract: u64,
+        /// The container workload's name.
+        workload: String,
+        /// Keep printing new output until Ctrl-C.
+        #[arg(long, short)]
+        follow: bool,
+        /// Node API base URL (default: the node's address on the ledger, port 8646).
+        #[arg(long)]
+        api: Option<String>,
+    },
     /// Tenant networks: WireGuard overlays across nodes.
     #[command(subcommand)]
     Network(NetworkCmd),

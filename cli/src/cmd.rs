@@ -22,6 +22,12 @@ pub async fn run(cli: Cli) -> Result<()> {
             timeout,
         } => tx::deploy(&g, &file, node, deposit, timeout).await,
         Cmd::Deployment(d) => tx::deployment(&g, d).await,
+        Cmd::Logs {
+            contract,
+            workload,
+            follow,
+            api,
+        } => tx::logs(&g, contract, &workload, follow, api.as_deref()).await,
         Cmd::Network(NetworkCmd::Plan {
             nodes,
             range,

@@ -332,6 +332,46 @@ pub async fn node_networks(
         .collect())
 }
 
+/// Prints container `workload`'s log from its node: what is kept, then, with
+/// `follow`, what comes, asking again from where the last answer ended.
+pub async fn logs(
+    c: &Client,
+    contract: ContractId,
+    workload: &str,
+    key: &SigningKey,
+    api: Option<&str>,
+    follow: bool,
+) -> Result<()> {
+    use std::io::Write as _;
+    let k = c.contract(contract).await?;
+    let node = c.node(k.node).await?;
+    let mut from = 0u64;
+    loop {
+        let path = format!("/v1/deployments/{contract}/logs/{workload}?from={from}");
+        let v = node_api(&node, key, api, &path).await?;
+        let text = v["text"].as_str().unwrap_or_default();
+        let next = v["next"]
+            .as_u64()
+            .context("the node's answer has no next offset")?;
+        if v["from"].as_u64().is_some_and(|f| f > from) && from > 0 {
+            eprintln!("(older output was dropped on the node)");
+        }
+        let mut out = std::io::stdout();
+        out.write_all(text.as_bytes())?;
+        out.flush()?;
+        // Something came: there may be more at once (an answer is capped).
+        let more = next > from;
+        from = next;
+        if more {
+            continue;
+        }
+        if !follow {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 /// A GET of `path` on `node`'s API, signed with `key` for the node's key; `api`
 /// overrides the address (the node's first public IPv4 on the ledger, port 8646).
 async fn node_api(

@@ -77,6 +77,27 @@ fn receipt_text(r: &Receipt) -> String {
     s
 }
 
+/// `cellos logs`.
+pub async fn logs(
+    g: &Global,
+    contract: u64,
+    workload: &str,
+    follow: bool,
+    api: Option<&str>,
+) -> Result<()> {
+    let c = client(g)?;
+    let key = load_key(g)?;
+    let run = crate::deploy::logs(&c, contract, workload, &key, api, follow);
+    if follow {
+        tokio::select! {
+            r = run => r,
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        }
+    } else {
+        run.await
+    }
+}
+
 /// `cellos deploy`: a contract for `file` on `node`, its sealed body, and the node's
 /// results once it applied them.
 pub async fn deploy(

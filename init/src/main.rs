@@ -16,7 +16,7 @@ use cellos_init::console::{chain, line, say};
 use cellos_init::kmod::{self, KmodError, Modprobe};
 use cellos_init::manifest::{self, ServiceSpec, MANIFEST_PATH};
 use cellos_init::power::{self, Action};
-use cellos_init::supervisor::Supervisor;
+use cellos_init::supervisor::{ExitBook, Supervisor};
 use cellos_init::{bootcfg, net, sys};
 
 /// Modules the image builder asks for, one name per line.
@@ -238,6 +238,7 @@ fn init_main() {
     }
     let count = services.len();
     let mut sup = Supervisor::new(services, env, BackoffPolicy::default(), Arc::new(line));
+    sup.record_orphan_exits(ExitBook::new(run::EXITS_DIR));
     sup.start_all();
     say(&format!(
         "{count} services started, boot took {} ms",

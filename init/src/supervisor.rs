@@ -52,6 +52,45 @@ pub struct Supervisor {
     log: LogSink,
     stopping: bool,
     orphans_reaped: u64,
+    exits: Option<ExitBook>,
+}
+
+/// How orphans ended, as files `<dir>/<pid>` holding `exit <code>` or `signal <n>`,
+/// for whoever started them (cellosd's containers). At most [`ExitBook::KEEP`] are
+/// kept: the oldest go first, so a node that never reads them stays bounded.
+pub struct ExitBook {
+    dir: std::path::PathBuf,
+    written: VecDeque<i32>,
+}
+
+impl ExitBook {
+    pub const KEEP: usize = 1024;
+
+    pub fn new(dir: impl Into<std::path::PathBuf>) -> ExitBook {
+        ExitBook {
+            dir: dir.into(),
+            written: VecDeque::new(),
+        }
+    }
+
+    /// Records `pid`'s end; a failure to write is not init's problem (the reader
+    /// then knows only that the process is gone).
+    pub fn record(&mut self, pid: i32, status: ExitStatus) {
+        let text = match (status.code(), status.signal()) {
+            (Some(code), _) => format!("exit {code}\n"),
+            (None, Some(sig)) => format!("signal {sig}\n"),
+            (None, None) => return,
+        };
+        let _ = std::fs::create_dir_all(&self.dir);
+        if std::fs::write(self.dir.join(pid.to_string()), text).is_ok() {
+            self.written.push_back(pid);
+        }
+        while self.written.len() > Self::KEEP {
+            if let Some(old) = self.written.pop_front() {
+                let _ = std::fs::remove_file(self.dir.join(old.to_string()));
+            }
+        }
+    }
 }
 
 impl Supervisor {
@@ -82,7 +121,13 @@ impl Supervisor {
             log,
             stopping: false,
             orphans_reaped: 0,
+            exits: None,
         }
+    }
+
+    /// Records how orphans end in `book` from now on.
+    pub fn record_orphan_exits(&mut self, book: ExitBook) {
+        self.exits = Some(book);
     }
 
     /// Start every service, in order.
@@ -212,6 +257,9 @@ impl Supervisor {
     fn on_exit(&mut self, pid: Pid, status: ExitStatus) {
         let Some(i) = self.services.iter().position(|s| s.pid == Some(pid)) else {
             self.orphans_reaped += 1;
+            if let Some(book) = &mut self.exits {
+                book.record(pid.as_raw(), status);
+            }
             return;
         };
         let now = Instant::now();

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use cellos_init::backoff::BackoffPolicy;
 use cellos_init::manifest::ServiceSpec;
-use cellos_init::supervisor::{LogSink, Supervisor};
+use cellos_init::supervisor::{ExitBook, LogSink, Supervisor};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -274,4 +274,47 @@ fn services_start_with_no_signal_blocked() {
         t.elapsed() < Duration::from_secs(3),
         "the service ignored SIGTERM"
     );
+}
+
+#[test]
+fn orphans_exits_are_recorded_for_whoever_started_them() {
+    let _g = serial();
+    let dir = tempfile::tempdir().expect("dir");
+    let pidfile = dir.path().join("orphan.pid");
+    let exits = dir.path().join("exits");
+    let (sink, _) = capture();
+    // The subshell exits at once, so its child is an orphan that comes back to us.
+    let script = format!(
+        "(sh -c 'echo $$ > {}; sleep 0.3; exit 7' &); exec sleep 30",
+        pidfile.display()
+    );
+    let mut sup = Supervisor::new(vec![sh("parent", &script)], Vec::new(), fast(), sink);
+    sup.record_orphan_exits(ExitBook::new(&exits));
+    sup.start_all();
+    let recorded = || -> Option<String> {
+        let pid = std::fs::read_to_string(&pidfile).ok()?;
+        std::fs::read_to_string(exits.join(pid.trim())).ok()
+    };
+    assert!(run_until(&mut sup, Duration::from_secs(10), |_| recorded().is_some()));
+    assert_eq!(recorded().as_deref(), Some("exit 7\n"));
+    assert!(sup.orphans_reaped() >= 1);
+    sup.stop_all(Duration::from_secs(2));
+}
+
+#[test]
+fn the_exit_book_keeps_the_newest() {
+    use std::os::unix::process::ExitStatusExt as _;
+    let dir = tempfile::tempdir().expect("dir");
+    let mut book = ExitBook::new(dir.path());
+    book.record(100, std::process::ExitStatus::from_raw(3 << 8));
+    book.record(101, std::process::ExitStatus::from_raw(9));
+    let read = |pid: i32| std::fs::read_to_string(dir.path().join(pid.to_string()));
+    assert_eq!(read(100).expect("100"), "exit 3\n");
+    assert_eq!(read(101).expect("101"), "signal 9\n");
+    for pid in 0..ExitBook::KEEP as i32 {
+        book.record(1000 + pid, std::process::ExitStatus::from_raw(0));
+    }
+    assert!(read(100).is_err() && read(101).is_err(), "the oldest went first");
+    assert_eq!(read(1000).expect("kept"), "exit 0\n");
+    assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), ExitBook::KEEP);
 }

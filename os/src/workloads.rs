@@ -440,15 +440,19 @@ pub async fn run<V: Volumes + 'static>(w: Wiring<V>) -> Result<std::convert::Inf
     };
     let book = crate::containers::NetworkBook::default();
     let container: Arc<dyn Provisioner> = match &w.containers {
-        Some(dirs) => Arc::new(
-            crate::containers::ContainerProvisioner::open(
-                dirs,
-                w.insecure_registries,
-                w.container_volumes,
-                book.clone(),
-            )
-            .context("preparing the container image cache")?,
-        ),
+        Some(dirs) => {
+            let p = Arc::new(
+                crate::containers::ContainerProvisioner::open(
+                    dirs,
+                    w.insecure_registries,
+                    w.container_volumes,
+                    book.clone(),
+                )
+                .context("preparing the container image cache")?,
+            );
+            p.watch().context("starting the container watcher")?;
+            p
+        }
         None => Arc::new(crate::containers::NoContainers),
     };
     let provisioners = Provisioners {

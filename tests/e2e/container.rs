@@ -4,11 +4,12 @@
 //! plain HTTP (`cellos.registry.insecure`), unpacks it into btrfs snapshots and runs
 //! it with crun in a namespace of its own on the network's bridge.
 //!
-//! Checked from inside the node (the debug shell): the container runs and its output
-//! is in its log; the tenant's namespace reaches its web server, while the container
-//! cannot reach the node's API; cellosd killed, the container keeps its pid and the
-//! restarted cellosd reports it again; cancel removes container, root, log and
-//! namespace.
+//! Checked from inside the node (the debug shell) and through `cellos logs`: the
+//! container runs and its owner reads its output, a stranger cannot; a second
+//! container that outgrows its memory is OOM-killed and restarted (on-failure) while
+//! the first is untouched; the tenant's namespace reaches the web server, while the
+//! container cannot reach the node's API; cellosd killed, the container keeps its
+//! pid; cancel removes container, root, log and namespace.
 
 #[path = "../../modules/container/tests/support/mod.rs"]
 mod support;
@@ -17,7 +18,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cellos_container::Compression;
-use cellos_qemu::{Disk, DiskKind, Vm};
+use cellos_qemu::{Disk, DiskKind, HostFwd, Protocol, Vm};
 use cellos_tests::*;
 use support::{layer, push_image, tar, Entry, Registry, TestImage};
 
@@ -38,7 +39,7 @@ fn busybox_image() -> TestImage {
         Entry::File("www/index.html", b"served-from-a-container\n", 0o644),
         Entry::File("bin/busybox", &busybox, 0o755),
     ];
-    for applet in ["sh", "echo", "sleep", "httpd", "cat"] {
+    for applet in ["sh", "echo", "sleep", "httpd", "cat", "head", "tr"] {
         entries.push(Entry::Symlink(
             Box::leak(format!("bin/{applet}").into_boxed_str()),
             "busybox",
@@ -92,6 +93,17 @@ cpu = 1
 memory = "64M"
 network = "net"
 ip = "10.20.1.5"
+
+[[workloads]]
+name = "hog"
+[workloads.spec.container]
+image = "{image}"
+cmd = ["/bin/sh", "-c", "echo hog-start; x=$(head -c 100000000 /dev/zero | tr '\\0' a); echo hog-survived"]
+cpu = 1
+memory = "32M"
+network = "net"
+ip = "10.20.1.6"
+restart = "on-failure"
 "#
         ),
     )
@@ -114,10 +126,17 @@ fn vm_container_pull_run_isolate_survive_cancel() {
     params.extra.push_str(&format!(
         " cellos.debug cellos.registry.insecure=10.0.2.2:{port}"
     ));
-    let mut vm = start(vm_config(
+    let forwarded_api = free_port();
+    let mut cfg = vm_config(
         image().direct(&params),
         vec![Disk::new(20 * GIB, DiskKind::Ssd)],
-    ));
+    );
+    cfg.hostfwd = vec![HostFwd {
+        protocol: Protocol::Tcp,
+        host_port: forwarded_api,
+        guest_port: NODE_API_PORT,
+    }];
+    let mut vm = start(cfg);
     let line = vm
         .wait_for(&Regex::new(REGISTERED).expect("regex"), BOOT_TIMEOUT)
         .expect("registers");
@@ -165,15 +184,57 @@ fn vm_container_pull_run_isolate_survive_cancel() {
         .expect("namespace")
         .to_string();
 
-    // It runs, and what it printed is in its log on the node.
+    // It runs, and its owner reads what it printed with `cellos logs`; nobody else can.
     let state = format!("crun --root /run/cellos/containers/crun state {name}");
     let (_, s) = sh(&mut vm, &state);
     assert!(s.contains("\"running\""), "{s}");
-    let log = format!("/mnt/ssd0/containers/logs/{name}.log");
-    until_ok(
-        &mut vm,
-        &format!("grep -q hello-from-container {log}"),
-        SHELL,
+    let api = format!("http://127.0.0.1:{forwarded_api}");
+    let logs = cli(&["logs", &contract.to_string(), "web", "--api", &api]);
+    assert!(logs.contains("hello-from-container"), "{logs}");
+    let stranger = dir.path().join("stranger.key");
+    let (made, _, _) = cellos_cli(&["key", "new"], &url, &stranger);
+    assert!(made, "a second key");
+    let (ok, out, err) = cellos_cli(
+        &["logs", &contract.to_string(), "web", "--api", &api],
+        &url,
+        &stranger,
+    );
+    assert!(
+        !ok && !out.contains("hello"),
+        "a stranger read the logs: {out} {err}"
+    );
+    assert!(err.contains("no deployment"), "{err}");
+
+    // The hog goes past its 32 MiB: OOM-killed and restarted (on-failure), while
+    // the web container keeps its pid and the node keeps answering.
+    let t = Instant::now();
+    loop {
+        let hog = cli(&["logs", &contract.to_string(), "hog", "--api", &api]);
+        if hog.matches("hog-start").count() >= 2 {
+            assert!(hog.contains("killed for lack of memory"), "{hog}");
+            assert!(hog.contains("restarting in"), "{hog}");
+            assert!(!hog.contains("hog-survived"), "{hog}");
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(120) {
+            let (_, diag) = sh(
+                &mut vm,
+                &format!(
+                    "crun --root /run/cellos/containers/crun state c{contract}-hog; cat /sys/fs/cgroup/cellos/c{contract}-hog/memory.events /sys/fs/cgroup/cellos/c{contract}-hog/memory.max /sys/fs/cgroup/cellos/c{contract}-hog/memory.current /sys/fs/cgroup/cgroup.subtree_control; ls /run/cellos/exits; ps"
+                ),
+            );
+            let console = vm.console();
+            let tail = console
+                .get(console.len().saturating_sub(3000)..)
+                .unwrap_or_default();
+            panic!("the hog was not restarted: {hog}\n{diag}\n{tail}");
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let (_, s) = sh(&mut vm, &state);
+    assert!(
+        s.contains(&format!("\"pid\": {pid}")),
+        "the web container was hit: {s}"
     );
 
     // The tenant's namespace reaches its web server on the network.

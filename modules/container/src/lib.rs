@@ -22,6 +22,7 @@
 pub mod cache;
 pub mod crun;
 pub mod layers;
+pub mod logs;
 pub mod pull;
 pub mod reference;
 pub mod spec;

@@ -8,7 +8,9 @@
 //!   `/v1/deployments/<contract>` are for the deployment's owner only: the request is
 //!   signed with the owner's key for this node's key, within a time window
 //!   ([`cellos_ledger::request`]). Anyone else gets 401 or 403, and no hint of what
-//!   the node runs for others.
+//!   the node runs for others. `/v1/deployments/<contract>/logs/<workload>?from=N`
+//!   (a container's output, at most [`MAX_LOG_CHUNK`] bytes per request) is for the
+//!   owner alike.
 //! - No response ever carries a secret, not even to the owner: the views are built
 //!   from workload names, kinds, phases and the results the provisioners report
 //!   (addresses, paths, ports), never from the deployment's specs, which hold
@@ -21,7 +23,7 @@ use std::fmt::Write as _;
 use std::sync::{Arc, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -114,6 +116,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/deployments", get(deployments))
         .route("/v1/deployments/{contract}", get(deployment))
+        .route("/v1/deployments/{contract}/logs/{workload}", get(logs))
         .route("/metrics", get(metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint".into()) })
         .with_state(state)
@@ -273,6 +276,68 @@ async fn deployment(
             format!("no deployment of {owner} for contract {id} on this node"),
         ),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// The most log bytes one request gets (a follower asks again from `next`).
+pub const MAX_LOG_CHUNK: u64 = 64 << 10;
+
+#[derive(serde::Deserialize)]
+struct LogQuery {
+    #[serde(default)]
+    from: u64,
+}
+
+async fn logs(
+    State(s): State<Arc<ApiState>>,
+    Path((id, name)): Path<(String, String)>,
+    Query(q): Query<LogQuery>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let owner = match signer(&s, &method, &uri, &headers) {
+        Ok(k) => k,
+        Err((status, why)) => return error(status, why),
+    };
+    let Ok(id) = id.parse::<u64>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("bad contract id {id:?}: expected a number"),
+        );
+    };
+    let r = match s.store.get(id) {
+        Ok(Some(r)) if r.deployment.owner == owner => r,
+        Ok(_) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no deployment of {owner} for contract {id} on this node"),
+            )
+        }
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let Some(w) = r.deployment.workloads.iter().find(|w| w.name == name) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("contract {id} has no workload {name:?}"),
+        );
+    };
+    let provisioners = s.provisioners.read().ok().and_then(|g| g.clone());
+    let wid = WorkloadId {
+        contract: id,
+        name: name.clone(),
+    };
+    let chunk = match provisioners {
+        Some(p) => p.logs(&wid, &w.spec, q.from, MAX_LOG_CHUNK).await,
+        None => None,
+    };
+    match chunk {
+        Some(Ok(c)) => Json(c).into_response(),
+        Some(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("workload {name:?} ({}) keeps no log", w.spec.kind()),
+        ),
     }
 }
 

@@ -19,4 +19,4 @@ pub mod workload;
 pub use engine::{Config, Engine, EngineError, Notify};
 pub use ledger::{Ledger, LedgerClient, LedgerError};
 pub use store::{Phase, Record, Store};
-pub use workload::{Provisioner, Provisioners, WorkloadError, WorkloadId};
+pub use workload::{LogChunk, Provisioner, Provisioners, WorkloadError, WorkloadId};

@@ -53,6 +53,31 @@ pub trait Provisioner: Send + Sync {
     fn live(&self, _id: &WorkloadId, _spec: &WorkloadSpec) -> Option<serde_json::Value> {
         None
     }
+    /// Up to `max` bytes of what the workload printed, from byte `from` of its log
+    /// (offsets only grow, even as old output is dropped). `None` for workloads that
+    /// keep no log.
+    fn logs(
+        &self,
+        _id: &WorkloadId,
+        _spec: &WorkloadSpec,
+        _from: u64,
+        _max: u64,
+    ) -> Option<Result<LogChunk, WorkloadError>> {
+        None
+    }
+}
+
+/// A piece of a workload's log.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LogChunk {
+    /// The offset of the oldest byte still kept.
+    pub start: u64,
+    /// The offset `text` begins at (`from`, or `start` if `from` was dropped).
+    pub from: u64,
+    /// The offset after `text`: where to ask from next time.
+    pub next: u64,
+    /// The bytes, as UTF-8 (invalid sequences replaced).
+    pub text: String,
 }
 
 /// One provisioner per workload type. Cloning shares them (the engine and the node
@@ -109,6 +134,20 @@ impl Provisioners {
     /// [`Provisioner::live`] on a blocking thread, like [`Provisioners::ensure`].
     pub async fn live(&self, id: &WorkloadId, spec: &WorkloadSpec) -> Option<serde_json::Value> {
         self.on_thread(id, spec, |p, i, s| p.live(i, s))
+            .await
+            .unwrap_or(None)
+    }
+
+    /// [`Provisioner::logs`] on a blocking thread, like [`Provisioners::ensure`].
+    pub async fn logs(
+        &self,
+        id: &WorkloadId,
+        spec: &WorkloadSpec,
+        from: u64,
+        max: u64,
+    ) -> Option<Result<LogChunk, WorkloadError>> {
+        let (p, id, spec) = (self.for_spec(spec), id.clone(), spec.clone());
+        tokio::task::spawn_blocking(move || p.logs(&id, &spec, from, max))
             .await
             .unwrap_or(None)
     }

@@ -12,7 +12,7 @@ use cellos_ledger::request::{RequestAuth, WINDOW_SECS};
 use cellos_ledger::{keys, Resources};
 use cellos_provision::api::{router, ApiState, NodeInfo};
 use cellos_provision::{
-    Phase, Provisioner, Provisioners, Record, Store, WorkloadError, WorkloadId,
+    LogChunk, Phase, Provisioner, Provisioners, Record, Store, WorkloadError, WorkloadId,
 };
 
 const SECRET: &str = "tenant-shard-password-5f1c";
@@ -43,6 +43,24 @@ impl Provisioner for Live {
         Some(serde_json::json!({
             "peers": [{ "public_key": format!("peer-of-{}", id.node_name()), "rx_bytes": 1234 }],
             "rx_bytes": 1234,
+        }))
+    }
+    /// Every workload "printed" 100 bytes of its name; offsets past 50 are kept.
+    fn logs(
+        &self,
+        id: &WorkloadId,
+        _: &WorkloadSpec,
+        from: u64,
+        max: u64,
+    ) -> Option<Result<LogChunk, WorkloadError>> {
+        let text: String = id.node_name().chars().cycle().take(100).collect();
+        let from = from.clamp(50, 100);
+        let to = (from + max).min(100);
+        Some(Ok(LogChunk {
+            start: 50,
+            from,
+            next: to,
+            text: text[from as usize..to as usize].to_string(),
         }))
     }
 }
@@ -200,9 +218,30 @@ async fn status_deployments_and_metrics() {
     assert_eq!(v["owner"], keys::public_key(&k).to_hex());
     seen.push(body);
 
+    // The owner reads a workload's log from an offset; a missing workload is named.
+    let (st, body) = signed("/v1/deployments/7/logs/data?from=60", &k, node_pub, now()).await;
+    assert_eq!(st, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        (v["start"].as_u64(), v["from"].as_u64(), v["next"].as_u64()),
+        (Some(50), Some(60), Some(100))
+    );
+    assert_eq!(v["text"].as_str().map(str::len), Some(40));
+    let (st, body) = signed("/v1/deployments/7/logs/nope", &k, node_pub, now()).await;
+    assert_eq!(st, 404, "{body}");
+    assert!(
+        body.contains("no workload") && body.contains("nope"),
+        "{body}"
+    );
+
     // Someone else, a request signed for another node, a stale or future time, or a
     // path other than the signed one: refused.
     let stranger = keys::generate();
+    let (st, body) = signed("/v1/deployments/7/logs/data", &stranger, node_pub, now()).await;
+    assert_eq!(st, 404, "{body}");
+    assert!(!body.contains("c7-data"), "{body}");
+    let (st, body) = get("/v1/deployments/7/logs/data").await;
+    assert_eq!(st, 401, "{body}");
     let (st, body) = signed("/v1/deployments/7", &stranger, node_pub, now()).await;
     assert_eq!(st, 404, "{body}");
     seen.push(body);
