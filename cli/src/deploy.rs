@@ -425,3 +425,23 @@ async fn node_api(
     }
     Ok(body)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_example_is_a_valid_deployment() {
+        let key = cellos_ledger::keys::generate();
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut kinds = std::collections::BTreeSet::new();
+        for entry in std::fs::read_dir(&dir).expect("examples/") {
+            let path = entry.expect("entry").path();
+            let d = load(&path, &key).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            kinds.extend(d.workloads.iter().map(|w| w.spec.kind()));
+        }
+        for kind in ["volume", "network", "container"] {
+            assert!(kinds.contains(kind), "no example of a {kind}: {kinds:?}");
+        }
+    }
+}
