@@ -9,7 +9,10 @@
 //! container that outgrows its memory is OOM-killed and restarted (on-failure) while
 //! the first is untouched; the tenant's namespace reaches the web server, while the
 //! container cannot reach the node's API; cellosd killed, the container keeps its
-//! pid; cancel removes container, root, log and namespace.
+//! pid; after a reboot the containers run again from the node's cache without a blob
+//! fetched; cancel removes container, root, log and namespace; a hostile image (a
+//! layer writing `../../etc/passwd`) is refused with its reason on the ledger and
+//! leaves the node's files alone.
 
 #[path = "../../modules/container/tests/support/mod.rs"]
 mod support;
@@ -127,16 +130,21 @@ fn vm_container_pull_run_isolate_survive_cancel() {
         " cellos.debug cellos.registry.insecure=10.0.2.2:{port}"
     ));
     let forwarded_api = free_port();
-    let mut cfg = vm_config(
-        image().direct(&params),
+    let work = tempfile::tempdir().expect("work dir");
+    let boot = |disks: Vec<Disk>, dir: &Path| {
+        let mut cfg = vm_config(image().direct(&params), disks);
+        cfg.hostfwd = vec![HostFwd {
+            protocol: Protocol::Tcp,
+            host_port: forwarded_api,
+            guest_port: NODE_API_PORT,
+        }];
+        cfg.work_dir = Some(dir.to_path_buf());
+        start(cfg)
+    };
+    let mut vm = boot(
         vec![Disk::new(20 * GIB, DiskKind::Ssd)],
+        &work.path().join("first"),
     );
-    cfg.hostfwd = vec![HostFwd {
-        protocol: Protocol::Tcp,
-        host_port: forwarded_api,
-        guest_port: NODE_API_PORT,
-    }];
-    let mut vm = start(cfg);
     let line = vm
         .wait_for(&Regex::new(REGISTERED).expect("regex"), BOOT_TIMEOUT)
         .expect("registers");
@@ -283,6 +291,40 @@ fn vm_container_pull_run_isolate_survive_cancel() {
         "{s}"
     );
 
+    // Reboot: the containers come back from the node's cache, no blob fetched again.
+    let gets = reg.blob_gets();
+    let disks: Vec<Disk> = vm
+        .disks()
+        .iter()
+        .map(|p| Disk::existing(p.clone(), DiskKind::Ssd))
+        .collect();
+    vm.quit().expect("quit");
+    drop(vm);
+    let mut vm = boot(disks, &work.path().join("again"));
+    vm.wait_for(&Regex::new(REGISTERED).expect("regex"), BOOT_TIMEOUT)
+        .expect("registers again");
+    until_ok(
+        &mut vm,
+        &format!("{state} | grep -q '\"running\"'"),
+        BOOT_TIMEOUT,
+    );
+    assert_eq!(
+        reg.blob_gets(),
+        gets,
+        "blobs were fetched again after the reboot"
+    );
+    let page = until_ok(
+        &mut vm,
+        &http_get(
+            &format!("nsenter --net=/run/netns/{net_ns}"),
+            "10.20.1.5",
+            8080,
+            "/",
+        ),
+        SHELL,
+    );
+    assert!(page.contains("served-from-a-container"), "{page}");
+
     // Cancel: container, root, log and namespace are gone.
     cli(&["contract", "cancel", &contract.to_string()]);
     let gone = format!(
@@ -300,5 +342,43 @@ fn vm_container_pull_run_isolate_survive_cancel() {
         );
         std::thread::sleep(Duration::from_secs(2));
     }
+
+    // A hostile image (a layer writing ../../etc/passwd) is refused with the reason on
+    // the ledger, and nothing outside its root changed.
+    let (_, passwd) = sh(&mut vm, "cat /etc/passwd");
+    let mut evil = busybox_image();
+    evil.layers.push(layer(
+        &tar(&[Entry::File(
+            "../../etc/passwd",
+            b"pwned::0:0::/:/bin/sh\n",
+            0o644,
+        )]),
+        Compression::Gzip,
+    ));
+    rt.block_on(push_image(&reg, "cellos/evil", Some("1"), &evil));
+    let file = deployment(dir.path(), &format!("10.0.2.2:{port}/cellos/evil:1"));
+    let (ok, out, err) = cellos_cli(
+        &[
+            "deploy",
+            file.to_str().expect("path"),
+            "--node",
+            &node.to_string(),
+        ],
+        &url,
+        &key,
+    );
+    assert!(!ok, "a hostile image was deployed: {out}");
+    assert!(
+        err.contains("..") && err.contains("etc/passwd"),
+        "no reason given: {err}"
+    );
+    let (_, after) = sh(&mut vm, "cat /etc/passwd");
+    assert_eq!(after, passwd, "/etc/passwd changed");
+    let (_, left) = sh(&mut vm, "ls /mnt/ssd0/containers/layers/roots /run/netns");
+    assert!(
+        left.split_whitespace()
+            .all(|n| n.ends_with(':') || n.is_empty()),
+        "left behind: {left}"
+    );
     let _ = vm.powerdown();
 }
