@@ -73,6 +73,13 @@ fn until_ok(vm: &mut Vm, cmd: &str, timeout: Duration) -> String {
     }
 }
 
+/// The web container answers from the tenant's namespace `net_ns`.
+fn serves_the_page(vm: &mut Vm, net_ns: &str) {
+    let from_tenant = format!("nsenter --net=/run/netns/{net_ns}");
+    let page = until_ok(vm, &http_get(&from_tenant, "10.20.1.5", 8080, "/"), SHELL);
+    assert!(page.contains("served-from-a-container"), "{page}");
+}
+
 fn deployment(dir: &Path, image: &str) -> std::path::PathBuf {
     let file = dir.join("web.toml");
     std::fs::write(
@@ -246,17 +253,7 @@ fn vm_container_pull_run_isolate_survive_cancel() {
     );
 
     // The tenant's namespace reaches its web server on the network.
-    let page = until_ok(
-        &mut vm,
-        &http_get(
-            &format!("nsenter --net=/run/netns/{net_ns}"),
-            "10.20.1.5",
-            8080,
-            "/",
-        ),
-        SHELL,
-    );
-    assert!(page.contains("served-from-a-container"), "{page}");
+    serves_the_page(&mut vm, &net_ns);
     // The container reaches its gateway but not the node's API, on any address.
     let in_container = format!("nsenter --target {pid} --net");
     let (gw, out) = sh(&mut vm, &format!("{in_container} ping -c 1 -W 2 10.20.1.1"));
@@ -313,17 +310,7 @@ fn vm_container_pull_run_isolate_survive_cancel() {
         gets,
         "blobs were fetched again after the reboot"
     );
-    let page = until_ok(
-        &mut vm,
-        &http_get(
-            &format!("nsenter --net=/run/netns/{net_ns}"),
-            "10.20.1.5",
-            8080,
-            "/",
-        ),
-        SHELL,
-    );
-    assert!(page.contains("served-from-a-container"), "{page}");
+    serves_the_page(&mut vm, &net_ns);
 
     // Cancel: container, root, log and namespace are gone.
     cli(&["contract", "cancel", &contract.to_string()]);

@@ -251,6 +251,32 @@ async fn deployments(
     }
 }
 
+/// The signer's deployment of contract `id`, or the status and reason to refuse
+/// the request with: someone else's deployment and none at all look the same.
+fn owned_record(
+    s: &ApiState,
+    id: &str,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Record, (StatusCode, String)> {
+    let owner = signer(s, method, uri, headers)?;
+    let Ok(id) = id.parse::<u64>() else {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            format!("bad contract id {id:?}: expected a number"),
+        ));
+    };
+    match s.store.get(id) {
+        Ok(Some(r)) if r.deployment.owner == owner => Ok(r),
+        Ok(_) => Err((
+            StatusCode::NOT_FOUND,
+            format!("no deployment of {owner} for contract {id} on this node"),
+        )),
+        Err(e) => Err((StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
+}
+
 async fn deployment(
     State(s): State<Arc<ApiState>>,
     Path(id): Path<String>,
@@ -258,24 +284,9 @@ async fn deployment(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let owner = match signer(&s, &method, &uri, &headers) {
-        Ok(k) => k,
-        Err((status, why)) => return error(status, why),
-    };
-    let Ok(id) = id.parse::<u64>() else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("bad contract id {id:?}: expected a number"),
-        );
-    };
-    match s.store.get(id) {
-        Ok(Some(r)) if r.deployment.owner == owner => Json(view(&s, &r).await).into_response(),
-        // Someone else's deployment and none at all look the same.
-        Ok(_) => error(
-            StatusCode::NOT_FOUND,
-            format!("no deployment of {owner} for contract {id} on this node"),
-        ),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    match owned_record(&s, &id, &method, &uri, &headers) {
+        Ok(r) => Json(view(&s, &r).await).into_response(),
+        Err((status, why)) => error(status, why),
     }
 }
 
@@ -296,35 +307,19 @@ async fn logs(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let owner = match signer(&s, &method, &uri, &headers) {
-        Ok(k) => k,
+    let r = match owned_record(&s, &id, &method, &uri, &headers) {
+        Ok(r) => r,
         Err((status, why)) => return error(status, why),
-    };
-    let Ok(id) = id.parse::<u64>() else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("bad contract id {id:?}: expected a number"),
-        );
-    };
-    let r = match s.store.get(id) {
-        Ok(Some(r)) if r.deployment.owner == owner => r,
-        Ok(_) => {
-            return error(
-                StatusCode::NOT_FOUND,
-                format!("no deployment of {owner} for contract {id} on this node"),
-            )
-        }
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     let Some(w) = r.deployment.workloads.iter().find(|w| w.name == name) else {
         return error(
             StatusCode::NOT_FOUND,
-            format!("contract {id} has no workload {name:?}"),
+            format!("contract {} has no workload {name:?}", r.contract),
         );
     };
     let provisioners = s.provisioners.read().ok().and_then(|g| g.clone());
     let wid = WorkloadId {
-        contract: id,
+        contract: r.contract,
         name: name.clone(),
     };
     let chunk = match provisioners {
