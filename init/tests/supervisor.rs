@@ -314,7 +314,13 @@ fn the_exit_book_keeps_the_newest() {
     for pid in 0..ExitBook::KEEP as i32 {
         book.record(1000 + pid, std::process::ExitStatus::from_raw(0));
     }
-    assert!(read(100).is_err() && read(101).is_err(), "the oldest went first");
+    assert!(
+        read(100).is_err() && read(101).is_err(),
+        "the oldest went first"
+    );
     assert_eq!(read(1000).expect("kept"), "exit 0\n");
-    assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), ExitBook::KEEP);
+    assert_eq!(
+        std::fs::read_dir(dir.path()).expect("dir").count(),
+        ExitBook::KEEP
+    );
 }

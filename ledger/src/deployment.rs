@@ -512,10 +512,7 @@ mod tests {
             spec.vm.image = "debian"
         "#;
         let err = toml::from_str::<Deployment>(unknown).expect_err("unknown type");
-        assert!(
-            err.to_string().contains("unknown variant `vm`"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("unknown variant `vm`"), "{err}");
     }
 
     #[test]
