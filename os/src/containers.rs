@@ -398,8 +398,9 @@ impl Provisioner for ContainerProvisioner {
         let config_path = bundle.join("config.json");
         let state = self.crun.state(&name).map_err(err)?;
         let same = std::fs::read_to_string(&config_path).is_ok_and(|old| old == config);
-        let running = state.as_ref().is_some_and(|s| s.running());
-        if !(running && same) {
+        // One crun knows with this config is left as it is, running or not: the
+        // watcher, not a reconcile, decides whether a stopped one starts again.
+        if !(state.is_some() && same) {
             if state.is_some() {
                 self.stop(&name)?;
             }

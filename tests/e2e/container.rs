@@ -231,7 +231,8 @@ fn vm_container_pull_run_isolate_survive_cancel() {
             assert!(!hog.contains("hog-survived"), "{hog}");
             break;
         }
-        if t.elapsed() > Duration::from_secs(120) {
+        // Generous: under TCG on a busy host the hog fills its 32 MiB slowly.
+        if t.elapsed() > Duration::from_secs(300) {
             let (_, diag) = sh(
                 &mut vm,
                 &format!(
