@@ -186,17 +186,7 @@ fn local_network_has_its_names_address_ruleset_and_forwarding() {
     assert_eq!(names, net.names);
     let ns = &names.netns;
     assert!(sh(&["ip", "netns", "list"]).contains(ns.as_str()));
-    let addr = sh(&[
-        "ip",
-        "-n",
-        ns,
-        "-o",
-        "-4",
-        "addr",
-        "show",
-        "dev",
-        &names.bridge,
-    ]);
+    let addr = ipv4_addrs(ns, &names.bridge);
     assert!(addr.contains("inet 10.20.3.1/24"), "{addr}");
     let link = sh(&["ip", "-n", ns, "-o", "link", "show", "dev", &names.bridge]);
     assert!(link.contains("state UP") || link.contains(",UP"), "{link}");
@@ -252,17 +242,7 @@ fn ensure_twice_changes_nothing() {
         index,
         "the bridge was recreated"
     );
-    let addrs = sh(&[
-        "ip",
-        "-n",
-        ns,
-        "-o",
-        "-4",
-        "addr",
-        "show",
-        "dev",
-        &net.names.bridge,
-    ]);
+    let addrs = ipv4_addrs(ns, &net.names.bridge);
     assert_eq!(addrs.lines().count(), 1, "{addrs}");
     let ruleset = sh(&["ip", "netns", "exec", ns, "nft", "list", "ruleset"]);
     assert_eq!(ruleset.matches("table inet cellos").count(), 1, "{ruleset}");
@@ -285,17 +265,7 @@ fn an_update_to_another_subnet_leaves_no_old_gateway() {
         .ensure_local(&net.key, &spec("10.20.11.0/24"))
         .expect("moved");
     let ns = &net.names.netns;
-    let addrs = sh(&[
-        "ip",
-        "-n",
-        ns,
-        "-o",
-        "-4",
-        "addr",
-        "show",
-        "dev",
-        &net.names.bridge,
-    ]);
+    let addrs = ipv4_addrs(ns, &net.names.bridge);
     assert_eq!(addrs.lines().count(), 1, "{addrs}");
     assert!(addrs.contains("10.20.11.1/24"), "{addrs}");
     let routes = sh(&["ip", "-n", ns, "-4", "route", "show"]);
@@ -480,17 +450,7 @@ fn wireguard_device_lives_in_the_namespace_and_survives_updates() {
     s.ip_range = "10.21.0.0/16".parse().expect("net");
     s.subnet = "10.21.8.0/24".parse().expect("net");
     net.networks.ensure(&net.key, &s).expect("moved");
-    let addrs = sh(&[
-        "ip",
-        "-n",
-        ns,
-        "-o",
-        "-4",
-        "addr",
-        "show",
-        "dev",
-        &names.wireguard,
-    ]);
+    let addrs = ipv4_addrs(ns, &names.wireguard);
     assert_eq!(addrs.lines().count(), 1, "{addrs}");
     assert!(addrs.contains("10.21.8.1/32"), "{addrs}");
     let routes = sh(&["ip", "-n", ns, "-4", "route", "show"]);
@@ -502,6 +462,11 @@ fn wireguard_device_lives_in_the_namespace_and_survives_updates() {
 }
 
 /// Lines of `ip -o` output in `ns` (`-n` omitted for the host's namespace).
+/// The IPv4 addresses on `dev` in `ns`, one line each.
+fn ipv4_addrs(ns: &str, dev: &str) -> String {
+    ip(Some(ns), &["-o", "-4", "addr", "show", "dev", dev])
+}
+
 fn ip(ns: Option<&str>, args: &[&str]) -> String {
     let mut all = vec!["ip"];
     if let Some(ns) = ns {
