@@ -575,9 +575,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn network_workloads() {
-        let text = r#"
+    /// A deployment's head and a network workload `net` (10.20.3.0/24 of 10.20.0.0/16),
+    /// for tests to add peers or workloads to.
+    const NET_DEPLOYMENT: &str = r#"
             version = 1
             owner = "0000000000000000000000000000000000000000000000000000000000000000"
             [[workloads]]
@@ -586,11 +586,19 @@ mod tests {
             spec.network.subnet = "10.20.3.0/24"
             spec.network.private_key = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="
             spec.network.listen_port = 51820
+"#;
+
+    #[test]
+    fn network_workloads() {
+        let text = &format!(
+            "{NET_DEPLOYMENT}{}",
+            r#"
             [[workloads.spec.network.peers]]
             public_key = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI="
             endpoint = "192.168.77.12:51820"
             allowed_subnets = ["10.20.5.0/24"]
-        "#;
+        "#
+        );
         let mut d: Deployment = toml::from_str(text).expect("toml");
         assert_eq!(d.validate(), Ok(()));
         let n = d.network("net").expect("the network");
@@ -629,15 +637,9 @@ mod tests {
 
     #[test]
     fn container_workloads_name_their_network_address_and_volumes() {
-        let text = r#"
-            version = 1
-            owner = "0000000000000000000000000000000000000000000000000000000000000000"
-            [[workloads]]
-            name = "net"
-            spec.network.ip_range = "10.20.0.0/16"
-            spec.network.subnet = "10.20.3.0/24"
-            spec.network.private_key = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="
-            spec.network.listen_port = 51820
+        let text = &format!(
+            "{NET_DEPLOYMENT}{}",
+            r#"
             [[workloads]]
             name = "data"
             spec.volume.size = "1G"
@@ -651,7 +653,8 @@ mod tests {
             network = "net"
             ip = "10.20.3.10"
             mounts = [{ volume = "data", path = "/srv" }]
-        "#;
+        "#
+        );
         let d: Deployment = toml::from_str(text).expect("toml");
         assert_eq!(d.validate(), Ok(()));
         assert_eq!(
