@@ -492,6 +492,12 @@ pub enum BenchCmd {
         /// Concurrent HTTP clients.
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
+        /// Chain lengths whose start-up time is printed (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "10000,1000000")]
+        startup_blocks: Vec<usize>,
+        /// Transactions per run in etcd mode, with 1 and 3 ledger servers (0 skips it).
+        #[arg(long, default_value_t = 5_000)]
+        etcd_txs: usize,
     },
     /// Reed-Solomon (both crates), AEADs and the object pipeline, in GB/s.
     Ec {

@@ -117,7 +117,18 @@ pub async fn run(cli: Cli) -> Result<()> {
             txs,
             nodes,
             concurrency,
-        }) => crate::bench::ledger(txs, nodes, concurrency).await,
+            startup_blocks,
+            etcd_txs,
+        }) => {
+            crate::bench::ledger(crate::bench::LedgerBench {
+                txs,
+                nodes,
+                concurrency,
+                startup_blocks,
+                etcd_txs,
+            })
+            .await
+        }
         Cmd::Bench(BenchCmd::Ec {
             seconds,
             size,

@@ -18,20 +18,18 @@ mod common;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cellos_ledger::client::{Client, ClientError};
 use cellos_ledger::keys::{self, Signer};
+use cellos_ledger::store::local_etcd::{LocalEtcd, ETCD};
 use cellos_ledger::store::EtcdStore;
 use cellos_ledger::*;
 use common::{cellos, chain_txs, LedgerProc};
 
-const ETCD: &str = "/usr/bin/etcd";
-
 fn etcd_missing() -> bool {
-    if Path::new(ETCD).exists() {
+    if LocalEtcd::available() {
         return false;
     }
     println!("SKIPPED: {ETCD} is missing (install Debian's etcd-server)");
@@ -45,101 +43,9 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-/// Free loopback ports (bound together, so they differ; released for etcd to take).
-fn free_ports(n: usize) -> Vec<u16> {
-    let ls: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    ls.iter()
-        .map(|l| l.local_addr().expect("addr").port())
-        .collect()
-}
-
 /// A three-member etcd cluster; its processes are killed when it is dropped.
-struct Cluster {
-    members: Vec<Child>,
-    urls: Vec<String>,
-}
-
-impl Cluster {
-    fn start(dir: &Path) -> Cluster {
-        let ports = free_ports(6);
-        let peer = |i: usize| format!("http://127.0.0.1:{}", ports[3 + i]);
-        let urls: Vec<String> = (0..3)
-            .map(|i| format!("http://127.0.0.1:{}", ports[i]))
-            .collect();
-        let initial = (0..3)
-            .map(|i| format!("m{i}={}", peer(i)))
-            .collect::<Vec<_>>()
-            .join(",");
-        let members = (0..3)
-            .map(|i| {
-                let log = std::fs::File::create(dir.join(format!("etcd{i}.log"))).expect("log");
-                Command::new(ETCD)
-                    .arg("--name")
-                    .arg(format!("m{i}"))
-                    .arg("--data-dir")
-                    .arg(dir.join(format!("etcd{i}")))
-                    .args(["--listen-client-urls", &urls[i]])
-                    .args(["--advertise-client-urls", &urls[i]])
-                    .args(["--listen-peer-urls", &peer(i)])
-                    .args(["--initial-advertise-peer-urls", &peer(i)])
-                    .args(["--initial-cluster", &initial])
-                    .args(["--initial-cluster-state", "new"])
-                    .args(["--initial-cluster-token", "cellos-test"])
-                    .stdout(Stdio::null())
-                    .stderr(log)
-                    .spawn()
-                    .expect("spawn etcd")
-            })
-            .collect();
-        let c = Cluster { members, urls };
-        c.wait_healthy();
-        c
-    }
-
-    fn wait_healthy(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        for url in &self.urls {
-            loop {
-                let ok = Command::new("curl")
-                    .args(["-sf", &format!("{url}/health")])
-                    .output()
-                    .map(|o| String::from_utf8_lossy(&o.stdout).contains("\"true\""))
-                    .unwrap_or(false);
-                if ok {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "etcd at {url} not healthy in 30 s"
-                );
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
-
-    /// The client URLs, member `first`'s first: each ledger server prefers its own.
-    fn endpoints(&self, first: usize) -> String {
-        (0..3)
-            .map(|i| self.urls[(first + i) % 3].clone())
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    fn kill9(&mut self, i: usize) {
-        let _ = self.members[i].kill();
-        let _ = self.members[i].wait();
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for m in &mut self.members {
-            let _ = m.kill();
-            let _ = m.wait();
-        }
-    }
+fn cluster(dir: &Path) -> LocalEtcd {
+    LocalEtcd::start(dir, 3).expect("etcd cluster")
 }
 
 /// Ledger servers in replicated mode, one per member, sharing one ledger key.
@@ -150,14 +56,14 @@ struct Ledgers {
 }
 
 impl Ledgers {
-    fn start(dir: &Path, cluster: &Cluster, n: usize) -> Ledgers {
+    fn start(dir: &Path, cluster: &LocalEtcd, n: usize) -> Ledgers {
         let data: Vec<PathBuf> = (0..n).map(|i| dir.join(format!("ledger{i}"))).collect();
         let key = keys::generate();
         for d in &data {
             std::fs::create_dir_all(d).expect("data dir");
             keys::save(&d.join("ledger.key"), &key).expect("ledger key");
         }
-        let etcd: Vec<String> = (0..n).map(|i| cluster.endpoints(i)).collect();
+        let etcd: Vec<String> = (0..n).map(|i| cluster.endpoints(i).join(",")).collect();
         let procs = (0..n)
             .map(|i| LedgerProc::start(&data[i], &["--etcd", &etcd[i]]))
             .collect();
@@ -261,7 +167,7 @@ fn three_servers_one_chain() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let cluster = Cluster::start(dir.path());
+    let cluster = cluster(dir.path());
     let ledgers = Ledgers::start(dir.path(), &cluster, 3);
     let urls = ledgers.urls();
     let rt = runtime();
@@ -301,7 +207,7 @@ fn sigkill_an_etcd_member_and_a_ledger_server_under_load() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut cluster = Cluster::start(dir.path());
+    let mut cluster = cluster(dir.path());
     let mut ledgers = Ledgers::start(dir.path(), &cluster, 3);
     let urls = ledgers.urls();
     let rt = runtime();
@@ -363,11 +269,11 @@ fn two_ledgers_racing_for_one_height() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let cluster = Cluster::start(dir.path());
+    let cluster = cluster(dir.path());
     let key = keys::generate();
     let params = ChainParams::new("race", true);
     let open = |member: usize| {
-        let store = EtcdStore::connect(&[cluster.urls[member].clone()], "race/").expect("store");
+        let store = EtcdStore::connect(&[cluster.urls()[member].clone()], "race/").expect("store");
         Chain::open(Arc::new(store), key.clone(), params.clone(), 1_000).expect("chain")
     };
     let (mut a, mut b) = (open(0), open(1));

@@ -121,6 +121,8 @@ pub trait Store: Send + Sync {
 
 #[cfg(feature = "server")]
 mod etcd;
+#[cfg(feature = "server")]
+pub mod local_etcd;
 
 #[cfg(feature = "server")]
 pub use self::etcd::{EtcdStore, MAX_BLOCK_TX_BYTES, MAX_RECORD};
@@ -339,6 +341,38 @@ mod redb_store {
             };
             let accepted = store.check_head(path, accept)?;
             Ok((store, accepted))
+        }
+
+        /// Appends consecutive blocks with their events in one write transaction
+        /// (one fsync, one head record update): [`Store::append`] for many blocks,
+        /// as a bulk load writes them.
+        pub fn append_all(&self, items: &[(&Block, &BlockEvents)]) -> Result<(), StoreError> {
+            let Some((last, _)) = items.last() else {
+                return Ok(());
+            };
+            let mut w = self.db.begin_write().map_err(io)?;
+            w.set_durability(Durability::Immediate);
+            {
+                let mut blocks = w.open_table(BLOCKS).map_err(io)?;
+                let mut ev = w.open_table(EVENTS).map_err(io)?;
+                let mut height = blocks.last().map_err(io)?.map_or(0, |(k, _)| k.value());
+                for (block, events) in items {
+                    if block.header.height != height + 1 {
+                        return Err(StoreError::OutOfOrder {
+                            got: block.header.height,
+                            height,
+                        });
+                    }
+                    height = block.header.height;
+                    blocks
+                        .insert(height, encode(block)?.as_slice())
+                        .map_err(io)?;
+                    ev.insert(height, encode(events)?.as_slice()).map_err(io)?;
+                }
+            }
+            w.commit().map_err(io)?;
+            // Only now are the blocks acknowledged; record the last outside the database.
+            self.head().write(last.header.height, last.hash())
         }
 
         fn head(&self) -> std::sync::MutexGuard<'_, HeadFile> {
@@ -572,28 +606,7 @@ mod redb_store {
         }
 
         fn append(&self, block: &Block, events: &BlockEvents) -> Result<(), StoreError> {
-            let b = encode(block)?;
-            let e = encode(events)?;
-            let mut w = self.db.begin_write().map_err(io)?;
-            w.set_durability(Durability::Immediate);
-            {
-                let mut blocks = w.open_table(BLOCKS).map_err(io)?;
-                let height = blocks.last().map_err(io)?.map_or(0, |(k, _)| k.value());
-                if block.header.height != height + 1 {
-                    return Err(StoreError::OutOfOrder {
-                        got: block.header.height,
-                        height,
-                    });
-                }
-                blocks
-                    .insert(block.header.height, b.as_slice())
-                    .map_err(io)?;
-                let mut ev = w.open_table(EVENTS).map_err(io)?;
-                ev.insert(block.header.height, e.as_slice()).map_err(io)?;
-            }
-            w.commit().map_err(io)?;
-            // Only now is the block acknowledged; record it outside the database.
-            self.head().write(block.header.height, block.hash())
+            self.append_all(&[(block, events)])
         }
 
         fn height(&self) -> Result<u64, StoreError> {
