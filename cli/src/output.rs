@@ -51,7 +51,7 @@ pub fn farm_row(f: &Farm) -> String {
 
 pub fn node(n: &Node) -> String {
     let mut s = format!(
-        "node {} on farm {} ({}, {}{})\n  key             {}\n  capacity        {}\n  reserved        {}\n  last uptime     {} (up {} s)",
+        "node {} on farm {} ({}, {}{})\n  key             {}\n  capacity        {}\n  reserved        {}\n  vm accel        {}\n  last uptime     {} (up {} s)",
         n.id,
         n.farm,
         n.status,
@@ -60,6 +60,7 @@ pub fn node(n: &Node) -> String {
         n.pubkey,
         n.capacity,
         n.reserved,
+        n.accel,
         n.last_uptime,
         n.uptime_secs
     );
@@ -69,6 +70,15 @@ pub fn node(n: &Node) -> String {
             i.name,
             i.mac,
             i.ips.join(" ")
+        ));
+    }
+    for g in &n.gpus {
+        let group = g
+            .iommu_group
+            .map_or("no iommu group".to_string(), |i| format!("iommu group {i}"));
+        s.push_str(&format!(
+            "\n  gpu             {} {:04x}:{:04x} {group}",
+            g.address, g.vendor, g.device
         ));
     }
     s
@@ -183,6 +193,30 @@ pub fn rows<T>(items: &[T], none: &str, row: impl Fn(&T) -> String) -> String {
 mod tests {
     use super::*;
     use crate::deploy::{NetworkLive, PeerLive};
+
+    #[test]
+    fn a_node_shows_its_accelerator_and_gpus() {
+        let n: Node = serde_json::from_value(serde_json::json!({
+            "id": 1, "pubkey": "00".repeat(32), "farm": 1, "approved": true,
+            "capacity": {"cru":1,"mru":1,"sru":1,"hru":0}, "reserved": {"cru":0,"mru":0,"sru":0,"hru":0},
+            "interfaces": [], "location": null, "encryption_key": "00".repeat(32),
+            "gpus": [
+                {"address": "0000:00:01.0", "vendor": 0x1234, "device": 0x1111, "iommu_group": null},
+                {"address": "0000:01:00.0", "vendor": 0x10de, "device": 0x20b0, "iommu_group": 12}
+            ],
+            "accel": "kvm",
+            "persistent": true, "status": "up", "last_uptime": 0, "uptime_secs": 0, "registered_at": 0
+        }))
+        .expect("a node record");
+        let text = node(&n);
+        assert!(text.contains("\n  vm accel        kvm\n"), "{text}");
+        assert!(
+            text.ends_with(
+                "\n  gpu             0000:00:01.0 1234:1111 no iommu group\n  gpu             0000:01:00.0 10de:20b0 iommu group 12"
+            ),
+            "{text}"
+        );
+    }
 
     #[test]
     fn networks_name_peers_handshakes_and_bytes() {

@@ -148,6 +148,17 @@ async fn fill(c: &Client) -> Filled {
                         i & 0xff
                     )],
                 }],
+                // Odd nodes have a GPU (node 4321's page shows it).
+                gpus: (i % 2 == 1)
+                    .then(|| cellos_ledger::Gpu {
+                        address: "0000:00:01.0".into(),
+                        vendor: 0x1234,
+                        device: 0x1111,
+                        iommu_group: Some(3),
+                    })
+                    .into_iter()
+                    .collect(),
+                accel: cellos_ledger::Accel::Tcg,
                 encryption_key: keys::encryption_key(s.key()),
                 location: Some(if i % 2 == 0 { "Ghent, BE" } else { "Cairo, EG" }.into()),
                 enrollment: Some(EnrollToken::issue(&enroll, &chain, farm, u64::MAX)),
@@ -579,6 +590,14 @@ fn explorer_in_a_browser_with_ten_thousand_nodes() {
         assert_eq!(b.text("#node-id").await, id.to_string());
         save(&b.screenshot().await, "explorer-node.png");
         assert!(b.text("#view").await.contains(&short_key(&key.to_string())));
+        let gpus = b
+            .js(
+                "return [...document.querySelectorAll('table.gpus tbody tr')].map(r => r.textContent)",
+                json!([]),
+            )
+            .await;
+        assert_eq!(gpus, json!(["0000:00:01.0123411113"]));
+        assert!(b.text("#view").await.contains("TCG (emulated, slow)"));
         b.type_into("#q", &f.nodes[17].1.public_key().to_string()).await;
         b.click("#search button").await;
         b.drawn(&format!("/nodes/{}", f.nodes[17].0)).await;

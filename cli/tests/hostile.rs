@@ -406,6 +406,8 @@ async fn node(c: &Client) -> (Signer, NodeId) {
             hru: 0,
         },
         interfaces: vec![],
+        gpus: vec![],
+        accel: cellos_ledger::Accel::Tcg,
         encryption_key: keys::encryption_key(node.key()),
         location: None,
         enrollment: Some(EnrollToken::issue(&enroll, &chain, farm, u64::MAX)),

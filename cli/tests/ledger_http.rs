@@ -79,6 +79,8 @@ fn deployment_flow_over_http() {
                 farm,
                 capacity: cap,
                 interfaces: vec![],
+                gpus: vec![],
+                accel: cellos_ledger::Accel::Tcg,
                 encryption_key: keys::encryption_key(node.key()),
                 location: None,
                 enrollment: Some(token),

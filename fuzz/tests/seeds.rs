@@ -16,7 +16,9 @@ use cellos_fuzz::init::PACKET_MARKER;
 use cellos_fuzz::ledger::{key, NODE_KEY};
 use cellos_fuzz::shard::{object_config, object_entries, OBJECT_K, OBJECT_M, OBJECT_NAME};
 use cellos_ledger::deployment::{self, Deployment};
-use cellos_ledger::{keys, EnrollToken, Hash, Interface, Prices, Resources, Tx, TxBody};
+use cellos_ledger::{
+    keys, Accel, EnrollToken, Gpu, Hash, Interface, Prices, Resources, Tx, TxBody,
+};
 use cellos_shard::record::{self, Kind};
 use cellos_store::backend::{Backend, BackendError, MemBackend};
 use cellos_store::object::Store;
@@ -88,6 +90,13 @@ fn tx_seeds() -> Vec<Vec<u8>> {
                     mac: "52:54:00:12:34:56".into(),
                     ips: vec!["10.0.2.15/24".into()],
                 }],
+                gpus: vec![Gpu {
+                    address: "0000:00:02.0".into(),
+                    vendor: 0x1234,
+                    device: 0x1111,
+                    iommu_group: Some(3),
+                }],
+                accel: Accel::Kvm,
                 encryption_key: keys::encryption_key(&key(NODE_KEY)),
                 location: Some("lab".into()),
                 enrollment: Some(EnrollToken::issue(&key(5), "cellos-dev", 1, 2_000_000_000)),

@@ -65,6 +65,10 @@ pub enum TxBody {
         farm: FarmId,
         capacity: Resources,
         interfaces: Vec<Interface>,
+        #[serde(default)]
+        gpus: Vec<Gpu>,
+        #[serde(default)]
+        accel: Accel,
         encryption_key: EncryptionKey,
         location: Option<String>,
         enrollment: Option<EnrollToken>,
@@ -86,6 +90,10 @@ pub enum TxBody {
         node: NodeId,
         capacity: Resources,
         interfaces: Vec<Interface>,
+        #[serde(default)]
+        gpus: Vec<Gpu>,
+        #[serde(default)]
+        accel: Accel,
         encryption_key: EncryptionKey,
         #[serde(default = "yes")]
         persistent: bool,

@@ -317,6 +317,42 @@ pub struct Interface {
     pub ips: Vec<String>,
 }
 
+/// A PCI display controller (VGA, 3D or other display class) of a node: what a
+/// passthrough workload would reserve. Devices of one IOMMU group can only be given
+/// to a guest together, so the group is part of the record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gpu {
+    /// PCI address as the kernel names it, e.g. `0000:00:02.0`.
+    pub address: String,
+    /// PCI vendor id, e.g. 0x10de for NVIDIA.
+    pub vendor: u16,
+    /// PCI device id.
+    pub device: u16,
+    /// `None` when the node has no IOMMU (or it is off): no passthrough then.
+    pub iommu_group: Option<u32>,
+}
+
+/// How the node runs virtual machines: in hardware (KVM) or emulated (TCG, slow but
+/// correct).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Accel {
+    Kvm,
+    /// Also what a record without the field means: nothing promised.
+    #[default]
+    Tcg,
+}
+
+impl fmt::Display for Accel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        })
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeStatus {
@@ -359,6 +395,10 @@ pub struct Node {
     pub capacity: Resources,
     pub reserved: Resources,
     pub interfaces: Vec<Interface>,
+    #[serde(default)]
+    pub gpus: Vec<Gpu>,
+    #[serde(default)]
+    pub accel: Accel,
     pub location: Option<String>,
     pub encryption_key: EncryptionKey,
     /// False when the node keeps its state in RAM: it takes no contracts.

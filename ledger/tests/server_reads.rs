@@ -317,6 +317,8 @@ async fn lists_page_by_offset_with_the_total_in_a_header() {
                     hru: 0,
                 },
                 interfaces: vec![],
+                gpus: vec![],
+                accel: cellos_ledger::Accel::Tcg,
                 encryption_key: keys::encryption_key(s.key()),
                 location: None,
                 enrollment: Some(EnrollToken::issue(&enroll, chain, farm, u64::MAX)),

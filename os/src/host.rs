@@ -46,6 +46,8 @@ impl Host for Machine {
         Ok(Capacity {
             resources: inv.resources,
             interfaces: inv.interfaces,
+            gpus: inv.gpus,
+            accel: cellos_capacity::accel(),
         })
     }
 
@@ -81,11 +83,17 @@ fn describe(inv: &Inventory) -> String {
             s
         })
         .collect();
+    let gpus: Vec<String> = inv
+        .gpus
+        .iter()
+        .map(|g| format!("{} {:04x}:{:04x}", g.address, g.vendor, g.device))
+        .collect();
     let mut line = format!(
-        "cellosd: measured {}; disks: {}; nics: {}",
+        "cellosd: measured {}; disks: {}; nics: {}; gpus: {}",
         inv.resources,
         none_if_empty(disks.join(", ")),
         none_if_empty(nics.join(", ")),
+        none_if_empty(gpus.join(", ")),
     );
     for e in &inv.skipped {
         // Each holds at most an OS error as its source.
@@ -107,7 +115,7 @@ fn none_if_empty(s: String) -> String {
 mod tests {
     use super::*;
     use cellos_capacity::Disk;
-    use cellos_ledger::{Interface, Resources, GIB};
+    use cellos_ledger::{Gpu, Interface, Resources, GIB};
 
     #[test]
     fn describes_the_inventory_in_one_line() {
@@ -137,17 +145,24 @@ mod tests {
                 mac: "52:54:00:12:34:56".into(),
                 ips: vec!["10.0.2.15/24".into()],
             }],
+            gpus: vec![Gpu {
+                address: "0000:00:01.0".into(),
+                vendor: 0x1234,
+                device: 0x1111,
+                iommu_group: None,
+            }],
             skipped: vec![],
         };
         assert_eq!(
             describe(&inv),
-            "cellosd: measured cru=2 mru=2.0GiB sru=20.0GiB hru=0B; disks: sdb 8.0GiB removable, vda 20.0GiB ssd; nics: eth0 52:54:00:12:34:56 10.0.2.15/24"
+            "cellosd: measured cru=2 mru=2.0GiB sru=20.0GiB hru=0B; disks: sdb 8.0GiB removable, vda 20.0GiB ssd; nics: eth0 52:54:00:12:34:56 10.0.2.15/24; gpus: 0000:00:01.0 1234:1111"
         );
         let empty = Inventory {
             disks: vec![],
             interfaces: vec![],
+            gpus: vec![],
             ..inv
         };
-        assert!(describe(&empty).ends_with("disks: none; nics: none"));
+        assert!(describe(&empty).ends_with("disks: none; nics: none; gpus: none"));
     }
 }

@@ -5,18 +5,28 @@ use super::{Event, State, TxError};
 use crate::tx::EnrollToken;
 use crate::types::*;
 
-/// The fields of a RegisterNode, once the signer is known.
-pub(super) struct NewNode<'a> {
-    pub farm: FarmId,
+/// What a node says about itself, in RegisterNode and UpdateNode alike.
+pub(super) struct Described<'a> {
     pub capacity: Resources,
     pub interfaces: &'a [Interface],
+    pub gpus: &'a [Gpu],
+    pub accel: Accel,
     pub encryption_key: EncryptionKey,
-    pub location: Option<&'a str>,
-    pub enrollment: Option<&'a EnrollToken>,
     pub persistent: bool,
 }
 
+/// The fields of a RegisterNode, once the signer is known.
+pub(super) struct NewNode<'a> {
+    pub farm: FarmId,
+    pub described: Described<'a>,
+    pub location: Option<&'a str>,
+    pub enrollment: Option<&'a EnrollToken>,
+}
+
 const MAX_INTERFACES: usize = 64;
+/// More display controllers than any server holds; the bound keeps a node record
+/// (stored and served to everyone) small.
+const MAX_GPUS: usize = 64;
 
 fn check_len(what: &'static str, s: &str, max: usize) -> Result<(), TxError> {
     if s.len() > max {
@@ -54,6 +64,26 @@ fn check_interfaces(ifs: &[Interface]) -> Result<(), TxError> {
     Ok(())
 }
 
+fn check_gpus(gpus: &[Gpu]) -> Result<(), TxError> {
+    if gpus.len() > MAX_GPUS {
+        return Err(TxError::TooLong {
+            what: "gpu list",
+            len: gpus.len(),
+            max: MAX_GPUS,
+        });
+    }
+    for g in gpus {
+        // `dddd:bb:ss.f` is 12 bytes; some domains are longer, none this long.
+        check_len("gpu pci address", &g.address, 32)?;
+    }
+    Ok(())
+}
+
+fn check_described(d: &Described<'_>) -> Result<(), TxError> {
+    check_interfaces(d.interfaces)?;
+    check_gpus(d.gpus)
+}
+
 /// Decommissioning is final (README, "Decommissioned nodes"): nothing changes a
 /// decommissioned node again, and its key never registers again.
 fn live(n: &Node) -> Result<(), TxError> {
@@ -72,12 +102,9 @@ impl State {
     ) -> Result<Vec<Event>, TxError> {
         let NewNode {
             farm,
-            capacity,
-            interfaces,
-            encryption_key,
+            described,
             location,
             enrollment,
-            persistent,
         } = new;
         let f = self.farms.get(&farm).ok_or(TxError::NoFarm(farm))?;
         if let Some(&node) = self.node_keys.get(&signer) {
@@ -91,7 +118,7 @@ impl State {
                 TxError::NodeKeyTaken { key: signer, node }
             });
         }
-        check_interfaces(interfaces)?;
+        check_described(&described)?;
         if let Some(l) = location {
             check_len("location", l, 256)?;
         }
@@ -118,6 +145,14 @@ impl State {
         };
         let id = self.next_node;
         self.next_node = id.checked_add(1).ok_or(TxError::Overflow("node id"))?;
+        let Described {
+            capacity,
+            interfaces,
+            gpus,
+            accel,
+            encryption_key,
+            persistent,
+        } = described;
         self.accounts.entry(signer).or_insert(Account {
             pubkey: signer,
             nonce: 0,
@@ -135,6 +170,8 @@ impl State {
                 capacity,
                 reserved: Resources::default(),
                 interfaces: interfaces.to_vec(),
+                gpus: gpus.to_vec(),
+                accel,
                 location: location.map(str::to_string),
                 encryption_key,
                 persistent,
@@ -186,23 +223,22 @@ impl State {
         Ok(events)
     }
 
-    /// UpdateNode: the node's measured capacity and interfaces.
+    /// UpdateNode: the node's measured capacity, interfaces, GPUs and accelerator.
     pub(super) fn update_node(
         &mut self,
         signer: PublicKey,
         node: NodeId,
-        capacity: Resources,
-        interfaces: &[Interface],
-        encryption_key: EncryptionKey,
-        persistent: bool,
+        described: Described<'_>,
     ) -> Result<Vec<Event>, TxError> {
         live(self.the_node(&signer, node)?)?;
-        check_interfaces(interfaces)?;
+        check_described(&described)?;
         let n = self.node_mut(node)?;
-        n.capacity = capacity;
-        n.interfaces = interfaces.to_vec();
-        n.encryption_key = encryption_key;
-        n.persistent = persistent;
+        n.capacity = described.capacity;
+        n.interfaces = described.interfaces.to_vec();
+        n.gpus = described.gpus.to_vec();
+        n.accel = described.accel;
+        n.encryption_key = described.encryption_key;
+        n.persistent = described.persistent;
         Ok(vec![Event::NodeUpdated { node }])
     }
 

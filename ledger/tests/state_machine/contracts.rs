@@ -341,6 +341,8 @@ fn a_node_without_persistent_state_takes_no_contracts() {
         node,
         capacity: CAP,
         interfaces: vec![],
+        gpus: vec![],
+        accel: Accel::Tcg,
         encryption_key: ek,
         persistent,
     };

@@ -112,6 +112,8 @@ fn build(reversed: bool) -> Hash {
             farm: i as FarmId % FarmId::from(FARMS) + 1,
             capacity: CAP,
             interfaces: vec![],
+            gpus: vec![],
+            accel: Accel::Tcg,
             encryption_key: keys::encryption_key(&n.key),
             location: None,
             enrollment: None,

@@ -152,6 +152,8 @@ fn register(
                 mac: "52:54:00:12:34:56".into(),
                 ips: vec!["10.0.2.15/24".into()],
             }],
+            gpus: vec![],
+            accel: Accel::Tcg,
             encryption_key,
             location: None,
             enrollment,

@@ -93,6 +93,94 @@ fn enrollment_token_approves_at_once() {
     ));
 }
 
+fn gpu(slot: u8, iommu_group: Option<u32>) -> Gpu {
+    Gpu {
+        address: format!("0000:00:{slot:02x}.0"),
+        vendor: 0x10de,
+        device: 0x2204,
+        iommu_group,
+    }
+}
+
+/// The node's record carries its GPUs and accelerator from RegisterNode and follows
+/// them on UpdateNode; a list past the bound, or an address too long, is refused
+/// with what was too long.
+#[test]
+fn gpus_and_accel_are_recorded_and_bounded() {
+    let mut w = World::new(true);
+    let mut farmer = account(&mut w, 0);
+    let f = farm(&mut w, &mut farmer, "f", None);
+    let mut node = signer();
+    let ek = keys::encryption_key(node.key());
+    let register = |gpus: Vec<Gpu>| TxBody::RegisterNode {
+        farm: f,
+        capacity: CAP,
+        interfaces: vec![],
+        gpus,
+        accel: Accel::Kvm,
+        encryption_key: ek,
+        location: None,
+        enrollment: None,
+        persistent: true,
+    };
+    let too_many: Vec<Gpu> = (0..65).map(|i| gpu(i, None)).collect();
+    assert_eq!(
+        w.err(&mut node, register(too_many.clone())),
+        TxError::TooLong {
+            what: "gpu list",
+            len: 65,
+            max: 64
+        }
+    );
+    let ev = w.ok(&mut node, register(vec![gpu(2, Some(7))]));
+    let id = match ev.last() {
+        Some(Event::NodeRegistered { node, .. }) => *node,
+        other => panic!("unexpected events {other:?}"),
+    };
+    let n = w.st.node(id).expect("node");
+    assert_eq!(n.gpus, vec![gpu(2, Some(7))]);
+    assert_eq!(n.accel, Accel::Kvm);
+
+    let update = |gpus: Vec<Gpu>| TxBody::UpdateNode {
+        node: id,
+        capacity: CAP,
+        interfaces: vec![],
+        gpus,
+        accel: Accel::Tcg,
+        encryption_key: ek,
+        persistent: true,
+    };
+    assert!(matches!(
+        w.err(&mut node, update(too_many)),
+        TxError::TooLong {
+            what: "gpu list",
+            ..
+        }
+    ));
+    let mut long = gpu(3, None);
+    long.address = "0".repeat(33);
+    let e = w.err(&mut node, update(vec![long]));
+    assert_eq!(e.to_string(), "gpu pci address is too long (33 > 32)");
+    // Refusals changed nothing.
+    assert_eq!(w.st.node(id).expect("node").gpus, vec![gpu(2, Some(7))]);
+    let two = vec![gpu(2, Some(7)), gpu(3, None)];
+    w.ok(&mut node, update(two.clone()));
+    let n = w.st.node(id).expect("node");
+    assert_eq!((&n.gpus, n.accel), (&two, Accel::Tcg));
+    // On the wire the accelerator is lowercase, and a record without GPUs or
+    // accelerator (an older client's) reads as none and TCG.
+    let json = serde_json::to_value(n).expect("json");
+    assert_eq!(json["accel"], "tcg");
+    assert_eq!(json["gpus"][1]["iommu_group"], serde_json::Value::Null);
+    let mut old = json.clone();
+    let fields = old.as_object_mut().expect("an object");
+    fields.remove("gpus");
+    fields.remove("accel");
+    let back: Node = serde_json::from_value(old).expect("an older record");
+    assert!(back.gpus.is_empty());
+    assert_eq!(back.accel, Accel::Tcg);
+}
+
 #[test]
 fn update_uptime_status_and_remove() {
     let mut s = setup();
@@ -106,6 +194,8 @@ fn update_uptime_status_and_remove() {
                 node: id,
                 capacity: bigger,
                 interfaces: vec![],
+                gpus: vec![],
+                accel: Accel::Tcg,
                 encryption_key: ek,
                 persistent: true
             }
@@ -118,6 +208,8 @@ fn update_uptime_status_and_remove() {
             node: id,
             capacity: bigger,
             interfaces: vec![],
+            gpus: vec![],
+            accel: Accel::Tcg,
             encryption_key: ek,
             persistent: true,
         },
@@ -268,6 +360,8 @@ fn decommissioning_is_final() {
                 node: id,
                 capacity: CAP,
                 interfaces: vec![],
+                gpus: vec![],
+                accel: Accel::Tcg,
                 encryption_key: ek,
                 persistent: true,
             },

@@ -11,6 +11,11 @@
 //! skipped and reported in [`Inventory::skipped`] rather than failing the whole
 //! measurement: one odd card reader must not keep a node off the ledger.
 //!
+//! Besides what is sold, the inventory lists the node's GPUs (PCI display
+//! controllers, with the IOMMU group a passthrough would have to take whole) and
+//! [`accel`] says whether virtual machines run under KVM or emulated (TCG); both go
+//! into the node's ledger record.
+//!
 //! SRU and HRU here are the sizes of non-removable disks by their rotational flag: the
 //! raw hardware. What the node sells is less (a disk holding foreign data is left
 //! alone, a "SSD" that seeks like a disk is an HDD), so cellosd reports the sizes of
@@ -23,7 +28,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cellos_ledger::{Interface, Resources};
+use cellos_ledger::{Gpu, Interface, Resources};
+
+pub use cellos_ledger::Accel;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CapacityError {
@@ -86,6 +93,8 @@ pub struct Inventory {
     pub disks: Vec<Disk>,
     /// Physical NICs, sorted by name, with sorted addresses.
     pub interfaces: Vec<Interface>,
+    /// PCI display controllers, sorted by address.
+    pub gpus: Vec<Gpu>,
     /// Devices that were skipped because their attributes could not be read.
     pub skipped: Vec<CapacityError>,
 }
@@ -102,6 +111,7 @@ pub fn measure(paths: &HostPaths, addrs: &dyn Addresses) -> Result<Inventory, Ca
     let mru = memory(paths)?;
     let disks = disks(paths, &mut skipped)?;
     let interfaces = interfaces(paths, addrs, &mut skipped)?;
+    let gpus = gpus(paths, &mut skipped)?;
     let fixed = |rotational: bool| -> u64 {
         disks
             .iter()
@@ -118,8 +128,26 @@ pub fn measure(paths: &HostPaths, addrs: &dyn Addresses) -> Result<Inventory, Ca
         resources,
         disks,
         interfaces,
+        gpus,
         skipped,
     })
+}
+
+/// The KVM API version every kernel since 2.6.22 answers; another answer is not a KVM
+/// that QEMU drives.
+const KVM_API_VERSION: i32 = 12;
+
+/// How this node runs virtual machines: KVM when `/dev/kvm` opens read-write and
+/// answers `KVM_GET_API_VERSION` with 12, TCG otherwise.
+pub fn accel() -> Accel {
+    accel_of(Path::new("/dev/kvm"))
+}
+
+fn accel_of(dev: &Path) -> Accel {
+    match sys::kvm_api_version(dev) {
+        Ok(KVM_API_VERSION) => Accel::Kvm,
+        _ => Accel::Tcg,
+    }
 }
 
 /// Time since boot, from /proc/uptime.
@@ -284,6 +312,87 @@ fn interfaces(
     Ok(out)
 }
 
+/// The PCI base class of display controllers (VGA 0x0300, XGA 0x0301, 3D 0x0302,
+/// other 0x0380): the top byte of the 24-bit class code.
+const PCI_CLASS_DISPLAY: u32 = 0x03;
+
+/// PCI display controllers from /sys/bus/pci/devices. A machine without a PCI bus in
+/// /sys has none.
+fn gpus(paths: &HostPaths, skipped: &mut Vec<CapacityError>) -> Result<Vec<Gpu>, CapacityError> {
+    let pci = paths.sys.join("bus/pci/devices");
+    if !pci.exists() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for address in entries(&pci)? {
+        let dir = pci.join(&address);
+        let gpu = (|| {
+            if read_hex(&dir.join("class"), 0xff_ffff)? >> 16 != PCI_CLASS_DISPLAY {
+                return Ok(None);
+            }
+            let id = |name: &str| -> Result<u16, CapacityError> {
+                // `read_hex` bounds it to 16 bits.
+                Ok(read_hex(&dir.join(name), 0xffff)? as u16)
+            };
+            Ok::<_, CapacityError>(Some(Gpu {
+                vendor: id("vendor")?,
+                device: id("device")?,
+                iommu_group: iommu_group(&dir.join("iommu_group"))?,
+                address: address.clone(),
+            }))
+        })();
+        match gpu {
+            Ok(Some(g)) => out.push(g),
+            Ok(None) => {}
+            Err(e) => skipped.push(e),
+        }
+    }
+    Ok(out)
+}
+
+/// A `0x`-prefixed hexadecimal number of at most `max`, as PCI attributes are written.
+fn read_hex(path: &Path, max: u32) -> Result<u32, CapacityError> {
+    let text = read(path)?;
+    text.trim()
+        .strip_prefix("0x")
+        .and_then(|h| u32::from_str_radix(h, 16).ok())
+        .filter(|v| *v <= max)
+        .ok_or_else(|| CapacityError::Parse {
+            path: path.to_path_buf(),
+            reason: format!(
+                "expected a hexadecimal id up to {max:#x}, found {:?}",
+                text.trim()
+            ),
+        })
+}
+
+/// The number at the end of the `iommu_group` link (`../../kernel/iommu_groups/7`);
+/// no link, no IOMMU.
+fn iommu_group(link: &Path) -> Result<Option<u32>, CapacityError> {
+    let target = match fs::read_link(link) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(CapacityError::Read {
+                path: link.to_path_buf(),
+                source,
+            })
+        }
+    };
+    target
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.parse().ok())
+        .map(Some)
+        .ok_or_else(|| CapacityError::Parse {
+            path: link.to_path_buf(),
+            reason: format!(
+                "expected a link to an IOMMU group number, found {}",
+                target.display()
+            ),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,6 +445,19 @@ mod tests {
         }
     }
 
+    /// A PCI function as /sys/bus/pci/devices shows it; with an IOMMU, its group link.
+    fn pci(root: &Path, addr: &str, class: &str, vendor: &str, device: &str, group: Option<u32>) {
+        let dir = format!("sys/bus/pci/devices/{addr}");
+        write(root, &format!("{dir}/class"), &format!("{class}\n"));
+        write(root, &format!("{dir}/vendor"), &format!("{vendor}\n"));
+        write(root, &format!("{dir}/device"), &format!("{device}\n"));
+        if let Some(g) = group {
+            let target = format!("../../../../kernel/iommu_groups/{g}");
+            let link = root.join(format!("{dir}/iommu_group"));
+            std::os::unix::fs::symlink(target, link).expect("symlink");
+        }
+    }
+
     const CPUINFO: &str = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: QEMU Virtual CPU version 2.5+\n\nprocessor\t: 1\nvendor_id\t: GenuineIntel\n\n";
     const MEMINFO: &str =
         "MemTotal:        2030320 kB\nMemFree:         1811344 kB\nMemAvailable:    1780000 kB\n";
@@ -362,6 +484,11 @@ mod tests {
         nic(r, "eth1", "52:54:00:12:34:57", true);
         nic(r, "lo", "00:00:00:00:00:00", false);
         nic(r, "br0", "52:54:00:aa:bb:cc", false);
+        pci(r, "0000:00:00.0", "0x060000", "0x8086", "0x29c0", None); // host bridge
+        pci(r, "0000:00:01.0", "0x030000", "0x1234", "0x1111", None); // QEMU std VGA
+        pci(r, "0000:00:1f.2", "0x010601", "0x8086", "0x2922", None); // SATA
+        pci(r, "0000:01:00.0", "0x030200", "0x10de", "0x20b0", Some(12)); // 3D
+        pci(r, "0000:02:00.0", "0x038000", "0x1002", "0x744c", Some(13)); // other
         let paths = HostPaths {
             proc: r.join("proc"),
             sys: r.join("sys"),
@@ -405,6 +532,79 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn display_controllers_are_the_gpus() {
+        let (dir, paths) = fixture();
+        let inv = measure(&paths, &addrs()).expect("measure");
+        let gpu = |address: &str, vendor, device, iommu_group| Gpu {
+            address: address.into(),
+            vendor,
+            device,
+            iommu_group,
+        };
+        assert_eq!(
+            inv.gpus,
+            vec![
+                gpu("0000:00:01.0", 0x1234, 0x1111, None),
+                gpu("0000:01:00.0", 0x10de, 0x20b0, Some(12)),
+                gpu("0000:02:00.0", 0x1002, 0x744c, Some(13)),
+            ]
+        );
+        // A display controller whose ids cannot be read is skipped and said; one
+        // whose group link points nowhere numbered likewise.
+        write(
+            dir.path(),
+            "sys/bus/pci/devices/0000:01:00.0/device",
+            "0x1ffff\n",
+        );
+        let bad = dir
+            .path()
+            .join("sys/bus/pci/devices/0000:02:00.0/iommu_group");
+        fs::remove_file(&bad).expect("rm");
+        std::os::unix::fs::symlink("../kernel/iommu_groups/x", &bad).expect("symlink");
+        let inv = measure(&paths, &addrs()).expect("measure");
+        assert_eq!(inv.gpus, vec![gpu("0000:00:01.0", 0x1234, 0x1111, None)]);
+        let msgs: Vec<String> = inv.skipped.iter().map(|e| e.to_string()).collect();
+        assert_eq!(msgs.len(), 2, "{msgs:?}");
+        assert!(
+            msgs[0].ends_with(
+                "0000:01:00.0/device: expected a hexadecimal id up to 0xffff, found \"0x1ffff\""
+            ),
+            "{}",
+            msgs[0]
+        );
+        assert!(
+            msgs[1].contains("0000:02:00.0/iommu_group: expected a link to an IOMMU group number"),
+            "{}",
+            msgs[1]
+        );
+        // No PCI bus in /sys: no GPUs, no error.
+        fs::remove_dir_all(dir.path().join("sys/bus")).expect("rm");
+        assert!(measure(&paths, &addrs()).expect("measure").gpus.is_empty());
+    }
+
+    #[test]
+    fn kvm_only_when_the_device_answers_its_version() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(accel_of(&dir.path().join("kvm")), Accel::Tcg, "no device");
+        // Opens read-write, but the ioctl is not its: ENOTTY.
+        assert_eq!(accel_of(Path::new("/dev/null")), Accel::Tcg);
+        let e = sys::kvm_api_version(Path::new("/dev/null")).expect_err("not KVM");
+        assert_eq!(e.raw_os_error(), Some(nix::libc::ENOTTY), "{e}");
+        // Where this runs with a usable /dev/kvm (this machine's host has one), the
+        // real ioctl answers 12.
+        let usable = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok();
+        if usable {
+            assert_eq!(accel(), Accel::Kvm);
+        } else {
+            println!("SKIPPED: no usable /dev/kvm here; only the TCG cases ran");
+        }
     }
 
     #[test]

@@ -1,8 +1,12 @@
-//! The OS boundary of the inventory: interface addresses from `getifaddrs(3)`.
+//! The OS boundary of the inventory: interface addresses from `getifaddrs(3)` and
+//! the KVM device's API version (an ioctl).
 //!
 //! Everything else the crate reads is a file under [`crate::HostPaths`].
 
+use std::fs::OpenOptions;
 use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::Path;
 
 use crate::{Addresses, CapacityError, IfAddr};
 
@@ -29,6 +33,18 @@ impl Addresses for SystemAddresses {
             })
             .collect())
     }
+}
+
+// KVM_GET_API_VERSION is _IO(KVMIO, 0x00) with KVMIO = 0xAE (linux/kvm.h).
+nix::ioctl_none!(kvm_get_api_version, 0xAE, 0x00);
+
+/// Opens the KVM device read-write, as QEMU does, and asks its API version.
+pub(crate) fn kvm_api_version(dev: &Path) -> std::io::Result<i32> {
+    let f = OpenOptions::new().read(true).write(true).open(dev)?;
+    // SAFETY: KVM_GET_API_VERSION takes no argument and writes no memory; `f` keeps
+    // the descriptor open for the call. On another device it fails with ENOTTY.
+    let v = unsafe { kvm_get_api_version(f.as_raw_fd()) }?;
+    Ok(v)
 }
 
 fn prefix_len(mask: Ipv4Addr) -> u32 {

@@ -172,6 +172,8 @@ async fn world() -> World {
                 hru: 100 << 30,
             },
             interfaces: vec![],
+            gpus: vec![],
+            accel: cellos_ledger::Accel::Tcg,
             encryption_key: keys::encryption_key(&node_key),
             location: None,
             enrollment: None,

@@ -25,7 +25,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cellos_identity::{Identity, NodeSigner};
 use cellos_ledger::{
-    EncryptionKey, EnrollToken, Event, FarmId, Interface, NodeId, Receipt, Resources, TxBody,
+    Accel, EncryptionKey, EnrollToken, Event, FarmId, Gpu, Interface, NodeId, Receipt, Resources,
+    TxBody,
 };
 use tokio::time::{sleep, sleep_until, Instant};
 
@@ -37,6 +38,10 @@ pub use ledger::{Ledger, LedgerError};
 pub struct Capacity {
     pub resources: Resources,
     pub interfaces: Vec<Interface>,
+    /// What a passthrough workload could reserve.
+    pub gpus: Vec<Gpu>,
+    /// How the node runs virtual machines.
+    pub accel: Accel,
 }
 
 /// The machine the registrar reports on.
@@ -454,6 +459,8 @@ impl<L: Ledger, H: Host> Registrar<L, H> {
                 capacity: Capacity {
                     resources: n.capacity,
                     interfaces: n.interfaces,
+                    gpus: n.gpus,
+                    accel: n.accel,
                 },
                 encryption_key: n.encryption_key,
                 persistent: n.persistent,
@@ -470,6 +477,8 @@ impl<L: Ledger, H: Host> Registrar<L, H> {
             farm,
             capacity: measured.resources,
             interfaces: measured.interfaces.clone(),
+            gpus: measured.gpus.clone(),
+            accel: measured.accel,
             encryption_key,
             location: None,
             enrollment,
@@ -536,6 +545,8 @@ impl<L: Ledger, H: Host> Registrar<L, H> {
             node: k.node,
             capacity: measured.resources,
             interfaces: measured.interfaces.clone(),
+            gpus: measured.gpus.clone(),
+            accel: measured.accel,
             encryption_key,
             persistent: self.config.persistent,
         })

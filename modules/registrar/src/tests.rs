@@ -116,6 +116,8 @@ impl Ledger for FakeLedger {
                 farm,
                 capacity,
                 interfaces,
+                gpus,
+                accel,
                 encryption_key,
                 enrollment,
                 ..
@@ -127,6 +129,8 @@ impl Ledger for FakeLedger {
                 let node = Node {
                     approved: enrollment.is_some(),
                     interfaces: interfaces.clone(),
+                    gpus: gpus.clone(),
+                    accel: *accel,
                     ..node
                 };
                 events.push(Event::NodeRegistered {
@@ -140,6 +144,8 @@ impl Ledger for FakeLedger {
                 node,
                 capacity,
                 interfaces,
+                gpus,
+                accel,
                 encryption_key,
                 persistent,
             } => {
@@ -150,6 +156,8 @@ impl Ledger for FakeLedger {
                     .ok_or_else(|| refused("no such node"))?;
                 n.capacity = *capacity;
                 n.interfaces = interfaces.clone();
+                n.gpus = gpus.clone();
+                n.accel = *accel;
                 n.encryption_key = *encryption_key;
                 n.persistent = *persistent;
             }
@@ -173,6 +181,8 @@ fn fake_node(pubkey: PublicKey, farm: FarmId, capacity: Resources, ek: Encryptio
         capacity,
         reserved: Resources::default(),
         interfaces: vec![],
+        gpus: vec![],
+        accel: Accel::Tcg,
         location: None,
         encryption_key: ek,
         persistent: true,
@@ -241,6 +251,8 @@ fn capacity(sru_gib: u64) -> Capacity {
             mac: "52:54:00:12:34:56".into(),
             ips: vec!["10.0.2.15/24".into()],
         }],
+        gpus: vec![],
+        accel: Accel::Tcg,
     }
 }
 
@@ -441,6 +453,8 @@ fn preregistered(ledger: &FakeLedger, id: &Identity, farm: FarmId, c: &Capacity)
     let n = Node {
         approved: true,
         interfaces: c.interfaces.clone(),
+        gpus: c.gpus.clone(),
+        accel: c.accel,
         ..fake_node(id.public_key(), farm, c.resources, id.encryption_key())
     };
     ledger.state().nodes.push(n);
@@ -476,6 +490,48 @@ async fn a_stale_record_is_updated_and_another_farm_is_reported() {
             "cellos: node 7 capacity updated (cru=2 mru=2.0GiB sru=20.0GiB hru=0B)",
         ]
     );
+    assert!(matches!(
+        &ledger.submitted()[..],
+        [TxBody::UpdateNode { node: 7, .. }]
+    ));
+}
+
+fn with_gpu(c: Capacity) -> Capacity {
+    Capacity {
+        gpus: vec![Gpu {
+            address: "0000:00:01.0".into(),
+            vendor: 0x1234,
+            device: 0x1111,
+            iommu_group: None,
+        }],
+        accel: Accel::Kvm,
+        ..c
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn gpus_and_accel_are_registered_and_kept_current() {
+    let ledger = FakeLedger::default();
+    ledger.state().approve_on_poll = 1;
+    let host = FakeHost::new(with_gpu(capacity(20)));
+    let (mut r, _) = registrar(&ledger, &host, &Identity::generate(), Config::new(3));
+    r.register().await;
+    let want = with_gpu(capacity(20));
+    assert!(matches!(
+        &ledger.submitted()[..],
+        [TxBody::RegisterNode { gpus, accel, .. }] if *gpus == want.gpus && *accel == Accel::Kvm
+    ));
+
+    // A known record the GPUs or accelerator changed under is updated, even with the
+    // same resources.
+    let ledger = FakeLedger::default();
+    let id = Identity::generate();
+    preregistered(&ledger, &id, 3, &capacity(20));
+    let host = FakeHost::new(with_gpu(capacity(20)));
+    let (mut r, _) = registrar(&ledger, &host, &id, Config::new(3));
+    r.register().await;
+    let n = ledger.state().nodes[0].clone();
+    assert_eq!((n.gpus, n.accel), (want.gpus, Accel::Kvm));
     assert!(matches!(
         &ledger.submitted()[..],
         [TxBody::UpdateNode { node: 7, .. }]

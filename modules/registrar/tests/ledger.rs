@@ -9,7 +9,7 @@ use cellos_ledger::client::Client;
 use cellos_ledger::keys::{self, Signer};
 use cellos_ledger::server::{Config as ServerConfig, Server};
 use cellos_ledger::{
-    ChainParams, EnrollToken, Event, FarmId, Interface, Prices, Resources, TxBody,
+    Accel, ChainParams, EnrollToken, Event, FarmId, Gpu, Interface, Prices, Resources, TxBody,
     EXISTENTIAL_DEPOSIT, GIB,
 };
 use cellos_registrar::{Capacity, Config, Host, Notice, Registrar};
@@ -114,6 +114,13 @@ fn capacity(sru_gib: u64) -> Capacity {
             mac: "52:54:00:12:34:56".into(),
             ips: vec!["10.0.2.15/24".into()],
         }],
+        gpus: vec![Gpu {
+            address: "0000:00:01.0".into(),
+            vendor: 0x1234,
+            device: 0x1111,
+            iommu_group: Some(2),
+        }],
+        accel: Accel::Tcg,
     }
 }
 
@@ -212,6 +219,7 @@ async fn registers_waits_for_approval_updates_and_reports_uptime() {
     assert!(n.approved);
     assert_eq!(n.encryption_key, id.encryption_key());
     assert_eq!(n.interfaces, capacity(20).interfaces);
+    assert_eq!((&n.gpus, n.accel), (&capacity(20).gpus, Accel::Tcg));
 
     // A reboot with the same key and more disk: same node, record updated, no new
     // registration and no waiting.

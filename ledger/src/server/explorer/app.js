@@ -363,6 +363,9 @@
     return h('div', {}, h('h1', {}, 'Nodes'), await nodeTable(params, '#/nodes', {}));
   }
 
+  /** A PCI id as lspci writes it: four hexadecimal digits. */
+  const hex4 = (x) => x.toString(16).padStart(4, '0');
+
   async function nodePage(id) {
     if (!/^\d+$/.test(id)) throw new NotFound(`"${id}" is not a node id.`);
     const [n, cs] = await Promise.all([data(`/v1/nodes/${id}`), contractTable(route().params, `#/nodes/${id}`, { node: id })]);
@@ -384,6 +387,7 @@
         ['Uptime at last report', n.last_uptime ? dur(n.uptime_secs) : '—'],
         ['Registered', when(n.registered_at)],
         ['Persistent state', n.persistent ? 'yes' : 'no (takes no contracts)'],
+        ['Virtual machines', n.accel === 'kvm' ? 'KVM (hardware)' : 'TCG (emulated, slow)'],
         ['Location', n.location || '—'],
         ['Encryption key', h('span', { class: 'mono' }, n.encryption_key)],
       ]),
@@ -400,6 +404,13 @@
         [['Name'], ['MAC'], ['Addresses']],
         n.interfaces.map((i) => h('tr', {}, h('td', {}, i.name), h('td', { class: 'mono' }, i.mac), h('td', {}, i.ips.join(', ') || '—'))),
         'No interface reported.',
+      ),
+      h('h2', {}, 'GPUs'),
+      table(
+        'gpus',
+        [['PCI address'], ['Vendor'], ['Device'], ['IOMMU group']],
+        (n.gpus || []).map((g) => h('tr', {}, h('td', { class: 'mono' }, g.address), h('td', { class: 'mono' }, hex4(g.vendor)), h('td', { class: 'mono' }, hex4(g.device)), h('td', {}, g.iommu_group === null ? 'none (no passthrough)' : `${g.iommu_group}`))),
+        'No GPU reported.',
       ),
       h('h2', {}, 'Contracts on this node'),
       cs,
