@@ -148,7 +148,8 @@ enum Index {
 }
 
 struct DataFile {
-    path: PathBuf,
+    /// Shared, so that a read takes it without an allocation.
+    path: Arc<PathBuf>,
     file: Arc<File>,
     len: u64,
     /// Bytes compaction would keep: records the index refers to and damaged
@@ -185,10 +186,13 @@ impl Stretch {
     }
 }
 
+/// A record's data file, that file's path, and the record's place in it.
+type Located = (Arc<File>, Arc<PathBuf>, Loc);
+
 impl DataFile {
     fn new(path: PathBuf, file: Arc<File>, len: u64) -> DataFile {
         DataFile {
-            path,
+            path: Arc::new(path),
             file,
             len,
             live: 0,
@@ -437,8 +441,10 @@ impl Namespace {
         let Some((file, path, loc)) = self.locate(key)? else {
             return Ok(None);
         };
-        let body = self.read_record(&file, &path, loc, key)?;
-        Ok(Some(body[loc.key_len as usize..].to_vec()))
+        let mut body = self.read_record(&file, &path, loc, key)?;
+        // The value in place: no second buffer.
+        body.drain(..loc.key_len as usize);
+        Ok(Some(body))
     }
 
     /// Verifies the checksum of the record under `key`: `Ok(false)` if absent,
@@ -463,7 +469,8 @@ impl Namespace {
         })
     }
 
-    fn locate(&self, key: &[u8]) -> Result<Option<(Arc<File>, PathBuf, Loc)>> {
+    /// Where the record of `key` is: its file (shared, not copied) and location.
+    fn locate(&self, key: &[u8]) -> Result<Option<Located>> {
         let guard = self.lock();
         if guard.deleted {
             return Err(NsError::Deleted {
@@ -528,7 +535,7 @@ impl Namespace {
         match f.bad.iter().find(|b| b.keys.0 <= orig && orig < b.keys.1) {
             Some(b) => Err(NsError::Corrupt {
                 ns: self.name.clone(),
-                path: f.path.clone(),
+                path: f.path.to_path_buf(),
                 offset: b.start,
                 reason: "the record is in a damaged stretch",
             }),
@@ -614,7 +621,7 @@ impl Namespace {
                     sys::read_at(&f.file, &f.path, &mut raw, offset)?;
                     let h = record::decode_header(&raw).ok_or_else(|| NsError::Corrupt {
                         ns: self.name.clone(),
-                        path: f.path.clone(),
+                        path: f.path.to_path_buf(),
                         offset,
                         reason: "invalid header",
                     })?;

@@ -514,26 +514,27 @@ async fn serve(
         )
     };
     loop {
-        while let Some(args) = ready.pop_front() {
-            let reply = handle(&shared, &mut s, args).await;
-            shared.conns.touch(&conn);
-            last_done = Instant::now();
-            let before = out.len();
-            reply.encode(&mut out);
-            if !held.set(parser.held() + queued_bytes(&ready) + out.capacity()) {
-                // A reply too large for the budget is dropped for an error.
-                out.truncate(before);
-                Reply::err(
-                    "server busy: reply dropped, too many bytes buffered across connections",
-                )
-                .encode(&mut out);
-                out.shrink_to(FLUSH_AT);
-            }
-            if out.len() >= FLUSH_AT || s.quit {
-                write_out(&mut stream, &mut out, cfg.frame_timeout).await?;
-            }
-            if s.quit {
-                return Ok(());
+        while !ready.is_empty() {
+            for reply in next_replies(&shared, &mut s, &mut ready).await {
+                shared.conns.touch(&conn);
+                last_done = Instant::now();
+                let before = out.len();
+                reply.encode(&mut out);
+                if !held.set(parser.held() + queued_bytes(&ready) + out.capacity()) {
+                    // A reply too large for the budget is dropped for an error.
+                    out.truncate(before);
+                    Reply::err(
+                        "server busy: reply dropped, too many bytes buffered across connections",
+                    )
+                    .encode(&mut out);
+                    out.shrink_to(FLUSH_AT);
+                }
+                if out.len() >= FLUSH_AT || s.quit {
+                    write_out(&mut stream, &mut out, cfg.frame_timeout).await?;
+                }
+                if s.quit {
+                    return Ok(());
+                }
             }
         }
         write_out(&mut stream, &mut out, cfg.frame_timeout).await?;
@@ -585,6 +586,125 @@ async fn serve(
             return Ok(());
         }
     }
+}
+
+/// Most commands of a pipeline handled as one run.
+const MAX_RUN: usize = 256;
+
+/// How many commands at the front of `ready` are `name` with `arity` words.
+fn run_of(ready: &VecDeque<Vec<Vec<u8>>>, name: &[u8], arity: usize) -> usize {
+    ready
+        .iter()
+        .take(MAX_RUN)
+        .take_while(|a| a.len() == arity && a[0].eq_ignore_ascii_case(name))
+        .count()
+}
+
+/// Handles the next command of a pipeline, or the run of SETs or GETs at its
+/// front together (neither changes the session, so the run answers as the
+/// commands one by one would): a run of SETs is appended and then made durable
+/// with one group commit, a run of GETs is read in one trip to a blocking thread.
+async fn next_replies(
+    shared: &Arc<Shared>,
+    s: &mut Session,
+    ready: &mut VecDeque<Vec<Vec<u8>>>,
+) -> Vec<Reply> {
+    let sets = run_of(ready, b"SET", 3);
+    if sets > 1 {
+        let run = ready
+            .drain(..sets)
+            .map(|mut a| (std::mem::take(&mut a[1]), std::mem::take(&mut a[2])))
+            .collect();
+        return set_run(shared, s, run).await;
+    }
+    let gets = run_of(ready, b"GET", 2);
+    if gets > 1 {
+        let keys = ready
+            .drain(..gets)
+            .map(|mut a| std::mem::take(&mut a[1]))
+            .collect();
+        return get_run(shared, s, keys).await;
+    }
+    match ready.pop_front() {
+        Some(args) => vec![handle(shared, s, args).await],
+        None => Vec::new(),
+    }
+}
+
+/// `SET key value` for each pair, in order: every value is appended, then one
+/// wait makes them all durable before any is acknowledged. A failed sync fails
+/// every SET it covered.
+async fn set_run(shared: &Arc<Shared>, s: &Session, run: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<Reply> {
+    let n = run.len();
+    let all = |r: Reply| vec![r; n];
+    let Some(ns) = s.ns.clone() else {
+        return all(Reply::Error(NO_NAMESPACE.into()));
+    };
+    if !s.write {
+        return all(denied("writing", &ns));
+    }
+    let max = shared.config.max_value;
+    let ns2 = ns.clone();
+    let strict = shared.config.strict;
+    let stored = shared
+        .writing(move |rt| {
+            if !takes_writes(strict, &ns2) {
+                return None;
+            }
+            let mut upto = None;
+            let mut results: Vec<Result<Vec<u8>, String>> = run
+                .iter()
+                .map(|(key, value)| {
+                    let (key, at) = ns2
+                        .append_set(key, value, max)
+                        .map_err(|e| error_chain(&e))?;
+                    upto = Some(at);
+                    Ok(key)
+                })
+                .collect();
+            if let Some(Err(e)) = upto.map(|at| rt.block_on(ns2.make_durable(at))) {
+                let e = error_chain(&e);
+                for r in results.iter_mut().filter(|r| r.is_ok()) {
+                    *r = Err(e.clone());
+                }
+            }
+            Some((results, ns2.mode()))
+        })
+        .await;
+    let (results, mode) = match stored {
+        Err(r) => return all(r),
+        Ok(None) => return all(strict_denied(&ns)),
+        Ok(Some(r)) => r,
+    };
+    results
+        .into_iter()
+        .map(|r| match r {
+            Ok(key) if mode == Mode::Seq => Reply::Bulk(key),
+            Ok(_) => Reply::ok(),
+            Err(e) => Reply::err(e),
+        })
+        .collect()
+}
+
+/// `GET key` for each key, in order, in one trip to a blocking thread.
+async fn get_run(shared: &Arc<Shared>, s: &Session, keys: Vec<Vec<u8>>) -> Vec<Reply> {
+    let n = keys.len();
+    let Some(ns) = s.ns.clone() else {
+        return vec![Reply::Error(NO_NAMESPACE.into()); n];
+    };
+    if !s.read {
+        return vec![denied("reading", &ns); n];
+    }
+    let read = move || {
+        keys.iter()
+            .map(|k| match ns.get(k) {
+                Ok(Some(v)) => Reply::Bulk(v),
+                Ok(None) => Reply::Nil,
+                Err(e) => Reply::err(error_chain(&e)),
+            })
+            .collect()
+    };
+    shared.blocking(read).await.unwrap_or_else(|r| vec![r; n])
 }
 
 /// Ends a connection that is still sending with one error line. The write side
@@ -972,40 +1092,10 @@ async fn handle(shared: &Arc<Shared>, s: &mut Session, args: Vec<Vec<u8>>) -> Re
         }
         b"SET" => {
             need!(a.len() == 2);
-            let ns = selected!();
-            if !s.write {
-                return denied("writing", &ns);
-            }
-            let (key, value) = (std::mem::take(&mut a[0]), std::mem::take(&mut a[1]));
-            let max = shared.config.max_value;
-            let ns2 = ns.clone();
-            let strict = shared.config.strict;
-            let stored = match shared
-                .writing(move |rt| {
-                    if !takes_writes(strict, &ns2) {
-                        return None;
-                    }
-                    let stored = ns2.append_set(&key, &value, max).and_then(|(key, upto)| {
-                        rt.block_on(ns2.make_durable(upto))?;
-                        Ok((key, ns2.mode()))
-                    });
-                    Some(stored)
-                })
-                .await
-            {
-                Ok(r) => r,
-                Err(r) => return r,
-            };
-            let (key, mode) = match stored {
-                None => return strict_denied(&ns),
-                Some(Ok(r)) => r,
-                Some(Err(e)) => return Reply::err(error_chain(&e)),
-            };
-            if mode == Mode::Seq {
-                Reply::Bulk(key)
-            } else {
-                Reply::ok()
-            }
+            let pair = (std::mem::take(&mut a[0]), std::mem::take(&mut a[1]));
+            let mut r = set_run(shared, s, vec![pair]).await;
+            r.pop()
+                .unwrap_or_else(|| Reply::err("internal error: no reply"))
         }
         b"GET" | b"CHECK" => {
             need!(a.len() == 1);
@@ -1015,11 +1105,9 @@ async fn handle(shared: &Arc<Shared>, s: &mut Session, args: Vec<Vec<u8>>) -> Re
             }
             let key = std::mem::take(&mut a[0]);
             if cmd == b"GET" {
-                match io!(move || ns.get(&key)) {
-                    Ok(Some(v)) => Reply::Bulk(v),
-                    Ok(None) => Reply::Nil,
-                    Err(e) => Reply::err(error_chain(&e)),
-                }
+                let mut r = get_run(shared, s, vec![key]).await;
+                r.pop()
+                    .unwrap_or_else(|| Reply::err("internal error: no reply"))
             } else {
                 match io!(move || ns.check(&key)) {
                     Ok(true) => Reply::ok(),

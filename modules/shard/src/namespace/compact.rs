@@ -543,7 +543,7 @@ impl Job {
         sys::sync_data(&out.file, &tmp)?;
         self.reached("synced")?;
         self.sync_upto(upto)?;
-        std::fs::rename(&tmp, &path).map_err(|source| IoError {
+        std::fs::rename(&tmp, path.as_path()).map_err(|source| IoError {
             op: "rename",
             path: tmp.clone(),
             source,
@@ -897,7 +897,7 @@ mod tests {
             };
             let l = m[&b"zz-victim"[..]];
             (
-                st.files[l.file as usize].path.clone(),
+                st.files[l.file as usize].path.to_path_buf(),
                 l.offset + l.total() - 2,
             )
         };
@@ -931,7 +931,7 @@ mod tests {
                 })
                 .unwrap();
             let f = &st.files[l.file as usize];
-            (f.path.clone(), f.len, k.to_vec(), l.offset + 20)
+            (f.path.to_path_buf(), f.len, k.to_vec(), l.offset + 20)
         };
         let mut data = std::fs::read(&path).unwrap();
         data[offset as usize] ^= 1;

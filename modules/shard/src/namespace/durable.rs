@@ -99,7 +99,7 @@ impl State {
 }
 
 /// The append clock a sync covers, and the file to sync.
-pub(super) type SyncTarget = (u64, Arc<File>, PathBuf);
+pub(super) type SyncTarget = (u64, Arc<File>, Arc<PathBuf>);
 
 struct Leader<'a>(&'a Namespace);
 

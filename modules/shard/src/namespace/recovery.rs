@@ -185,7 +185,7 @@ impl Namespace {
             .iter()
             .flat_map(|f| {
                 f.bad.iter().map(|b| Damage {
-                    path: f.path.clone(),
+                    path: f.path.to_path_buf(),
                     start: b.start,
                     end: b.end,
                     reason: b.reason,
