@@ -1,6 +1,7 @@
 //! The walking skeleton, end to end: the real image boots in QEMU (direct kernel and
-//! PXE), init brings the machine up, cellosd registers its capacity on a real ledger,
-//! and (direct boot, with a VGA adapter) the console dashboard shows the node on tty1.
+//! PXE), init brings the machine up, cellosd registers its capacity on a real ledger
+//! (with QEMU's VGA adapter as its GPU on direct boot, and TCG as its VM accelerator),
+//! and (direct boot) the console dashboard shows the node on tty1.
 
 use std::time::{Duration, Instant};
 
@@ -78,6 +79,28 @@ fn boots_and_registers(pxe: bool) {
     assert_eq!(node.capacity.sru, 8 * GIB, "the SSD QEMU was given");
     assert_eq!(node.capacity.hru, 16 * GIB, "the HDD QEMU was given");
     assert!(!node.interfaces.is_empty(), "the node reports its NIC");
+    // QEMU's standard VGA (PCI 1234:1111, class 0x030000) is the node's one GPU; with
+    // no vIOMMU it has no IOMMU group. No other display controller is there, and a
+    // node without the adapter lists none.
+    let gpus: Vec<(u16, u16, Option<u32>)> = node
+        .gpus
+        .iter()
+        .map(|g| (g.vendor, g.device, g.iommu_group))
+        .collect();
+    let want = if pxe {
+        vec![]
+    } else {
+        vec![(0x1234, 0x1111, None)]
+    };
+    assert_eq!(gpus, want, "the GPUs QEMU was given: {:?}", node.gpus);
+    let pci_address = Regex::new(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$").expect("regex");
+    assert!(
+        node.gpus.iter().all(|g| pci_address.is_match(&g.address)),
+        "{:?}",
+        node.gpus
+    );
+    // Nested KVM does not work in a TCG guest: the node says it emulates.
+    assert_eq!(node.accel, cellos_ledger::Accel::Tcg);
     assert_eq!(ledger.nodes().len(), 1);
     if !pxe {
         dashboard_shows(&mut vm, id, &ledger.guest_url());

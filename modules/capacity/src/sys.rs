@@ -38,6 +38,33 @@ impl Addresses for SystemAddresses {
 // KVM_GET_API_VERSION is _IO(KVMIO, 0x00) with KVMIO = 0xAE (linux/kvm.h).
 nix::ioctl_none!(kvm_get_api_version, 0xAE, 0x00);
 
+/// The hypervisor's CPUID signature (leaf 0x4000_0000: `KVMKVMKVM\0\0\0`,
+/// `TCGTCGTCGTCG`, ...) when the CPU says it runs under one.
+#[cfg(target_arch = "x86_64")]
+// `__cpuid` is an unsafe fn up to Rust 1.86 (the MSRV is 1.80), safe after.
+#[allow(unused_unsafe)]
+pub(crate) fn hypervisor_signature() -> Option<[u8; 12]> {
+    use std::arch::x86_64::__cpuid;
+    // SAFETY: CPUID exists on every x86_64 CPU and only reads registers. Leaf 1
+    // ECX bit 31 says whether the hypervisor leaves are there.
+    let leaf1 = unsafe { __cpuid(1) };
+    if leaf1.ecx & (1 << 31) == 0 {
+        return None;
+    }
+    // SAFETY: as above; the hypervisor leaf is defined when bit 31 is set.
+    let hv = unsafe { __cpuid(0x4000_0000) };
+    let mut sig = [0u8; 12];
+    sig[..4].copy_from_slice(&hv.ebx.to_le_bytes());
+    sig[4..8].copy_from_slice(&hv.ecx.to_le_bytes());
+    sig[8..].copy_from_slice(&hv.edx.to_le_bytes());
+    Some(sig)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) fn hypervisor_signature() -> Option<[u8; 12]> {
+    None
+}
+
 /// Opens the KVM device read-write, as QEMU does, and asks its API version.
 pub(crate) fn kvm_api_version(dev: &Path) -> std::io::Result<i32> {
     let f = OpenOptions::new().read(true).write(true).open(dev)?;
