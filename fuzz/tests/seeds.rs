@@ -121,6 +121,8 @@ fn tx_seeds() -> Vec<Vec<u8>> {
                 window_start: 100,
                 window_end: 3_700,
                 nu_bytes: 1 << 30,
+                cpu_usec: 90_000_000,
+                memory_bytes: 256 << 20,
             },
         ),
     ]

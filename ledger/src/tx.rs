@@ -151,6 +151,14 @@ pub enum TxBody {
         window_end: u64,
         #[serde(default)]
         nu_bytes: u64,
+        /// CPU time the contract's containers used in the window, in microseconds
+        /// (measured in their cgroups; not billed, kept on the contract).
+        #[serde(default)]
+        cpu_usec: u64,
+        /// Memory the contract's containers hold at the report, in bytes: the peak
+        /// since they started where the kernel keeps one, else the current use.
+        #[serde(default)]
+        memory_bytes: u64,
     },
     /// Signed by the owner or the node.
     CancelContract {

@@ -488,6 +488,13 @@ pub struct Contract {
     pub created_at: u64,
     /// Total paid to the farm so far.
     pub paid: Amount,
+    /// CPU time the node measured its workloads using, in microseconds, summed over
+    /// its usage reports.
+    #[serde(default)]
+    pub cpu_usec: u64,
+    /// Memory its workloads held at the last usage report, in bytes.
+    #[serde(default)]
+    pub memory_bytes: u64,
 }
 
 impl Contract {

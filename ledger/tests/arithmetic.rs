@@ -350,6 +350,8 @@ fn contract_lifetime(k: Case) {
             window_start: start,
             window_end: end,
             nu_bytes: k.nu_bytes,
+            cpu_usec: 0,
+            memory_bytes: 0,
         },
     ) {
         Ok(_) => {

@@ -36,9 +36,12 @@ use cellos_container::{
 use cellos_ledger::container::{ContainerSpec, Restart};
 use cellos_ledger::deployment::WorkloadSpec;
 use cellos_ledger::network::NetworkSpec;
+use cellos_provision::workload::WorkloadUsage;
 use cellos_provision::{LogChunk, Provisioner, WorkloadError, WorkloadId};
 use cellos_storage::sys::System;
 use cellos_storage::{VolumeName, Volumes};
+
+use crate::cgroup::{Cgroups, CONTAINER_CGROUPS};
 
 /// The networks this cellosd has ensured, by network key: a container names its
 /// network, and attaching needs the network's subnet and gateway. Networks are
@@ -448,6 +451,11 @@ impl Provisioner for ContainerProvisioner {
         }
     }
 
+    /// CPU time and memory from the container's cgroup (`None` while it has none).
+    fn usage(&self, id: &WorkloadId, _: &WorkloadSpec) -> Option<WorkloadUsage> {
+        Cgroups::new(CONTAINER_CGROUPS).usage(&id.node_name()).ok()
+    }
+
     /// What crun says now (running or stopped, the pid on the node) and what the
     /// watcher saw: restarts, OOM kills, how the last run ended.
     fn live(&self, id: &WorkloadId, _: &WorkloadSpec) -> Option<serde_json::Value> {
@@ -483,7 +491,7 @@ impl Provisioner for ContainerProvisioner {
 
 /// OOM kills in container `name`'s cgroup so far (0 if it cannot be read).
 fn oom_kills(name: &str) -> u64 {
-    let events = format!("/sys/fs/cgroup/cellos/{name}/memory.events");
+    let events = format!("{CONTAINER_CGROUPS}/{name}/memory.events");
     std::fs::read_to_string(events)
         .ok()
         .and_then(|t| {

@@ -10,6 +10,7 @@
 //! and the console says what to fix), 0 on SIGTERM/SIGINT. A ledger that cannot be
 //! reached is never a reason to exit: the registrar retries and says so.
 
+mod cgroup;
 mod config;
 mod containers;
 mod dashboard;

@@ -4,6 +4,16 @@
 use super::{add, Event, State, TxError};
 use crate::types::*;
 
+/// What a ReportUsage says: the window `[start, end)` in ledger seconds and what the
+/// contract's workloads used in it.
+pub(super) struct Usage {
+    pub start: u64,
+    pub end: u64,
+    pub nu_bytes: u64,
+    pub cpu_usec: u64,
+    pub memory_bytes: u64,
+}
+
 impl State {
     /// Closes the suspended contracts whose grace period ran out by ledger time.
     pub(super) fn expire_grace(&mut self) -> Vec<Event> {
@@ -66,12 +76,17 @@ impl State {
         &mut self,
         signer: PublicKey,
         id: ContractId,
-        start: u64,
-        end: u64,
-        nu_bytes: u64,
+        usage: Usage,
     ) -> Result<Vec<Event>, TxError> {
+        let Usage {
+            start,
+            end,
+            nu_bytes,
+            cpu_usec,
+            memory_bytes,
+        } = usage;
         let c = self.contract_ref(id)?;
-        self.the_node(&signer, c.node)?;
+        let cpus = self.the_node(&signer, c.node)?.capacity.cru;
         if c.state != ContractState::Active {
             return Err(self.wrong_state(c, "active"));
         }
@@ -93,6 +108,22 @@ impl State {
                 now: self.time,
             });
         }
+        // The node measures CPU time on its own clock and the window is ledger time:
+        // the two may differ by the skew allowed. More than the node's CPUs have in
+        // that time is no measurement. Saturating keeps the bound a bound: only
+        // absurd windows and CPU counts reach u128::MAX.
+        let max_cpu = u128::from(end - start)
+            .saturating_add(u128::from(self.params.uptime_skew_secs))
+            .saturating_mul(u128::from(cpus))
+            .saturating_mul(1_000_000);
+        if u128::from(cpu_usec) > max_cpu {
+            return Err(TxError::CpuTimeBeyondNode {
+                node: c.node,
+                cpu_usec,
+                max: u64::try_from(max_cpu).unwrap_or(u64::MAX),
+            });
+        }
+        let total_cpu = add(c.cpu_usec, cpu_usec, "the contract's CPU time")?;
         // Each product of two u64 fits in a u128, and each quotient is at most
         // u128::MAX / 3600, so the sum fits too. A cost above the escrow takes the
         // whole escrow (and suspends the contract), it never wraps.
@@ -123,6 +154,8 @@ impl State {
         c.escrow = remaining;
         c.billed_until = end;
         c.paid = total_paid;
+        c.cpu_usec = total_cpu;
+        c.memory_bytes = memory_bytes;
         let mut events = vec![Event::ContractBilled {
             contract: id,
             node,

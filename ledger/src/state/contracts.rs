@@ -114,6 +114,8 @@ impl State {
                 suspended_at: None,
                 created_at: self.time,
                 paid: 0,
+                cpu_usec: 0,
+                memory_bytes: 0,
             },
         );
         Ok(vec![Event::ContractCreated {

@@ -123,6 +123,12 @@ pub enum TxError {
     },
     #[error("usage window ends at {end}, after ledger time {now}")]
     WindowInFuture { end: u64, now: u64 },
+    #[error("{cpu_usec} us of CPU time is more than node {node}'s CPUs have in the usage window and the allowed clock skew ({max} us)")]
+    CpuTimeBeyondNode {
+        node: NodeId,
+        cpu_usec: u64,
+        max: u64,
+    },
     #[error("reason must be 1 to 1024 characters")]
     BadReason,
     #[error("{what} is too long ({len} > {max})")]

@@ -299,7 +299,19 @@ impl State {
                 window_start,
                 window_end,
                 nu_bytes,
-            } => self.report_usage(signer, *contract, *window_start, *window_end, *nu_bytes),
+                cpu_usec,
+                memory_bytes,
+            } => self.report_usage(
+                signer,
+                *contract,
+                billing::Usage {
+                    start: *window_start,
+                    end: *window_end,
+                    nu_bytes: *nu_bytes,
+                    cpu_usec: *cpu_usec,
+                    memory_bytes: *memory_bytes,
+                },
+            ),
             TxBody::CancelContract { contract } => self.cancel_contract(signer, *contract),
         }
     }

@@ -2,6 +2,54 @@
 
 use super::*;
 
+/// Measured CPU time adds up on the contract and the last memory figure replaces
+/// the one before; CPU time the node's CPUs cannot have had in the window (and the
+/// clock skew allowed) is refused and changes nothing.
+#[test]
+fn usage_reports_keep_cpu_time_and_memory() {
+    let mut s = setup();
+    let c = create(&mut s, SMALL, 0, 10_000).expect("create");
+    accept(&mut s, c);
+    let t = s.w.t;
+    let report = |start: u64, end: u64, cpu_usec: u64, memory_bytes: u64| TxBody::ReportUsage {
+        contract: c,
+        window_start: start,
+        window_end: end,
+        nu_bytes: 0,
+        cpu_usec,
+        memory_bytes,
+    };
+    s.w.at(t + 100);
+    s.w.ok(&mut s.node, report(t, t + 100, 30_000_000, 64 << 20));
+    s.w.at(t + 200);
+    s.w.ok(&mut s.node, report(t + 100, t + 200, 12_500_000, 48 << 20));
+    let k = s.w.st.contract(c).expect("contract");
+    assert_eq!((k.cpu_usec, k.memory_bytes), (42_500_000, 48 << 20));
+    // The node has 4 CPUs (CAP) and the skew is 60 s: (100 + 60) s x 4 at most.
+    s.w.at(t + 300);
+    let max = 160 * 4 * 1_000_000;
+    assert_eq!(
+        s.w.err(&mut s.node, report(t + 200, t + 300, max + 1, 1)),
+        TxError::CpuTimeBeyondNode {
+            node: s.node_id,
+            cpu_usec: max + 1,
+            max
+        }
+    );
+    let k = s.w.st.contract(c).expect("contract");
+    assert_eq!(
+        (k.cpu_usec, k.memory_bytes, k.billed_until),
+        (42_500_000, 48 << 20, t + 200)
+    );
+    s.w.ok(&mut s.node, report(t + 200, t + 300, max, 1));
+    let k = s.w.st.contract(c).expect("contract");
+    assert_eq!((k.cpu_usec, k.memory_bytes), (42_500_000 + max, 1));
+    // The contract endpoint's JSON names them.
+    let json = serde_json::to_value(k).expect("json");
+    assert_eq!(json["cpu_usec"], 42_500_000 + max);
+    assert_eq!(json["memory_bytes"], 1);
+}
+
 #[test]
 fn usage_billing_is_windowed_and_idempotent() {
     let mut s = setup();
@@ -15,7 +63,9 @@ fn usage_billing_is_windowed_and_idempotent() {
                 contract: c,
                 window_start: t0,
                 window_end: t0 + 10,
-                nu_bytes: 0
+                nu_bytes: 0,
+                cpu_usec: 0,
+                memory_bytes: 0
             }
         ),
         TxError::WrongContractState { want: "active", .. }
@@ -31,7 +81,9 @@ fn usage_billing_is_windowed_and_idempotent() {
                 contract: c,
                 window_start: t1,
                 window_end: t1 + 3600,
-                nu_bytes: 0
+                nu_bytes: 0,
+                cpu_usec: 0,
+                memory_bytes: 0
             }
         ),
         TxError::NotTheNode(s.node_id)
@@ -43,7 +95,9 @@ fn usage_billing_is_windowed_and_idempotent() {
                 contract: c,
                 window_start: t1 + 5,
                 window_end: t1 + 5,
-                nu_bytes: 0
+                nu_bytes: 0,
+                cpu_usec: 0,
+                memory_bytes: 0
             }
         ),
         TxError::BadWindow {
@@ -57,6 +111,8 @@ fn usage_billing_is_windowed_and_idempotent() {
         window_start: t1,
         window_end: t1 + 3600,
         nu_bytes: 2 * GIB,
+        cpu_usec: 0,
+        memory_bytes: 0,
     };
     let ev = s.w.ok(&mut s.node, report.clone());
     assert_eq!(
@@ -90,7 +146,9 @@ fn usage_billing_is_windowed_and_idempotent() {
                 contract: c,
                 window_start: t1 + 3000,
                 window_end: t1 + 3700,
-                nu_bytes: 0
+                nu_bytes: 0,
+                cpu_usec: 0,
+                memory_bytes: 0
             }
         ),
         TxError::AlreadyBilled { .. }
@@ -103,7 +161,9 @@ fn usage_billing_is_windowed_and_idempotent() {
                 contract: c,
                 window_start: t1 + 3600,
                 window_end: t1 + 7200,
-                nu_bytes: 0
+                nu_bytes: 0,
+                cpu_usec: 0,
+                memory_bytes: 0
             }
         ),
         TxError::WindowInFuture { .. }
@@ -117,6 +177,8 @@ fn usage_billing_is_windowed_and_idempotent() {
             window_start: t1 + 2 * 3600,
             window_end: t1 + 2 * 3600 + 1800,
             nu_bytes: 0,
+            cpu_usec: 0,
+            memory_bytes: 0,
         },
     );
     assert_eq!(s.w.balance(&s.farmer), EXISTENTIAL_DEPOSIT + 145 + 62);
@@ -137,6 +199,8 @@ fn suspension_top_up_and_grace() {
             window_start: t,
             window_end: t + 3600,
             nu_bytes: 0,
+            cpu_usec: 0,
+            memory_bytes: 0,
         },
     );
     assert_eq!(ev.len(), 1, "175 left still pays an hour: {ev:?}");
@@ -148,6 +212,8 @@ fn suspension_top_up_and_grace() {
             window_start: t + 3600,
             window_end: t + 7200,
             nu_bytes: 0,
+            cpu_usec: 0,
+            memory_bytes: 0,
         },
     );
     assert!(
@@ -168,7 +234,9 @@ fn suspension_top_up_and_grace() {
                 contract: c,
                 window_start: t + 7200,
                 window_end: t + 9000,
-                nu_bytes: 0
+                nu_bytes: 0,
+                cpu_usec: 0,
+                memory_bytes: 0
             }
         ),
         TxError::WrongContractState { .. }
@@ -199,6 +267,8 @@ fn suspension_top_up_and_grace() {
             window_start: t2,
             window_end: t2 + 60,
             nu_bytes: 0,
+            cpu_usec: 0,
+            memory_bytes: 0,
         },
     );
     assert!(ev.contains(&Event::ContractSuspended {

@@ -235,6 +235,8 @@ fn cancel_releases_capacity_and_ips_and_refunds() {
             window_start: t,
             window_end: t + 1800,
             nu_bytes: 0,
+            cpu_usec: 0,
+            memory_bytes: 0,
         },
     );
     let ev = s.w.ok(&mut s.user, TxBody::CancelContract { contract: c });

@@ -158,6 +158,8 @@ fn build(reversed: bool) -> Hash {
             window_start: start,
             window_end: start + 3600,
             nu_bytes: c * GIB,
+            cpu_usec: 0,
+            memory_bytes: 0,
         };
         ok(&mut w, &mut nodes[(node_of(c) - 1) as usize], body);
     }

@@ -62,13 +62,34 @@ pub struct Engine<L: Ledger> {
     notify: Notify,
     /// Ledger time this engine started: time before it (the node was off) is never billed.
     started_at: Option<u64>,
-    /// Per contract, its workloads' traffic counters (summed) at the last usage
-    /// report the ledger took. Kept in memory: a contract this engine did not
-    /// deploy is first measured at its first report, so a restart of cellosd (the
-    /// networks and their counters keep running) never bills traffic twice.
-    traffic_billed: BTreeMap<ContractId, u64>,
+    /// Per contract, its workloads' counters (traffic, CPU time; each summed) at
+    /// the last usage report the ledger took. Kept in memory: a contract this engine
+    /// did not deploy is first measured at its first report, so a restart of
+    /// cellosd (the networks and containers and their counters keep running) never
+    /// reports anything twice.
+    reported: BTreeMap<ContractId, Counters>,
     /// Whether the first pass (which ensures everything again) is done.
     resumed: bool,
+}
+
+/// A contract's workloads' counters, summed: they only grow until a workload starts
+/// again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Counters {
+    traffic: u64,
+    cpu_usec: u64,
+}
+
+impl Counters {
+    /// What each counter grew by since `before`. A counter below its old value was
+    /// started again (a reboot, a restart): all of its count is new.
+    fn since(self, before: Counters) -> Counters {
+        let grown = |now: u64, then: u64| now.checked_sub(then).unwrap_or(now);
+        Counters {
+            traffic: grown(self.traffic, before.traffic),
+            cpu_usec: grown(self.cpu_usec, before.cpu_usec),
+        }
+    }
 }
 
 /// Why a deployment is refused: said to the owner through the ledger.
@@ -99,7 +120,7 @@ impl<L: Ledger> Engine<L> {
             config,
             notify,
             started_at: None,
-            traffic_billed: BTreeMap::new(),
+            reported: BTreeMap::new(),
             resumed: false,
         }
     }
@@ -303,8 +324,8 @@ impl<L: Ledger> Engine<L> {
         let mut rec = match old {
             Some(r) => r,
             None => {
-                // Deployed by this engine: its traffic counters start at zero.
-                self.traffic_billed.insert(c.id, 0);
+                // Deployed by this engine: its counters start at zero.
+                self.reported.insert(c.id, Counters::default());
                 Record {
                     contract: c.id,
                     deployment_hash: d.hash(),
@@ -488,7 +509,7 @@ impl<L: Ledger> Engine<L> {
             }
         }
         self.store.delete(id)?;
-        self.traffic_billed.remove(&id);
+        self.reported.remove(&id);
         if rec.rejected.is_none() {
             self.say(&format!(
                 "cellos: contract {id} closed: removed {} workloads and their data",
@@ -498,24 +519,30 @@ impl<L: Ledger> Engine<L> {
         Ok(())
     }
 
-    /// The traffic counters of a contract's workloads, summed.
-    async fn traffic(&self, rec: &Record) -> u64 {
-        let mut total = 0u64;
+    /// A contract's workloads' counters, summed, and the memory they hold now.
+    async fn measure(&self, rec: &Record) -> (Counters, u64) {
+        let mut total = Counters::default();
+        let mut memory = 0u64;
         for w in &rec.deployment.workloads {
             let id = WorkloadId {
                 contract: rec.contract,
                 name: w.name.clone(),
             };
             if let Some(bytes) = self.provisioners.traffic(&id, &w.spec).await {
-                total = total.saturating_add(bytes);
+                total.traffic = total.traffic.saturating_add(bytes);
+            }
+            if let Some(u) = self.provisioners.usage(&id, &w.spec).await {
+                total.cpu_usec = total.cpu_usec.saturating_add(u.cpu_usec);
+                memory = memory.saturating_add(u.memory_bytes);
             }
         }
-        total
+        (total, memory)
     }
 
     /// Reports usage of every active contract since it was last settled, but never
     /// for time before this engine started (the node was off then), with the
-    /// network traffic of its workloads since the last report as `nu_bytes`.
+    /// network traffic of its workloads since the last report as `nu_bytes`, the
+    /// CPU time they used since then and the memory they hold.
     pub async fn report_usage(&mut self) -> Result<(), EngineError> {
         let now = self.ledger.now().await?;
         let started_at = self.started_at.unwrap_or(now);
@@ -530,24 +557,24 @@ impl<L: Ledger> Engine<L> {
             if now <= start {
                 continue;
             }
-            let traffic = self.traffic(&rec).await;
-            let billed = *self.traffic_billed.entry(c.id).or_insert(traffic);
-            // Counters start again at zero when a network is made again (a reboot):
-            // then all of the new count is new traffic.
-            let nu_bytes = traffic.checked_sub(billed).unwrap_or(traffic);
+            let (counters, memory_bytes) = self.measure(&rec).await;
+            let before = *self.reported.entry(c.id).or_insert(counters);
+            let used = counters.since(before);
             match self
                 .ledger
                 .submit(TxBody::ReportUsage {
                     contract: c.id,
                     window_start: start,
                     window_end: now,
-                    nu_bytes,
+                    nu_bytes: used.traffic,
+                    cpu_usec: used.cpu_usec,
+                    memory_bytes,
                 })
                 .await
             {
                 Ok(()) => {
                     rec.billed_until = now;
-                    self.traffic_billed.insert(c.id, traffic);
+                    self.reported.insert(c.id, counters);
                     self.store.put(&rec)?;
                     self.say(&format!(
                         "cellos: contract {}: usage reported for {} s",

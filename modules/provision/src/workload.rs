@@ -29,6 +29,17 @@ impl WorkloadId {
 #[error("{0}")]
 pub struct WorkloadError(pub String);
 
+/// What a workload measured of its own use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkloadUsage {
+    /// CPU time used since the workload last started, in microseconds: a counter
+    /// that only grows until it starts again (a restart, a reboot).
+    pub cpu_usec: u64,
+    /// Memory in bytes: the peak since it started where the kernel keeps one, else
+    /// what it holds now.
+    pub memory_bytes: u64,
+}
+
 pub trait Provisioner: Send + Sync {
     /// Creates the workload, or changes it to match `spec`; returns what the owner is
     /// told (paths, addresses).
@@ -44,6 +55,12 @@ pub trait Provisioner: Send + Sync {
     /// the workload is made again (after a reboot it starts at zero). `None` for
     /// workloads that carry no traffic of their own, or whose counter cannot be read.
     fn traffic(&self, _id: &WorkloadId, _spec: &WorkloadSpec) -> Option<u64> {
+        None
+    }
+    /// CPU time and memory the workload uses, as measured (a container's cgroup),
+    /// which the usage report carries. `None` for workloads that run nothing of
+    /// their own, or whose use cannot be read.
+    fn usage(&self, _id: &WorkloadId, _spec: &WorkloadSpec) -> Option<WorkloadUsage> {
         None
     }
     /// What the workload is doing now, for its owner's view in the node API (a
@@ -127,6 +144,13 @@ impl Provisioners {
     /// [`Provisioner::traffic`] on a blocking thread, like [`Provisioners::ensure`].
     pub async fn traffic(&self, id: &WorkloadId, spec: &WorkloadSpec) -> Option<u64> {
         self.on_thread(id, spec, |p, i, s| p.traffic(i, s))
+            .await
+            .unwrap_or(None)
+    }
+
+    /// [`Provisioner::usage`] on a blocking thread, like [`Provisioners::ensure`].
+    pub async fn usage(&self, id: &WorkloadId, spec: &WorkloadSpec) -> Option<WorkloadUsage> {
+        self.on_thread(id, spec, |p, i, s| p.usage(i, s))
             .await
             .unwrap_or(None)
     }

@@ -29,6 +29,8 @@ struct FakeVolumes {
     slow: Arc<Mutex<Option<Slow>>>,
     /// What network workloads report as their traffic counter.
     traffic: Arc<Mutex<Option<u64>>>,
+    /// What every workload reports as its CPU time and memory.
+    usage: Arc<Mutex<Option<workload::WorkloadUsage>>>,
 }
 
 /// How long a slow `ensure` blocks, and when each one started and ended.
@@ -44,6 +46,10 @@ impl FakeVolumes {
 }
 
 impl Provisioner for FakeVolumes {
+    fn usage(&self, _: &WorkloadId, _: &WorkloadSpec) -> Option<workload::WorkloadUsage> {
+        *self.usage.lock().expect("lock")
+    }
+
     fn traffic(&self, _: &WorkloadId, spec: &WorkloadSpec) -> Option<u64> {
         match spec {
             WorkloadSpec::Network(_) => *self.traffic.lock().expect("lock"),
@@ -581,6 +587,56 @@ async fn network_traffic_is_billed_as_nu_bytes() {
     w.clock.advance(1);
     e.report_usage().await.expect("usage");
     assert_eq!(paid(&w.contract(c).await) - fourth, 1 + 1);
+}
+
+/// CPU time goes to the ledger as what the counters grew by since the last report
+/// (all of it after a restart of the workload, nothing twice after a restart of
+/// cellosd), summed over the workloads; memory as the workloads' sum at the report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn measured_cpu_time_and_memory_are_reported() {
+    let mut w = world().await;
+    let c = w
+        .deploy(&w.deployment(&[("a", 1 << 30), ("b", 1 << 30)]))
+        .await;
+    let mut e = w.engine();
+    e.reconcile().await.expect("pass");
+    let set = |cpu_usec: u64, memory_bytes: u64| {
+        *w.volumes.usage.lock().expect("lock") = Some(workload::WorkloadUsage {
+            cpu_usec,
+            memory_bytes,
+        });
+    };
+    let seen = |k: &Contract| (k.cpu_usec, k.memory_bytes);
+    set(1_000_000, 10 << 20);
+    w.clock.advance(2);
+    e.report_usage().await.expect("usage");
+    // Two workloads, each 1 s of CPU and 10 MiB.
+    assert_eq!(seen(&w.contract(c).await), (2_000_000, 20 << 20));
+
+    set(1_500_000, 8 << 20);
+    w.clock.advance(1);
+    e.report_usage().await.expect("usage");
+    assert_eq!(seen(&w.contract(c).await), (3_000_000, 16 << 20));
+
+    // The workloads started again: their whole count is new.
+    set(250_000, 4 << 20);
+    w.clock.advance(1);
+    e.report_usage().await.expect("usage");
+    assert_eq!(seen(&w.contract(c).await), (3_500_000, 8 << 20));
+
+    // cellosd restarts, the workloads keep running: the new engine measures them at
+    // its first report and sends only what they use after.
+    drop(e);
+    let mut e = w.engine();
+    e.reconcile().await.expect("pass");
+    set(400_000, 4 << 20);
+    w.clock.advance(1);
+    e.report_usage().await.expect("usage");
+    assert_eq!(seen(&w.contract(c).await), (3_500_000, 8 << 20));
+    set(500_000, 2 << 20);
+    w.clock.advance(1);
+    e.report_usage().await.expect("usage");
+    assert_eq!(seen(&w.contract(c).await), (3_700_000, 4 << 20));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
