@@ -144,7 +144,7 @@ pub fn node_row(n: &Node) -> String {
 
 pub fn contract(c: &Contract) -> String {
     format!(
-        "contract {} on node {} (farm {}): {}\n  owner           {}\n  deployment      {}\n  resources       {}\n  public IPs      {}\n  price           {} per hour\n  escrow          {} (paid {}, billed until {})",
+        "contract {} on node {} (farm {}): {}\n  owner           {}\n  deployment      {}\n  resources       {}\n  public IPs      {}\n  price           {} per hour\n  escrow          {} (paid {}, billed until {})\n  measured use    {:.1} s of CPU in all, {} memory at the last report",
         c.id,
         c.node,
         c.farm,
@@ -156,7 +156,9 @@ pub fn contract(c: &Contract) -> String {
         c.price_per_hour,
         c.escrow,
         c.paid,
-        c.billed_until
+        c.billed_until,
+        c.cpu_usec as f64 / 1e6,
+        Size(c.memory_bytes)
     )
 }
 
@@ -193,6 +195,26 @@ pub fn rows<T>(items: &[T], none: &str, row: impl Fn(&T) -> String) -> String {
 mod tests {
     use super::*;
     use crate::deploy::{NetworkLive, PeerLive};
+
+    #[test]
+    fn a_contract_shows_its_measured_use() {
+        let c: Contract = serde_json::from_value(serde_json::json!({
+            "id": 4, "owner": "00".repeat(32), "node": 1, "farm": 1,
+            "deployment_hash": "11".repeat(32), "accepted_hash": null, "blob": null, "result": null,
+            "resources": {"cru":1,"mru":1,"sru":1,"hru":0}, "public_ips": [],
+            "price_per_hour": 10, "price_per_gib": 1, "escrow": 100, "state": "active",
+            "billed_until": 7, "suspended_at": null, "created_at": 1, "paid": 3,
+            "cpu_usec": 42_500_000, "memory_bytes": 48 << 20
+        }))
+        .expect("a contract record");
+        let text = contract(&c);
+        assert!(
+            text.ends_with(
+                "\n  measured use    42.5 s of CPU in all, 48.0MiB memory at the last report"
+            ),
+            "{text}"
+        );
+    }
 
     #[test]
     fn a_node_shows_its_accelerator_and_gpus() {

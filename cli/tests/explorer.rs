@@ -605,6 +605,8 @@ fn explorer_in_a_browser_with_ten_thousand_nodes() {
         b.click("#search button").await;
         b.drawn(&format!("/contracts/{}", f.contracts[0])).await;
         assert!(b.text("h1").await.contains("active"), "{}", b.text("h1").await);
+        let view = b.text("#view").await;
+        assert!(view.contains("s of CPU in all"), "no measured use: {view}");
         // The first node's contracts, on its page and on their owner's.
         let first = f.nodes[0].0;
         b.goto(&format!("{url}/#/nodes/{first}")).await;

@@ -479,6 +479,7 @@
         ['Escrow', num(c.escrow)],
         ['Paid to the farm', num(c.paid)],
         ['Billed until', when(c.billed_until)],
+        ['Measured use', `${((c.cpu_usec || 0) / 1e6).toFixed(1)} s of CPU in all, ${bytes(c.memory_bytes || 0)} memory at the last report`],
         c.suspended_at ? ['Suspended at', when(c.suspended_at)] : null,
         ['Created', when(c.created_at)],
         ['Deployment hash', h('span', { class: 'mono' }, c.deployment_hash)],
