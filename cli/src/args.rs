@@ -492,6 +492,9 @@ pub enum BenchCmd {
         /// Concurrent HTTP clients.
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
+        /// Transactions per request (POST /v1/txs); 1 sends each alone (POST /v1/tx).
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
         /// Chain lengths whose start-up time is printed (comma-separated).
         #[arg(long, value_delimiter = ',', default_value = "10000,1000000")]
         startup_blocks: Vec<usize>,
@@ -513,7 +516,8 @@ pub enum BenchCmd {
     },
     /// redis-benchmark against shardd and redis-server, side by side.
     Shard {
-        /// SET and GET requests per run at 1 KiB (a quarter of that at 64 KiB).
+        /// SET and GET requests per run at 4 KiB (four times that at 512 B pipelined
+        /// 16 deep, a quarter of it at 64 KiB).
         #[arg(long, default_value_t = 20_000)]
         requests: usize,
         #[arg(long, default_value_t = 50)]

@@ -39,9 +39,10 @@ struct Run {
     node_ids: Vec<Option<NodeId>>,
 }
 
-/// Sends every transaction with `conc` concurrent senders, spread over `clients`;
-/// returns what happened.
-async fn blast(clients: &[Client], txs: Vec<SignedTx>, conc: usize) -> Run {
+/// Sends every transaction with `conc` concurrent senders, spread over `clients`,
+/// `batch` per request (`POST /v1/txs`; one: `POST /v1/tx`); returns what happened.
+async fn blast(clients: &[Client], txs: Vec<SignedTx>, conc: usize, batch: usize) -> Run {
+    let batch = batch.max(1);
     let txs = Arc::new(txs);
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
@@ -53,9 +54,26 @@ async fn blast(clients: &[Client], txs: Vec<SignedTx>, conc: usize) -> Run {
         tasks.push(tokio::spawn(async move {
             let mut out = Vec::new();
             loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(tx) = txs.get(i) else { break };
-                out.push((i, c.submit(tx).await));
+                let i = next.fetch_add(batch, Ordering::Relaxed);
+                let Some(part) = txs.get(i..(i + batch).min(txs.len())) else {
+                    break;
+                };
+                if part.is_empty() {
+                    break;
+                }
+                if let [tx] = part {
+                    out.push((i, c.submit(tx).await.map_err(|e| e.to_string())));
+                    continue;
+                }
+                match c.submit_batch(part).await {
+                    Ok(rs) => {
+                        out.extend((i..).zip(rs.into_iter().map(|r| r.map_err(|e| e.to_string()))))
+                    }
+                    Err(e) => {
+                        let e = e.to_string();
+                        out.extend((i..i + part.len()).map(|k| (k, Err(e.clone()))));
+                    }
+                }
             }
             out
         }));
@@ -153,6 +171,8 @@ pub struct LedgerBench {
     /// Nodes registered in the timed bulk registration (embedded store only).
     pub nodes: usize,
     pub concurrency: usize,
+    /// Transactions per request (`POST /v1/txs`); 1 sends each alone (`POST /v1/tx`).
+    pub batch: usize,
     /// Chain lengths whose start-up is timed.
     pub startup_blocks: Vec<usize>,
     /// Transactions per run in etcd mode (0 skips it).
@@ -161,8 +181,9 @@ pub struct LedgerBench {
 
 pub async fn ledger(b: LedgerBench) -> Result<()> {
     println!(
-        "cellos bench ledger: servers and {} HTTP clients on this machine ({} cores), fsync per block; figures are noisy when other work shares the cores",
+        "cellos bench ledger: servers and {} HTTP clients sending {} transaction(s) per request on this machine ({} cores), fsync per block; figures are noisy when other work shares the cores",
         b.concurrency,
+        b.batch,
         std::thread::available_parallelism().map_or(1, |n| n.get()),
     );
     let dir = tempfile::tempdir().context("cannot make a temporary data directory")?;
@@ -177,7 +198,7 @@ pub async fn ledger(b: LedgerBench) -> Result<()> {
     })
     .await?;
     let servers = Servers::run(vec![srv])?;
-    throughput(&servers.clients, chain, b.txs, Some(b.nodes), b.concurrency).await?;
+    throughput(&servers.clients, chain, b.txs, Some(b.nodes), &b).await?;
     servers.stop().await?;
 
     for &n in &b.startup_blocks {
@@ -185,7 +206,7 @@ pub async fn ledger(b: LedgerBench) -> Result<()> {
     }
 
     if b.etcd_txs > 0 {
-        etcd(b.etcd_txs, b.concurrency).await?;
+        etcd(&b).await?;
     }
     Ok(())
 }
@@ -233,7 +254,7 @@ async fn throughput(
     chain: &str,
     n_txs: usize,
     nodes: Option<usize>,
-    conc: usize,
+    b: &LedgerBench,
 ) -> Result<()> {
     let c = clients.first().context("no ledger server")?;
     let mut farmer = Signer::new(keys::generate(), chain);
@@ -263,7 +284,7 @@ async fn throughput(
         "signed {n_txs} RegisterNode in {:.2} s (not counted)",
         t.elapsed().as_secs_f64()
     );
-    let run = blast(clients, txs, conc).await;
+    let run = blast(clients, txs, b.concurrency, b.batch).await;
     report("RegisterNode", &run);
     if run.ok == 0 {
         bail!("no transaction was accepted");
@@ -284,7 +305,7 @@ async fn throughput(
             })
         })
         .collect();
-    let run = blast(clients, uptimes, conc).await;
+    let run = blast(clients, uptimes, b.concurrency, b.batch).await;
     report("ReportUptime", &run);
 
     // 3. A farm-sized registration: the time to put n_nodes on the ledger.
@@ -295,7 +316,7 @@ async fn throughput(
             "signed {n_nodes} RegisterNode in {:.2} s (not counted)",
             t.elapsed().as_secs_f64()
         );
-        let run = blast(clients, txs, conc).await;
+        let run = blast(clients, txs, b.concurrency, b.batch).await;
         report(&format!("register {n_nodes} nodes"), &run);
         println!(
             "time to register {n_nodes} nodes: {:.2} s",
@@ -309,7 +330,7 @@ async fn throughput(
 
 /// The throughput runs in etcd mode: one and three ledger servers on a
 /// three-member etcd cluster, all in this process, sharing one ledger key.
-async fn etcd(n_txs: usize, conc: usize) -> Result<()> {
+async fn etcd(b: &LedgerBench) -> Result<()> {
     if !LocalEtcd::available() {
         println!("== etcd mode: SKIPPED, {ETCD} is missing (install Debian's etcd-server)");
         return Ok(());
@@ -336,7 +357,7 @@ async fn etcd(n_txs: usize, conc: usize) -> Result<()> {
             bound.push(Server::bind_with_store(cfg, Arc::new(store)).await?);
         }
         let servers = Servers::run(bound)?;
-        throughput(&servers.clients, &chain, n_txs, None, conc).await?;
+        throughput(&servers.clients, &chain, b.etcd_txs, None, b).await?;
         servers.stop().await?;
     }
     Ok(())

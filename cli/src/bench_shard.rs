@@ -6,11 +6,12 @@
 //! pipeline (all cores) against in-memory backends and against six shard servers
 //! on loopback that fsync every write.
 //!
-//! `shard` runs redis-benchmark (SET and GET, 1 KiB and 64 KiB values, 50
-//! clients, random keys) against `shardd` and against redis-server started the
-//! same way on this machine, once with an fsync-always append-only file (the same
+//! `shard` runs redis-benchmark (SET and GET, 4 KiB values, 512 B values pipelined
+//! 16 deep, and 64 KiB values, 50 clients, random keys) against `shardd` and
+//! against redis-server started the same way on this machine, once with an fsync-always append-only file (the same
 //! promise shardd makes: acknowledged means on disk) and once with its default
-//! configuration (no per-write durability), and prints them side by side.
+//! configuration (no per-write durability), and prints them side by side with
+//! shardd's ratio to the fsync-always redis.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -244,6 +245,7 @@ type Figure = (String, f64, f64);
 async fn redis_benchmark(
     port: u16,
     size: usize,
+    pipeline: usize,
     requests: usize,
     clients: usize,
 ) -> Result<Vec<Figure>> {
@@ -266,6 +268,8 @@ async fn redis_benchmark(
             &clients.to_string(),
             "-d",
             &size.to_string(),
+            "-P",
+            &pipeline.to_string(),
         ])
         .output()
         .await
@@ -308,7 +312,13 @@ pub async fn shard(requests: usize, clients: usize, shardd: Option<PathBuf>) -> 
         std::fs::create_dir_all(&d).with_context(|| format!("create {}", d.display()))?;
         Ok(d.display().to_string())
     };
-    let sizes = [(1024usize, requests), (65536, (requests / 4).max(1))];
+    // (label, value size, pipeline depth, requests): the lines of issue 17's table,
+    // and large values.
+    let cases = [
+        ("4 KiB", 4096usize, 1usize, requests),
+        ("512 B -P 16", 512, 16, requests * 4),
+        ("64 KiB", 65536, 1, (requests / 4).max(1)),
+    ];
     let mut columns: Vec<(String, Vec<Figure>)> = Vec::new();
     let servers: [(&str, &str); 3] = [
         ("shardd (fsync, group commit)", "shardd"),
@@ -317,13 +327,13 @@ pub async fn shard(requests: usize, clients: usize, shardd: Option<PathBuf>) -> 
     ];
     for (label, kind) in servers {
         let mut rows = Vec::new();
-        for (size, n) in sizes {
+        for (case, size, depth, n) in cases {
             let port = free_port()?;
             let p = match kind {
                 "shardd" => {
                     let args = vec![
                         "--dir".into(),
-                        dir(&format!("shardd-{size}"))?,
+                        dir(&format!("shardd-{size}-{depth}"))?,
                         "--listen".into(),
                         format!("127.0.0.1:{port}"),
                     ];
@@ -336,7 +346,7 @@ pub async fn shard(requests: usize, clients: usize, shardd: Option<PathBuf>) -> 
                         "--bind".into(),
                         "127.0.0.1".into(),
                         "--dir".into(),
-                        dir(&format!("{kind}-{size}"))?,
+                        dir(&format!("{kind}-{size}-{depth}"))?,
                         "--save".into(),
                         String::new(),
                         "--daemonize".into(),
@@ -352,36 +362,46 @@ pub async fn shard(requests: usize, clients: usize, shardd: Option<PathBuf>) -> 
                         .context("apt-get install redis-server")?
                 }
             };
-            for (test, rps, p50) in redis_benchmark(p.port, size, n, clients).await? {
-                rows.push((format!("{test} {} KiB", size >> 10), rps, p50));
+            for (test, rps, p50) in redis_benchmark(p.port, size, depth, n, clients).await? {
+                rows.push((format!("{test} {case}"), rps, p50));
             }
             drop(p.child);
         }
         columns.push((label.to_string(), rows));
     }
     println!(
-        "cellos bench shard: redis-benchmark, {clients} clients, random keys, {requests} requests at 1 KiB and {} at 64 KiB, one machine ({}), requests/s (p50 ms)",
+        "cellos bench shard: redis-benchmark, {clients} clients, random keys, {requests} requests at 4 KiB, {} at 512 B pipelined 16 deep, {} at 64 KiB, one machine ({}), requests/s (p50 ms); ratio = shardd / redis (AOF, fsync always)",
+        requests * 4,
         (requests / 4).max(1),
         cpu_model()
     );
-    print!("{:<14}", "test");
+    print!("{:<20}", "test");
     for (label, _) in &columns {
         print!(" {label:>30}");
     }
-    println!();
+    println!(" {:>6}", "ratio");
     let tests: Vec<String> = columns
         .first()
         .map(|(_, r)| r.iter().map(|(t, _, _)| t.clone()).collect())
         .unwrap_or_default();
+    let rps = |col: usize, t: &str| {
+        columns
+            .get(col)
+            .and_then(|(_, rows)| rows.iter().find(|(x, _, _)| x == t))
+            .map(|(_, rps, _)| *rps)
+    };
     for t in tests {
-        print!("{t:<14}");
+        print!("{t:<20}");
         for (_, rows) in &columns {
             match rows.iter().find(|(x, _, _)| *x == t) {
                 Some((_, rps, p50)) => print!(" {:>30}", format!("{rps:.0} ({p50:.2})")),
                 None => print!(" {:>30}", "-"),
             }
         }
-        println!();
+        match (rps(0, &t), rps(1, &t)) {
+            (Some(ours), Some(redis)) if redis > 0.0 => println!(" {:>5.2}x", ours / redis),
+            _ => println!(" {:>6}", "-"),
+        }
     }
     Ok(())
 }

@@ -117,6 +117,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             txs,
             nodes,
             concurrency,
+            batch,
             startup_blocks,
             etcd_txs,
         }) => {
@@ -124,6 +125,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 txs,
                 nodes,
                 concurrency,
+                batch,
                 startup_blocks,
                 etcd_txs,
             })

@@ -503,3 +503,79 @@ fn cli_tour() {
     let (ok, _, err) = cellos(&["node", "list"], "http://127.0.0.1:1", &key);
     assert!(!ok && err.contains("unreachable"), "{err}");
 }
+
+/// `POST /v1/txs`: each transaction of a batch answered on its own, in order (a bad
+/// signature or a replay refuses that one, not the others); a batch too long, a
+/// body too large or one that is not a JSON array of transactions is refused whole
+/// with a 4xx that says why.
+#[test]
+fn batch_submission_answers_each_transaction() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = LedgerProc::start(dir.path(), &[]);
+    rt().block_on(async {
+        let c = Client::new(&ledger.url).expect("client");
+        let (mut a, mut b) = (signer(&c).await, signer(&c).await);
+        let fund_a = a.sign(TxBody::Faucet {
+            amount: EXISTENTIAL_DEPOSIT,
+        });
+        let mut forged = b.sign(TxBody::Faucet {
+            amount: EXISTENTIAL_DEPOSIT,
+        });
+        forged.signature.0[0] ^= 1;
+        let fund_b = b.sign(TxBody::Faucet {
+            amount: EXISTENTIAL_DEPOSIT,
+        });
+        let batch = vec![fund_a.clone(), forged, fund_b.clone(), fund_a.clone()];
+        let rs = c.submit_batch(&batch).await.expect("batch answered");
+        assert_eq!(rs.len(), 4);
+        let r0 = rs[0].as_ref().expect("first accepted");
+        assert_eq!(r0.hash, fund_a.hash());
+        assert_eq!(rs[1].as_ref().err().and_then(|e| e.status()), Some(400));
+        assert_eq!(
+            rs[2].as_ref().expect("third accepted").hash,
+            fund_b.hash()
+        );
+        let replay = rs[3].as_ref().expect_err("a replay is refused");
+        assert_eq!(replay.status(), Some(422), "{replay}");
+        assert_eq!(
+            c.account(&a.public_key()).await.expect("a").balance,
+            EXISTENTIAL_DEPOSIT
+        );
+        assert_eq!(
+            c.account(&b.public_key()).await.expect("b").balance,
+            EXISTENTIAL_DEPOSIT
+        );
+
+        let too_many: Vec<SignedTx> = (0..=cellos_ledger::server::MAX_BATCH_TXS)
+            .map(|_| a.sign(TxBody::Faucet { amount: 1 }))
+            .collect();
+        let e = c.submit_batch(&too_many).await.expect_err("too many");
+        assert_eq!(e.status(), Some(413), "{e}");
+        assert!(e.to_string().contains("at most"), "{e}");
+
+        let http = reqwest::Client::new();
+        let post = |body: Vec<u8>| {
+            let (http, u) = (http.clone(), format!("{}/v1/txs", ledger.url));
+            async move {
+                let r = http
+                    .post(u)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .expect("send");
+                (r.status().as_u16(), r.text().await.expect("text"))
+            }
+        };
+        let (st, body) = post(vec![b' '; 5 << 20]).await;
+        assert_eq!(st, 413, "{body}");
+        let (st, body) = post(b"{\"not\": \"a list\"}".to_vec()).await;
+        assert_eq!(st, 400, "{body}");
+        assert!(body.contains("malformed transaction batch"), "{body}");
+        // None of the refused batches moved a balance.
+        assert_eq!(
+            c.account(&a.public_key()).await.expect("a").balance,
+            EXISTENTIAL_DEPOSIT
+        );
+    });
+}

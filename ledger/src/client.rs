@@ -21,7 +21,7 @@ use crate::keys::Signer;
 use crate::tx::SignedTx;
 use crate::types::*;
 
-pub use crate::wire::{Digest, EventPage, EventRecord, Status};
+pub use crate::wire::{Digest, EventPage, EventRecord, Status, TxOutcome};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -239,6 +239,34 @@ impl Client {
         let url = format!("{}/v1/tx", self.base);
         let r = self.http.post(&url).json(tx).send().await;
         self.finish(&url, r).await
+    }
+
+    /// Submits transactions in one request (`POST /v1/txs`, at most the server's
+    /// limit, 1024); returns once they are in durable blocks, with each one's
+    /// receipt or refusal, in order.
+    pub async fn submit_batch(
+        &self,
+        txs: &[SignedTx],
+    ) -> Result<Vec<Result<Receipt, ClientError>>, ClientError> {
+        let url = format!("{}/v1/txs", self.base);
+        let r = self.http.post(&url).json(txs).send().await;
+        let outcomes: Vec<TxOutcome> = self.finish(&url, r).await?;
+        if outcomes.len() != txs.len() {
+            return Err(ClientError::Decode {
+                url,
+                reason: format!("{} answers to {} transactions", outcomes.len(), txs.len()),
+            });
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|o| match o {
+                TxOutcome::Accepted(r) => Ok(r),
+                TxOutcome::Refused { status, error } => Err(ClientError::Api {
+                    status,
+                    message: error,
+                }),
+            })
+            .collect())
     }
 
     pub async fn status(&self) -> Result<Status, ClientError> {

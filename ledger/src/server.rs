@@ -1,7 +1,8 @@
 //! The ledger's HTTP server (`cellos ledger serve`).
 //!
 //! Handlers parse and signature-check transactions on the tokio workers (in
-//! parallel), then hand them to one committer thread that owns the write side of the
+//! parallel; a batch from `POST /v1/txs` on a blocking thread, so a thousand
+//! signature checks never stall the workers), then hand them to one committer thread that owns the write side of the
 //! chain. The committer takes everything queued, applies it and writes one block with
 //! one fsync (group commit), and only then answers each sender. Queries read the
 //! last published snapshot ([`crate::chain::View`]), which a commit and its fsync
@@ -46,7 +47,7 @@ use crate::request::RequestAuth;
 use crate::store::{RedbStore, Store};
 use crate::tx::{SignedTx, TxBody, VerifiedTx};
 use crate::types::*;
-use crate::wire::{Digest, EventPage, EventRecord, Status};
+use crate::wire::{Digest, EventPage, EventRecord, Status, TxOutcome};
 
 pub use clock::{Clock, ManualClock, SystemClock};
 
@@ -55,6 +56,11 @@ const MAX_BATCH: usize = 8192;
 /// Transactions waiting for the committer before senders get 503.
 const QUEUE: usize = 65536;
 const MAX_TX_BYTES: usize = 64 * 1024;
+/// Most transactions one `POST /v1/txs` carries.
+pub const MAX_BATCH_TXS: usize = 1024;
+/// Largest `POST /v1/txs` body: room for [`MAX_BATCH_TXS`] ordinary transactions,
+/// far less than that many of the largest.
+const MAX_BATCH_BYTES: usize = 4 << 20;
 const MAX_PAGE: usize = 1000;
 const MAX_WAIT_SECS: u64 = 60;
 
@@ -600,6 +606,10 @@ fn router(shared: Arc<Shared>) -> Router {
             "/v1/tx",
             post(submit).layer(DefaultBodyLimit::max(MAX_TX_BYTES)),
         )
+        .route(
+            "/v1/txs",
+            post(submit_batch).layer(DefaultBodyLimit::max(MAX_BATCH_BYTES)),
+        )
         .route("/v1/status", get(status))
         .route("/v1/genesis", get(genesis))
         .route("/v1/state/digest", get(digest))
@@ -669,14 +679,19 @@ async fn submit(
     let vtx = stx
         .into_verified()
         .map_err(|e| ApiError::bad(e.to_string()))?;
+    let rx = enqueue(&s, vtx, body.len())?;
+    Ok(Json(answer(rx).await?))
+}
+
+/// Hands a checked transaction to the committer; the receiver gets its answer.
+fn enqueue(
+    s: &Shared,
+    tx: VerifiedTx,
+    size: usize,
+) -> Result<oneshot::Receiver<Result<Receipt, ApiError>>, ApiError> {
     let (reply, rx) = oneshot::channel();
-    let size = body.len();
     s.queue
-        .try_send(Work::Tx(Pending {
-            tx: vtx,
-            size,
-            reply,
-        }))
+        .try_send(Work::Tx(Pending { tx, size, reply }))
         .map_err(|e| match e {
             std_mpsc::TrySendError::Full(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the ledger is busy; retry")
@@ -686,13 +701,100 @@ async fn submit(
                 "the ledger is shutting down",
             ),
         })?;
-    let receipt = rx.await.map_err(|_| {
+    Ok(rx)
+}
+
+/// The committer's answer to one transaction.
+async fn answer(rx: oneshot::Receiver<Result<Receipt, ApiError>>) -> Result<Receipt, ApiError> {
+    rx.await.map_err(|_| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "the ledger is shutting down",
         )
-    })??;
-    Ok(Json(receipt))
+    })?
+}
+
+/// Counts the bytes of a transaction's JSON without keeping them.
+#[derive(Default)]
+struct Counter(usize);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0 += b.len();
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A transaction of a batch with its signature checked, and its JSON size; or why not.
+type Checked = Result<(VerifiedTx, usize), ApiError>;
+
+/// A batch's transactions, each checked (its JSON size and signature) or why not.
+fn check_batch(body: &[u8]) -> Result<Vec<Checked>, ApiError> {
+    let txs: Vec<SignedTx> = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad(format!("malformed transaction batch: {e}")))?;
+    if txs.len() > MAX_BATCH_TXS {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{} transactions in one batch; at most {MAX_BATCH_TXS}",
+                txs.len()
+            ),
+        ));
+    }
+    Ok(txs
+        .into_iter()
+        .map(|stx| {
+            let mut size = Counter::default();
+            serde_json::to_writer(&mut size, &stx).map_err(ApiError::internal)?;
+            if size.0 > MAX_TX_BYTES {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("transaction is larger than the limit of {MAX_TX_BYTES} bytes"),
+                ));
+            }
+            let vtx = stx
+                .into_verified()
+                .map_err(|e| ApiError::bad(e.to_string()))?;
+            Ok((vtx, size.0))
+        })
+        .collect())
+}
+
+/// `POST /v1/txs`: up to [`MAX_BATCH_TXS`] transactions (a JSON array) in one
+/// request, answered with one [`TxOutcome`] each, in order, once the blocks that
+/// hold them are durable. Each is checked as `POST /v1/tx` checks one (its JSON
+/// size, its signature, then the state machine); one refused does not refuse the
+/// others. Signatures are checked off the async workers, the batch in one go.
+async fn submit_batch(
+    AxState(s): AxState<Arc<Shared>>,
+    body_bytes: Result<Bytes, BytesRejection>,
+) -> ApiResult<Vec<TxOutcome>> {
+    let body = body(body_bytes, MAX_BATCH_BYTES)?;
+    let checked = tokio::task::spawn_blocking(move || check_batch(&body))
+        .await
+        .map_err(ApiError::internal)??;
+    let waiting: Vec<_> = checked
+        .into_iter()
+        .map(|c| c.and_then(|(vtx, size)| enqueue(&s, vtx, size)))
+        .collect();
+    let mut out = Vec::with_capacity(waiting.len());
+    for w in waiting {
+        let r = match w {
+            Ok(rx) => answer(rx).await,
+            Err(e) => Err(e),
+        };
+        out.push(match r {
+            Ok(receipt) => TxOutcome::Accepted(receipt),
+            Err(e) => TxOutcome::Refused {
+                status: e.status.as_u16(),
+                error: e.message,
+            },
+        });
+    }
+    Ok(Json(out))
 }
 
 async fn status(AxState(s): AxState<Arc<Shared>>) -> ApiResult<Status> {

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::chain::Receipt;
 use crate::state::Event;
 use crate::types::{Hash, PublicKey};
 
@@ -37,4 +38,14 @@ pub struct EventPage {
     pub events: Vec<EventRecord>,
     /// The height to ask from next time.
     pub next: u64,
+}
+
+/// One transaction's answer in `POST /v1/txs`, in the order they were sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TxOutcome {
+    /// In a durable block.
+    Accepted(Receipt),
+    /// Not taken: the status `POST /v1/tx` would have answered it with, and why.
+    Refused { status: u16, error: String },
 }
