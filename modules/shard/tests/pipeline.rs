@@ -11,17 +11,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use cellos_shard::resp::{parse_reply, Limits, Reply};
-use common::Shardd;
-
-fn wire(args: &[&[u8]]) -> Vec<u8> {
-    let mut v = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        v.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        v.extend_from_slice(a);
-        v.extend_from_slice(b"\r\n");
-    }
-    v
-}
+use common::{wire, Shardd};
 
 /// Sends `cmds` in one write and reads one reply per command.
 fn pipeline(addr: SocketAddr, cmds: &[Vec<&[u8]>]) -> Vec<Reply> {

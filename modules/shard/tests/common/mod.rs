@@ -119,3 +119,14 @@ pub async fn wait_for_acks(acks: &AtomicUsize, n: usize) {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
+
+/// A command as a RESP array of bulk strings.
+pub fn wire(args: &[&[u8]]) -> Vec<u8> {
+    let mut v = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        v.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        v.extend_from_slice(a);
+        v.extend_from_slice(b"\r\n");
+    }
+    v
+}
