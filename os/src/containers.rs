@@ -11,7 +11,7 @@
 //! again.
 //!
 //! Its stdout and stderr are appended to a log file on the pool, kept to
-//! [`LOG_KEEP`] bytes ([`cellos_container::logs`]), which only the owner's signed
+//! [`LOG_KEEP`] bytes ([`cellos_provision::logfile`]), which only the owner's signed
 //! request through the node API reads.
 //!
 //! A watcher thread applies the restart policy: when crun reports a container
@@ -58,7 +58,7 @@ impl NetworkBook {
         self.lock().remove(key);
     }
 
-    fn get(&self, key: &str) -> Option<NetworkSpec> {
+    pub fn get(&self, key: &str) -> Option<NetworkSpec> {
         self.lock().get(key).cloned()
     }
 
@@ -218,7 +218,7 @@ impl ContainerProvisioner {
     /// start it again when the policy and the backoff say so.
     fn tend(&self, name: &str) {
         let log = self.log_path(name);
-        if let Err(e) = cellos_container::logs::cap(&log, LOG_KEEP) {
+        if let Err(e) = cellos_provision::logfile::cap(&log, LOG_KEEP) {
             println!("cellos: container {name}: {e}");
         }
         let _op = self.op();
@@ -478,14 +478,10 @@ impl Provisioner for ContainerProvisioner {
         from: u64,
         max: u64,
     ) -> Option<Result<LogChunk, WorkloadError>> {
-        let chunk =
-            cellos_container::logs::read(&self.log_path(&id.node_name()), from, max, LOG_KEEP);
-        Some(chunk.map_err(err).map(|c| LogChunk {
-            start: c.start,
-            from: c.from,
-            next: c.next,
-            text: String::from_utf8_lossy(&c.bytes).into_owned(),
-        }))
+        Some(
+            cellos_provision::logfile::read(&self.log_path(&id.node_name()), from, max, LOG_KEEP)
+                .map_err(err),
+        )
     }
 }
 

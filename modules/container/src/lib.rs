@@ -17,16 +17,19 @@
 //! [`pull`] fetches images with `oci-client`, [`unpack`] applies one layer,
 //! [`layers`] composes layers into snapshots through the [`sys::Snapshots`] trait
 //! (btrfs subvolumes on a node, directory copies in host tests), and [`spec`]
-//! builds the OCI runtime spec a container runs under, which [`crun`] runs.
+//! builds the OCI runtime spec a container runs under, which [`crun`] runs. With the
+//! `testing` feature, `testing` starts a registry on the host and pushes images
+//! built from bytes (the tests' and `cellos bench container`'s).
 
 pub mod cache;
 pub mod crun;
 pub mod layers;
-pub mod logs;
 pub mod pull;
 pub mod reference;
 pub mod spec;
 pub mod sys;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod unpack;
 
 use std::path::PathBuf;

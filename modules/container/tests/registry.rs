@@ -66,26 +66,31 @@ async fn push_app(reg: &Registry) -> TestImage {
         Compression::Zstd,
     );
     let amd64 = TestImage::new(vec![l1, l2, l3]);
-    let (amd, amd_size) = push_image(reg, "team/app", None, &amd64).await;
+    let (amd, amd_size) = push_image(reg, "team/app", None, &amd64)
+        .await
+        .expect("push");
     let mut arm64 = TestImage::new(vec![layer(
         &tar(&[Entry::File("arch", b"arm64", 0o644)]),
         Compression::Gzip,
     )]);
     arm64.arch = "arm64";
-    let (arm, arm_size) = push_image(reg, "team/app", None, &arm64).await;
+    let (arm, arm_size) = push_image(reg, "team/app", None, &arm64)
+        .await
+        .expect("push");
     push_index(
         reg,
         "team/app",
         "v1",
         &[(arm, arm_size, "arm64"), (amd, amd_size, "amd64")],
     )
-    .await;
+    .await
+    .expect("push");
     amd64
 }
 
 #[tokio::test]
 async fn pulls_an_index_and_unpacks_the_amd64_image() {
-    let reg = Registry::start();
+    let reg = Registry::start().expect("registry");
     let pushed = push_app(&reg).await;
     let work = tempfile::tempdir().expect("tempdir");
     let cache = open_cache(&work);
@@ -139,7 +144,7 @@ async fn pulls_an_index_and_unpacks_the_amd64_image() {
 
 #[tokio::test]
 async fn a_cached_image_is_pulled_without_the_registry() {
-    let mut reg = Registry::start();
+    let mut reg = Registry::start().expect("registry");
     push_app(&reg).await;
     let work = tempfile::tempdir().expect("tempdir");
     let cache = open_cache(&work);
@@ -182,7 +187,7 @@ async fn a_cached_image_is_pulled_without_the_registry() {
 
 #[tokio::test]
 async fn a_corrupt_blob_is_refused_and_not_cached() {
-    let reg = Registry::start();
+    let reg = Registry::start().expect("registry");
     let pushed = push_app(&reg).await;
     let (_, gz) = &pushed.layers[1];
     let data = reg.blob_data(&gz.digest);
@@ -222,7 +227,7 @@ async fn a_corrupt_blob_is_refused_and_not_cached() {
 
 #[tokio::test]
 async fn a_config_that_lies_about_its_layers_is_refused_at_unpack() {
-    let reg = Registry::start();
+    let reg = Registry::start().expect("registry");
     let mut image = TestImage::new(vec![layer(
         &tar(&[Entry::File("f", b"x", 0o644)]),
         Compression::Gzip,
@@ -230,7 +235,9 @@ async fn a_config_that_lies_about_its_layers_is_refused_at_unpack() {
     image.diff_ids = Some(vec![
         cellos_container::Digest::of(b"not this layer").to_string()
     ]);
-    push_image(&reg, "liar", Some("v1"), &image).await;
+    push_image(&reg, "liar", Some("v1"), &image)
+        .await
+        .expect("push");
     let work = tempfile::tempdir().expect("tempdir");
     let cache = open_cache(&work);
     let r = ImageRef::parse(&reg.reference("liar:v1")).expect("ref");
@@ -258,7 +265,7 @@ async fn a_config_that_lies_about_its_layers_is_refused_at_unpack() {
 
 #[tokio::test]
 async fn size_limits_stop_a_pull() {
-    let reg = Registry::start();
+    let reg = Registry::start().expect("registry");
     push_app(&reg).await;
     let work = tempfile::tempdir().expect("tempdir");
     let cache = open_cache(&work);
@@ -305,7 +312,7 @@ async fn size_limits_stop_a_pull() {
 
 #[tokio::test]
 async fn eviction_keeps_the_cache_within_its_limit() {
-    let reg = Registry::start();
+    let reg = Registry::start().expect("registry");
     let one = TestImage::new(vec![layer(
         &tar(&[Entry::File("a", &[1u8; 50_000], 0o644)]),
         Compression::None,
@@ -314,8 +321,12 @@ async fn eviction_keeps_the_cache_within_its_limit() {
         &tar(&[Entry::File("b", &[2u8; 50_000], 0o644)]),
         Compression::None,
     )]);
-    push_image(&reg, "one", Some("v1"), &one).await;
-    push_image(&reg, "two", Some("v1"), &two).await;
+    push_image(&reg, "one", Some("v1"), &one)
+        .await
+        .expect("push");
+    push_image(&reg, "two", Some("v1"), &two)
+        .await
+        .expect("push");
     let work = tempfile::tempdir().expect("tempdir");
     // Room for one image, not two.
     let cache = Arc::new(BlobCache::open(work.path().join("cache"), 80_000).expect("cache"));

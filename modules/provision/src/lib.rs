@@ -13,6 +13,7 @@
 pub mod api;
 pub mod engine;
 pub mod ledger;
+pub mod logfile;
 pub mod store;
 pub mod workload;
 

@@ -1,8 +1,8 @@
-//! Container logs: one file per container, appended to by the container itself (its
-//! stdout and stderr are the file, opened `O_APPEND`), kept to a size by punching a
-//! hole in its head.
+//! Workload logs: one file per workload, appended to by the workload itself (a
+//! container's stdout and stderr are the file, opened `O_APPEND`; a VM's serial
+//! console is a file QEMU appends to), kept to a size by punching a hole in its head.
 //!
-//! Why a hole and not rotation: the container holds the file open and keeps
+//! Why a hole and not rotation: the writer holds the file open and keeps
 //! appending, so the file cannot be renamed or replaced under it, and copying the
 //! tail then truncating loses what is written in between. A punched hole frees the
 //! disk blocks of old output while every later byte keeps its offset, so readers
@@ -12,18 +12,25 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::AsRawFd as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use crate::{io_err, ContainerError};
+use crate::LogChunk;
 
-/// A piece of a log: `text` starts at offset `from`; `next` is where to go on;
-/// `start` is the oldest offset still kept.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Chunk {
-    pub start: u64,
-    pub from: u64,
-    pub next: u64,
-    pub bytes: Vec<u8>,
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {}", path.display())]
+pub struct LogError {
+    what: &'static str,
+    path: PathBuf,
+    #[source]
+    source: std::io::Error,
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl Fn(std::io::Error) -> LogError + 'a {
+    move |source| LogError {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Punching works in whole blocks.
@@ -36,15 +43,15 @@ fn first_kept(len: u64, keep: u64) -> u64 {
 
 /// Up to `max` bytes of the log at `path` from offset `from` (or from the oldest
 /// byte kept, if `from` is older); a missing log is an empty one.
-pub fn read(path: &Path, from: u64, max: u64, keep: u64) -> Result<Chunk, ContainerError> {
+pub fn read(path: &Path, from: u64, max: u64, keep: u64) -> Result<LogChunk, LogError> {
     let mut f = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(Chunk {
+            return Ok(LogChunk {
                 start: 0,
                 from: 0,
                 next: 0,
-                bytes: Vec::new(),
+                text: String::new(),
             })
         }
         Err(e) => return Err(io_err("opening the log", path)(e)),
@@ -58,17 +65,17 @@ pub fn read(path: &Path, from: u64, max: u64, keep: u64) -> Result<Chunk, Contai
     f.take(max)
         .read_to_end(&mut bytes)
         .map_err(io_err("reading the log", path))?;
-    Ok(Chunk {
+    Ok(LogChunk {
         start,
         from,
         next: from + bytes.len() as u64,
-        bytes,
+        text: String::from_utf8_lossy(&bytes).into_owned(),
     })
 }
 
 /// Frees all but the last `keep` bytes (about) of the log at `path`; offsets do not
 /// change. A missing log is fine.
-pub fn cap(path: &Path, keep: u64) -> Result<(), ContainerError> {
+pub fn cap(path: &Path, keep: u64) -> Result<(), LogError> {
     let f = match File::options().write(true).open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -123,17 +130,17 @@ mod tests {
         assert_eq!(c.from, c.start);
         let at = c.from as usize;
         let all: String = (0..20_000).map(line).collect();
-        assert_eq!(c.bytes, all.as_bytes()[at..at + 100]);
+        assert_eq!(c.text, all[at..at + 100]);
         // The container keeps appending; a follower goes on from `next`.
         w.write_all(b"after the cap\n").expect("write");
         let tail = read(&path, len, 1 << 20, keep).expect("tail");
-        assert_eq!(tail.bytes, b"after the cap\n");
+        assert_eq!(tail.text, "after the cap\n");
         assert_eq!(tail.next, len + 14);
         let none = read(&path, tail.next + 100, 10, keep).expect("past the end");
-        assert!(none.bytes.is_empty() && none.next == tail.next);
+        assert!(none.text.is_empty() && none.next == tail.next);
         assert!(read(&dir.path().join("missing.log"), 0, 10, keep)
             .expect("missing")
-            .bytes
+            .text
             .is_empty());
     }
 }
