@@ -546,4 +546,23 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 120)]
         boot_timeout: u64,
     },
+    /// One QEMU node and a registry on this machine: contract to a running container
+    /// with the image cold and cached, crun's start alone, and the image size crun
+    /// adds. Builds its own images (the node image with and without crun).
+    Container {
+        /// auto (KVM, falling back to TCG when the guest hangs), kvm or tcg.
+        #[arg(long, default_value = "auto", value_parser = crate::qemu::parse_accel)]
+        accel: cellos_qemu::Accel,
+        /// vCPUs of the node (each deployment reserves one).
+        #[arg(long, default_value_t = 2)]
+        cpus: u32,
+        #[arg(long, default_value = "2G")]
+        memory: String,
+        /// Seconds the node may take to reach init.
+        #[arg(long, default_value_t = 120)]
+        boot_timeout: u64,
+        /// Container starts timed back to back on the node.
+        #[arg(long, default_value_t = 10)]
+        starts: u32,
+    },
 }

@@ -79,7 +79,7 @@ fn received_bps(out: &str) -> Result<f64> {
 }
 
 /// Runs a command in a node's debug shell; its output, or an error with it.
-fn sh(vm: &mut Vm, node: usize, cmd: &str, timeout: Duration) -> Result<String> {
+pub(crate) fn sh(vm: &mut Vm, node: usize, cmd: &str, timeout: Duration) -> Result<String> {
     let (status, out) = tokio::task::block_in_place(|| vm.shell(cmd, timeout))
         .with_context(|| format!("node {node}: {cmd}"))?;
     if status != 0 {
@@ -105,9 +105,46 @@ fn iperf(vm: &mut Vm, prefix: &str, target: &str, port: u16, seconds: u32) -> Re
 }
 
 /// One node of the bench: its VM and ledger id.
-struct BenchNode {
-    vm: Vm,
-    id: NodeId,
+pub(crate) struct BenchNode {
+    pub vm: Vm,
+    pub id: NodeId,
+}
+
+/// How a bench's nodes run.
+pub(crate) struct BenchVm<'a> {
+    pub accel: Accel,
+    pub cpus: u32,
+    pub memory: &'a str,
+    pub boot_timeout: u64,
+}
+
+/// Boots node `i` of a bench from `image` with one 20 GiB SSD, `cmdline_extra` and,
+/// when given, a second NIC on `segment`, and waits until it registers.
+pub(crate) fn boot_node(
+    image: &Path,
+    work: &Path,
+    i: usize,
+    vm: &BenchVm,
+    cmdline_extra: String,
+    segment: Option<&Segment>,
+) -> Result<BenchNode> {
+    let req = qemu::RunRequest {
+        image: image.to_path_buf(),
+        vm: qemu::VmArgs {
+            disks: qemu::parse_disks("1x20G").map_err(anyhow::Error::msg)?,
+            memory: vm.memory.to_string(),
+            cpus: vm.cpus,
+            accel: vm.accel,
+            pxe: false,
+            boot_timeout: vm.boot_timeout,
+        },
+        work_dir: Some(work.join(format!("node{i}"))),
+        cmdline_extra,
+        segment: segment.map(Segment::port).transpose()?,
+    };
+    let mut vm = qemu::boot(&req)?;
+    let id = registered(&mut vm, i)?;
+    Ok(BenchNode { vm, id })
 }
 
 fn boot(
@@ -117,30 +154,94 @@ fn boot(
     segment: &Segment,
     o: &NetworkBenchOptions,
 ) -> Result<BenchNode> {
-    let req = qemu::RunRequest {
-        image: image.to_path_buf(),
-        vm: qemu::VmArgs {
-            disks: qemu::parse_disks("1x20G").map_err(anyhow::Error::msg)?,
-            memory: o.memory.clone(),
-            cpus: o.cpus,
-            accel: o.accel,
-            pxe: false,
-            boot_timeout: o.boot_timeout,
-        },
-        work_dir: Some(work.join(format!("node{i}"))),
-        cmdline_extra: format!("cellos.net.peer=eth1:{}/24", SEGMENT_IPS[i]),
-        segment: Some(segment.port()?),
+    let vm = BenchVm {
+        accel: o.accel,
+        cpus: o.cpus,
+        memory: &o.memory,
+        boot_timeout: o.boot_timeout,
     };
-    let mut vm = qemu::boot(&req)?;
+    let peer = format!("cellos.net.peer=eth1:{}/24", SEGMENT_IPS[i]);
+    boot_node(image, work, i, &vm, peer, Some(segment))
+}
+
+/// Waits until node `i` of a bench says it registered; its id.
+fn registered(vm: &mut Vm, i: usize) -> Result<NodeId> {
     let registered = Regex::new(r"cellos: node (\d+) registered on farm \d+")?;
     let line = vm
         .wait_for(&registered, Duration::from_secs(300))
         .with_context(|| format!("node {i} did not register"))?;
-    let id = registered
+    registered
         .captures(&line)
         .and_then(|c| c[1].parse::<NodeId>().ok())
-        .with_context(|| format!("no node id in {line:?}"))?;
-    Ok(BenchNode { vm, id })
+        .with_context(|| format!("no node id in {line:?}"))
+}
+
+/// A new user with an account and funds from the faucet.
+pub(crate) async fn funded_user(c: &Client) -> Result<Signer> {
+    let mut user = Signer::new(keys::generate(), c.status().await?.chain_id);
+    c.submit(&user.sign(TxBody::Faucet { amount: 1_000_000 }))
+        .await?;
+    c.submit(&user.sign(TxBody::CreateAccount {
+        encryption_key: Some(keys::encryption_key(user.key())),
+    }))
+    .await?;
+    Ok(user)
+}
+
+/// A ledger embedded in the bench's process, with a farm whose nodes are approved
+/// at once; stopped by [`BenchLedger::stop`].
+pub(crate) struct BenchLedger {
+    pub client: Client,
+    pub port: u16,
+    pub farm: crate::demo::DemoFarm,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<Result<(), cellos_ledger::server::ServerError>>,
+}
+
+impl BenchLedger {
+    /// Serves a fresh ledger with its data under `data` on a loopback port.
+    pub async fn start(data: &Path) -> Result<BenchLedger> {
+        let srv = Server::bind(Config {
+            data: data.join("ledger"),
+            listen: "127.0.0.1:0".parse()?,
+            params: ChainParams::new("cellos-bench", true),
+            blob_limit: 4 << 20,
+            ..Default::default()
+        })
+        .await
+        .context("cannot start the ledger")?;
+        let port = srv.local_addr()?.port();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(srv.run(async {
+            let _ = stopped.await;
+        }));
+        let client = Client::new(&format!("http://127.0.0.1:{port}"))?;
+        let farm = crate::demo::setup_farm(&client).await?;
+        Ok(BenchLedger {
+            client,
+            port,
+            farm,
+            stop,
+            server,
+        })
+    }
+
+    /// The boot parameters of the bench's nodes (reaching the ledger through QEMU's
+    /// host address), with `extra` on the kernel command line.
+    pub fn boot_params(&self, extra: &str) -> cellos_image::BootParams {
+        cellos_image::BootParams {
+            farm: self.farm.farm,
+            ledger: format!("http://10.0.2.2:{}", self.port),
+            enroll: Some(self.farm.token.to_text()),
+            extra: extra.into(),
+        }
+    }
+
+    pub async fn stop(self) -> Result<()> {
+        let _ = self.stop.send(());
+        self.server.await??;
+        Ok(())
+    }
 }
 
 /// What the node reported for the network workload of a deployment.
@@ -172,33 +273,14 @@ fn tenant(o: &deploy::Outcome) -> Result<Tenant> {
 pub async fn network(o: NetworkBenchOptions) -> Result<()> {
     let data = tempfile::tempdir().context("cannot make a temporary directory")?;
     let data = data.path();
-    let srv = Server::bind(Config {
-        data: data.join("ledger"),
-        listen: "127.0.0.1:0".parse()?,
-        params: ChainParams::new("cellos-bench", true),
-        blob_limit: 4 << 20,
-        ..Default::default()
-    })
-    .await
-    .context("cannot start the ledger")?;
-    let port = srv.local_addr()?.port();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(srv.run(async {
-        let _ = stopped.await;
-    }));
-    let c = Client::new(&format!("http://127.0.0.1:{port}"))?;
-    let farm = crate::demo::setup_farm(&c).await?;
+    let ledger = BenchLedger::start(data).await?;
+    let c = &ledger.client;
 
     let manifest = data.join("manifest.toml");
     std::fs::write(&manifest, with_iperf3(qemu::MANIFEST)?)?;
     let image = data.join("image");
     let req = qemu::ImageRequest {
-        boot: cellos_image::BootParams {
-            farm: farm.farm,
-            ledger: format!("http://10.0.2.2:{port}"),
-            enroll: Some(farm.token.to_text()),
-            extra: "cellos.debug".into(),
-        },
+        boot: ledger.boot_params("cellos.debug"),
         out: image.clone(),
         manifest: Some(manifest),
         cache: None,
@@ -227,12 +309,11 @@ pub async fn network(o: NetworkBenchOptions) -> Result<()> {
                 .collect::<Result<Vec<_>>>()
         })
     })?;
-    let result = measure(&c, &mut nodes, data, &o).await;
+    let result = measure(c, &mut nodes, data, &o).await;
     for n in &mut nodes {
         let _ = n.vm.kill();
     }
-    let _ = stop.send(());
-    server.await??;
+    ledger.stop().await?;
     result
 }
 
@@ -242,13 +323,7 @@ async fn measure(
     data: &Path,
     o: &NetworkBenchOptions,
 ) -> Result<()> {
-    let mut user = Signer::new(keys::generate(), c.status().await?.chain_id);
-    c.submit(&user.sign(TxBody::Faucet { amount: 1_000_000 }))
-        .await?;
-    c.submit(&user.sign(TxBody::CreateAccount {
-        encryption_key: Some(keys::encryption_key(user.key())),
-    }))
-    .await?;
+    let mut user = funded_user(c).await?;
     let mut members = Vec::new();
     for n in nodes.iter() {
         let node = c.node(n.id).await?;

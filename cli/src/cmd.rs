@@ -152,6 +152,22 @@ pub async fn run(cli: Cli) -> Result<()> {
             })
             .await
         }
+        Cmd::Bench(BenchCmd::Container {
+            accel,
+            cpus,
+            memory,
+            boot_timeout,
+            starts,
+        }) => {
+            crate::bench_container::container(crate::bench_container::ContainerBenchOptions {
+                accel,
+                cpus,
+                memory,
+                boot_timeout,
+                starts,
+            })
+            .await
+        }
         Cmd::Bench(BenchCmd::Shard {
             requests,
             clients,

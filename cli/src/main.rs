@@ -7,6 +7,7 @@
 
 mod args;
 mod bench;
+mod bench_container;
 mod bench_network;
 mod bench_shard;
 mod cmd;

@@ -531,10 +531,7 @@ fn batch_submission_answers_each_transaction() {
         let r0 = rs[0].as_ref().expect("first accepted");
         assert_eq!(r0.hash, fund_a.hash());
         assert_eq!(rs[1].as_ref().err().and_then(|e| e.status()), Some(400));
-        assert_eq!(
-            rs[2].as_ref().expect("third accepted").hash,
-            fund_b.hash()
-        );
+        assert_eq!(rs[2].as_ref().expect("third accepted").hash, fund_b.hash());
         let replay = rs[3].as_ref().expect_err("a replay is refused");
         assert_eq!(replay.status(), Some(422), "{replay}");
         assert_eq!(

@@ -88,7 +88,7 @@ fn check_deployment(d: &Deployment) {
         for w in &d.workloads {
             let size = match &w.spec {
                 WorkloadSpec::Volume { size } | WorkloadSpec::Shard { size, .. } => size.0,
-                WorkloadSpec::Network(_) | WorkloadSpec::Container(_) => 0,
+                WorkloadSpec::Network(_) | WorkloadSpec::Container(_) | WorkloadSpec::Vm(_) => 0,
             };
             sum = sum
                 .checked_add(size)

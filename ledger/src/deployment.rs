@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::Ipv4Addr;
 
 use ed25519_dalek::{Signer as _, SigningKey};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -18,6 +19,7 @@ use crate::container::ContainerSpec;
 use crate::network::NetworkSpec;
 use crate::tx::{encode, verify_sig};
 use crate::types::*;
+use crate::vm::VmSpec;
 
 const DEPLOYMENT_DOMAIN: &[u8] = b"cellos-deployment-v1\0";
 const MAX_WORKLOADS: usize = 64;
@@ -118,6 +120,9 @@ pub enum WorkloadSpec {
     /// An OCI image run under the node's container runtime, on a network workload
     /// of the same deployment ([`crate::container`]).
     Container(ContainerSpec),
+    /// A virtual machine under the node's QEMU, on a network workload of the same
+    /// deployment ([`crate::vm`]).
+    Vm(VmSpec),
 }
 
 /// How a shard namespace names its values.
@@ -138,6 +143,16 @@ impl WorkloadSpec {
             WorkloadSpec::Shard { .. } => "shard",
             WorkloadSpec::Network(_) => "network",
             WorkloadSpec::Container(_) => "container",
+            WorkloadSpec::Vm(_) => "vm",
+        }
+    }
+
+    /// The network and address of a workload that sits on a tenant network.
+    pub fn address(&self) -> Option<(&str, Ipv4Addr)> {
+        match self {
+            WorkloadSpec::Container(c) => Some((&c.network, c.ip)),
+            WorkloadSpec::Vm(v) => Some((&v.network, v.ip)),
+            _ => None,
         }
     }
 
@@ -163,6 +178,14 @@ impl WorkloadSpec {
             WorkloadSpec::Container(c) => Resources {
                 cru: u64::from(c.cpu),
                 mru: c.memory.0,
+                ..Default::default()
+            },
+            // The root disk lives on the SSD pool; volumes it attaches are
+            // reserved by their own workloads.
+            WorkloadSpec::Vm(v) => Resources {
+                cru: u64::from(v.cpu),
+                mru: v.memory.0,
+                sru: v.disk_size(),
                 ..Default::default()
             },
         }
@@ -260,7 +283,19 @@ impl Deployment {
                 WorkloadSpec::Network(n) => n.check().map_err(bad)?,
                 WorkloadSpec::Container(c) => {
                     c.check().map_err(bad)?;
-                    self.check_attachments(c).map_err(bad)?;
+                    self.check_address(&c.network, c.ip).map_err(bad)?;
+                    for m in &c.mounts {
+                        self.check_volume(&m.volume)
+                            .map_err(|e| bad(format!("mount {}: {e}", m.path)))?;
+                    }
+                }
+                WorkloadSpec::Vm(v) => {
+                    v.check().map_err(bad)?;
+                    self.check_address(&v.network, v.ip).map_err(bad)?;
+                    for (i, d) in v.disks.iter().enumerate() {
+                        self.check_volume(d)
+                            .map_err(|e| bad(format!("disks[{i}]: {e}")))?;
+                    }
                 }
             }
             if let WorkloadSpec::Shard { password, .. } = &w.spec {
@@ -286,49 +321,48 @@ impl Deployment {
         Ok(())
     }
 
-    /// What a container names in the rest of the deployment: its network, its
-    /// address in that network's subnet (not the network's own, gateway or broadcast
-    /// address, and no other container's), its volumes.
-    fn check_attachments(&self, c: &ContainerSpec) -> Result<(), String> {
-        let net = self.network(&c.network).ok_or_else(|| {
-            format!(
-                "network {:?} is not a network workload of this deployment",
-                c.network
-            )
+    /// A container's or VM's place on a network of this deployment: the network
+    /// exists, and `ip` is a host address of its subnet (not the network's own,
+    /// gateway or broadcast address) that no other workload has.
+    fn check_address(&self, network: &str, ip: Ipv4Addr) -> Result<(), String> {
+        let net = self.network(network).ok_or_else(|| {
+            format!("network {network:?} is not a network workload of this deployment")
         })?;
         let subnet = net.subnet;
-        if !subnet.contains(&c.ip)
-            || c.ip == subnet.network()
-            || c.ip == subnet.broadcast()
-            || c.ip == net.gateway()
+        if !subnet.contains(&ip)
+            || ip == subnet.network()
+            || ip == subnet.broadcast()
+            || ip == net.gateway()
         {
             return Err(format!(
-                "ip {} must be a host address of subnet {subnet} other than the gateway {}",
-                c.ip,
+                "ip {ip} must be a host address of subnet {subnet} other than the gateway {}",
                 net.gateway()
             ));
         }
         let same_ip = self
             .workloads
             .iter()
-            .filter(|w| matches!(&w.spec, WorkloadSpec::Container(o) if o.network == c.network && o.ip == c.ip))
+            .filter(|w| w.spec.address() == Some((network, ip)))
             .count();
         if same_ip > 1 {
-            return Err(format!("ip {} is given to {same_ip} containers", c.ip));
-        }
-        for m in &c.mounts {
-            let volume = self
-                .workloads
-                .iter()
-                .any(|w| w.name == m.volume && matches!(w.spec, WorkloadSpec::Volume { .. }));
-            if !volume {
-                return Err(format!(
-                    "mount {}: {:?} is not a volume workload of this deployment",
-                    m.path, m.volume
-                ));
-            }
+            return Err(format!("ip {ip} is given to {same_ip} workloads"));
         }
         Ok(())
+    }
+
+    /// `name` is a volume workload of this deployment.
+    fn check_volume(&self, name: &str) -> Result<(), String> {
+        let volume = self
+            .workloads
+            .iter()
+            .any(|w| w.name == name && matches!(w.spec, WorkloadSpec::Volume { .. }));
+        if volume {
+            Ok(())
+        } else {
+            Err(format!(
+                "{name:?} is not a volume workload of this deployment"
+            ))
+        }
     }
 
     /// The network workload called `name`, for the workloads that attach to it.
@@ -509,10 +543,10 @@ mod tests {
             owner = "0000000000000000000000000000000000000000000000000000000000000000"
             [[workloads]]
             name = "web"
-            spec.vm.image = "debian"
+            spec.gpu.image = "debian"
         "#;
         let err = toml::from_str::<Deployment>(unknown).expect_err("unknown type");
-        assert!(err.to_string().contains("unknown variant `vm`"), "{err}");
+        assert!(err.to_string().contains("unknown variant `gpu`"), "{err}");
     }
 
     #[test]
@@ -707,7 +741,76 @@ mod tests {
         second.name = "web2".into();
         twin.workloads.push(second);
         let err = twin.validate().expect_err("same ip").to_string();
-        assert!(err.contains("given to 2 containers"), "{err}");
+        assert!(err.contains("given to 2 workloads"), "{err}");
+    }
+
+    #[test]
+    fn vm_workloads() {
+        let text = &format!(
+            "{NET_DEPLOYMENT}{}",
+            r#"
+            [[workloads]]
+            name = "data"
+            spec.volume.size = "1G"
+            [[workloads]]
+            name = "web"
+            [workloads.spec.container]
+            image = "10.0.2.2:5000/web:1"
+            cpu = 1
+            memory = "64M"
+            network = "net"
+            ip = "10.20.3.10"
+            [[workloads]]
+            name = "box"
+            [workloads.spec.vm]
+            cpu = 2
+            memory = "256M"
+            network = "net"
+            ip = "10.20.3.11"
+            disks = ["data"]
+            [workloads.spec.vm.disk]
+            url = "https://example.org/root.img"
+            sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+            size = "4G"
+        "#
+        );
+        let d: Deployment = toml::from_str(text).expect("toml");
+        assert_eq!(d.validate(), Ok(()));
+        assert_eq!(
+            d.resources(),
+            Resources {
+                cru: 3,
+                mru: crate::network::NETWORK_MRU + (64 << 20) + (256 << 20),
+                sru: (1 << 30) + (4 << 30),
+                hru: 0,
+            }
+        );
+        let refused = |from: &str, to: &str, why: &str| {
+            let bad: Deployment = toml::from_str(&text.replace(from, to)).expect("toml");
+            let err = bad.validate().expect_err(why).to_string();
+            assert!(err.contains(why), "{to}: {err}");
+        };
+        // The VM may not take the container's address, nor the gateway.
+        refused(
+            "ip = \"10.20.3.11\"",
+            "ip = \"10.20.3.10\"",
+            "given to 2 workloads",
+        );
+        refused(
+            "ip = \"10.20.3.11\"",
+            "ip = \"10.20.3.1\"",
+            "\"box\": ip 10.20.3.1 must be",
+        );
+        refused(
+            "disks = [\"data\"]",
+            "disks = [\"web\"]",
+            "workload \"box\": disks[0]: \"web\" is not a volume",
+        );
+        refused(
+            "network = \"net\"\n            ip = \"10.20.3.11\"",
+            "network = \"web\"\n            ip = \"10.20.3.11\"",
+            "is not a network workload",
+        );
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod state;
 pub mod store;
 pub mod tx;
 pub mod types;
+pub mod vm;
 pub mod wire;
 
 #[cfg(feature = "client")]

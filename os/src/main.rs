@@ -17,6 +17,7 @@ mod dashboard;
 mod host;
 mod selftest;
 mod sys;
+mod vms;
 mod workloads;
 
 use std::path::Path;
@@ -153,6 +154,16 @@ async fn run(env: BootEnv, client: Client, started: Instant) -> Result<()> {
             cache_limit: p.size / 4,
             run: env.run_dir.join("containers"),
         });
+    // VMs' files (boot files, root disks, config drives, consoles) go there too; their
+    // pid files and QMP sockets on /run.
+    let vm_dirs = storage
+        .pools
+        .iter()
+        .find(|p| p.name.kind() == DiskKind::Ssd)
+        .map(|p| vms::VmDirs {
+            pool: p.mount.join("vms"),
+            run: env.run_dir.join("vms"),
+        });
 
     // Shards go on the first HDD pool (sold as HRU), else the first SSD pool.
     let shard_dir = storage
@@ -261,6 +272,8 @@ async fn run(env: BootEnv, client: Client, started: Instant) -> Result<()> {
             api: api.clone(),
             containers: container_dirs.clone(),
             container_volumes: Box::new(BtrfsVolumes::new(&storage.pools, System)),
+            vms: vm_dirs.clone(),
+            vm_volumes: Box::new(BtrfsVolumes::new(&storage.pools, System)),
             insecure_registries: env.insecure_registries.clone(),
         });
         tokio::select! {

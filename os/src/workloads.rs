@@ -416,6 +416,10 @@ pub struct Wiring<V: Volumes + 'static> {
     pub container_volumes: Box<dyn Volumes>,
     /// Registries pulled from over plain HTTP (`cellos.registry.insecure`).
     pub insecure_registries: Vec<String>,
+    /// Where VMs keep disks and consoles; `None` without an SSD pool.
+    pub vms: Option<crate::vms::VmDirs>,
+    /// Volumes again, for the VMs that attach them as disks.
+    pub vm_volumes: Box<dyn Volumes>,
 }
 
 /// Opens the provision store under the state directory.
@@ -455,6 +459,21 @@ pub async fn run<V: Volumes + 'static>(w: Wiring<V>) -> Result<std::convert::Inf
         }
         None => Arc::new(crate::containers::NoContainers),
     };
+    let vm: Arc<dyn Provisioner> = match w.vms {
+        Some(dirs) => {
+            let accel = match cellos_capacity::accel() {
+                cellos_ledger::Accel::Kvm => cellos_vm::Accel::Kvm,
+                cellos_ledger::Accel::Tcg => cellos_vm::Accel::Tcg,
+            };
+            let p = Arc::new(
+                crate::vms::VmProvisioner::open(dirs, accel, w.vm_volumes, book.clone())
+                    .context("preparing the VM directories")?,
+            );
+            p.watch().context("starting the VM watcher")?;
+            p
+        }
+        None => Arc::new(crate::vms::NoVms),
+    };
     let provisioners = Provisioners {
         volume: Arc::new(VolumeProvisioner { volumes: w.volumes }),
         shard: w.shards,
@@ -463,6 +482,7 @@ pub async fn run<V: Volumes + 'static>(w: Wiring<V>) -> Result<std::convert::Inf
             book,
         }),
         container,
+        vm,
     };
     w.api.set_provisioners(provisioners.clone());
     let mut engine = Engine::new(

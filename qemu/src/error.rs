@@ -28,8 +28,8 @@ pub enum Error {
     },
     #[error("invalid VM config: {0}")]
     Config(String),
-    #[error("QMP on {socket}: {reason}")]
-    Qmp { socket: PathBuf, reason: String },
+    #[error(transparent)]
+    Qmp(#[from] cellos_vm::qmp::QmpError),
     #[error("guest shell ({socket}): {reason} (is the node booted with cellos.debug?)")]
     Shell { socket: PathBuf, reason: String },
     #[error("timed out after {timeout:?} waiting for {pattern} on the console; last console lines:\n{tail}")]

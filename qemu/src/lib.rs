@@ -16,7 +16,6 @@
 mod args;
 mod config;
 mod error;
-mod qmp;
 mod segment;
 mod sys;
 mod vm;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::args::{self, AttachedDisk};
 use crate::config::{Accel, Boot, Config, DiskSource};
 use crate::error::{io, Error, Result};
-use crate::{qmp, sys};
+use crate::sys;
 
 /// How many console lines an error carries.
 const TAIL_LINES: usize = 60;
@@ -333,28 +333,29 @@ impl Vm {
     /// Presses the ACPI power button (QMP `system_powerdown`): the guest's
     /// init should stop its services and power off.
     pub fn powerdown(&mut self) -> Result<()> {
-        qmp::execute(&self.work.path().join("qmp.sock"), "system_powerdown").map(drop)
+        cellos_vm::qmp::execute(&self.work.path().join("qmp.sock"), "system_powerdown")?;
+        Ok(())
     }
 
     /// Saves what the guest's display shows as a PNG at `path` (QMP `screendump`);
     /// needs [`Config::vga`](crate::Config::vga).
     pub fn screendump(&mut self, path: &Path) -> Result<()> {
         let arguments = serde_json::json!({ "filename": path, "format": "png" });
-        qmp::execute_with(
+        cellos_vm::qmp::execute_with(
             &self.work.path().join("qmp.sock"),
             "screendump",
             Some(arguments),
-        )
-        .map(drop)
+        )?;
+        Ok(())
     }
 
     /// Ends QEMU at once (QMP `quit`), like pulling the plug.
     pub fn quit(&mut self) -> Result<ExitStatus> {
         // QEMU may close the socket before replying: the exit is what counts.
-        let sent = qmp::execute(&self.work.path().join("qmp.sock"), "quit");
+        let sent = cellos_vm::qmp::execute(&self.work.path().join("qmp.sock"), "quit");
         match self.wait_exit(Duration::from_secs(10)) {
             Ok(status) => Ok(status),
-            Err(e) => sent.and(Err(e)),
+            Err(e) => sent.map_err(Error::from).and(Err(e)),
         }
     }
 

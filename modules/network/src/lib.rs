@@ -75,6 +75,18 @@ pub struct Attachment {
     pub gateway: Ipv4Addr,
 }
 
+/// A VM's place on a network, as [`Networks::attach_tap`] left it. The guest
+/// configures `address` and `gateway` itself (from its config drive).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TapAttachment {
+    /// The tap device, inside the network's namespace.
+    pub tap: String,
+    /// The network's namespace, which the VM's QEMU runs in to open the tap.
+    pub netns_path: PathBuf,
+    pub address: Ipv4Net,
+    pub gateway: Ipv4Addr,
+}
+
 /// What a node reports about one of its networks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetworkStatus {
@@ -263,6 +275,57 @@ impl<S: Sys> Networks<S> {
             .map_err(workload_step(workload_key, "delete the namespace"))
     }
 
+    /// Puts VM `workload_key` on network `network_key` at `ip`: a persistent tap
+    /// device, a port of the network's bridge inside the network's namespace. The
+    /// VM's QEMU opens it by name from inside that namespace, so nothing of the
+    /// VM's is in the host namespace either. Converges like [`Networks::attach`].
+    pub fn attach_tap(
+        &self,
+        network_key: &str,
+        spec: &NetworkSpec,
+        workload_key: &str,
+        ip: Ipv4Addr,
+    ) -> Result<TapAttachment, NetworkError> {
+        spec.check().map_err(|reason| NetworkError::BadSpec {
+            key: network_key.to_string(),
+            reason,
+        })?;
+        let address = workload_address(spec, ip).map_err(|reason| NetworkError::BadAttachment {
+            workload: workload_key.to_string(),
+            reason,
+        })?;
+        let network = Names::for_key(network_key);
+        if !self.sys.netns_exists(&network.netns) {
+            return Err(NetworkError::NoNetwork {
+                network: network_key.to_string(),
+                workload: workload_key.to_string(),
+            });
+        }
+        let names = WorkloadNames::for_key(workload_key);
+        self.sys
+            .ensure_tap(&network.netns, &network.bridge, &names.tap)
+            .map_err(workload_step(workload_key, "join the network's bridge"))?;
+        Ok(TapAttachment {
+            tap: names.tap,
+            netns_path: self.sys.netns_path(&network.netns),
+            address,
+            gateway: spec.gateway(),
+        })
+    }
+
+    /// Removes VM `workload_key`'s tap from network `network_key`; succeeds if it
+    /// (or the network) is gone.
+    pub fn detach_tap(&self, network_key: &str, workload_key: &str) -> Result<(), NetworkError> {
+        let network = Names::for_key(network_key);
+        if !self.sys.netns_exists(&network.netns) {
+            return Ok(());
+        }
+        let names = WorkloadNames::for_key(workload_key);
+        self.sys
+            .delete_link(Some(&network.netns), &names.tap)
+            .map_err(workload_step(workload_key, "delete the tap"))
+    }
+
     /// The peers of network `key` with their last handshake and byte counters.
     pub fn status(&self, key: &str) -> Result<NetworkStatus, NetworkError> {
         let names = Names::for_key(key);
@@ -422,6 +485,10 @@ mod tests {
         ) -> Result<(), SysError> {
             self.log(format!("address {address} via {gateway} on {dev} in {ns}"));
             Ok(())
+        }
+        fn ensure_tap(&self, ns: &str, br: &str, tap: &str) -> Result<u32, SysError> {
+            self.log(format!("tap {tap} on {br} in {ns}"));
+            Ok(3)
         }
     }
 

@@ -47,6 +47,9 @@ pub struct WorkloadNames {
     /// The workload's veth end inside the network's namespace, a port of its
     /// bridge: `v-<hash>`.
     pub port: String,
+    /// A VM's tap device, inside the network's namespace, a port of its bridge:
+    /// `t-<hash>`.
+    pub tap: String,
 }
 
 impl WorkloadNames {
@@ -56,6 +59,7 @@ impl WorkloadNames {
         WorkloadNames {
             netns: format!("c-{short}"),
             port: format!("v-{short}"),
+            tap: format!("t-{short}"),
         }
     }
 }

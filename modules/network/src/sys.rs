@@ -131,6 +131,10 @@ pub trait Sys: Send + Sync {
         workload_ns: &str,
         dev: &str,
     ) -> Result<u32, SysError>;
+    /// Makes sure a persistent tap device `tap` exists inside `ns`, a port of
+    /// `bridge` and up, for a VM's QEMU to open by name from inside `ns`. Returns
+    /// its index.
+    fn ensure_tap(&self, ns: &str, bridge: &str, tap: &str) -> Result<u32, SysError>;
     /// Inside `ns`: `lo` up, `dev` up with `address` and no other IPv4 address, and
     /// the default route via `gateway`.
     fn configure_interface(
@@ -640,6 +644,26 @@ impl Sys for Linux {
         }
     }
 
+    fn ensure_tap(&self, ns: &str, bridge: &str, tap: &str) -> Result<u32, SysError> {
+        self.in_netns(ns, || {
+            make_tap(tap)?;
+            netlink(&format!("put {tap} on {bridge} in {ns}"), |h| async move {
+                let bridge = existing(&h, bridge).await?;
+                let index = existing(&h, tap).await?;
+                h.link()
+                    .set(
+                        LinkUnspec::new_with_index(index)
+                            .controller(bridge)
+                            .up()
+                            .build(),
+                    )
+                    .execute()
+                    .await?;
+                Ok(index)
+            })
+        })
+    }
+
     fn configure_interface(
         &self,
         ns: &str,
@@ -662,6 +686,48 @@ impl Sys for Linux {
             })
         })
     }
+}
+
+/// Creates the persistent tap device `name` in the current namespace, or finds it:
+/// `TUNSETIFF` on `/dev/net/tun` attaches to an existing device of that name, and
+/// `TUNSETPERSIST` keeps it after the descriptor closes. With `IFF_VNET_HDR`, as
+/// QEMU opens it for virtio-net offloads.
+fn make_tap(name: &str) -> Result<(), SysError> {
+    const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+    const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
+    let tun = File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .map_err(io("open /dev/net/tun"))?;
+    // SAFETY: an all-zero ifreq is a valid value of the plain C struct.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    if name.len() >= req.ifr_name.len() {
+        return Err(SysError::Io {
+            what: format!("tap name {name:?} is too long"),
+            source: std::io::ErrorKind::InvalidInput.into(),
+        });
+    }
+    for (d, b) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = b as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags =
+        (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
+    let fd = tun.as_raw_fd();
+    // SAFETY: TUNSETIFF reads and writes one ifreq, which `req` is, for the lifetime
+    // of the call; `fd` is open.
+    if unsafe { libc::ioctl(fd, TUNSETIFF, &mut req) } < 0 {
+        return Err(io(format!("create tap {name}"))(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: TUNSETPERSIST takes an integer argument by value; `fd` is open.
+    if unsafe { libc::ioctl(fd, TUNSETPERSIST, 1 as libc::c_ulong) } < 0 {
+        return Err(io(format!("make tap {name} persistent"))(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
 }
 
 /// Whether this kernel can create WireGuard devices: tries, in a scratch namespace

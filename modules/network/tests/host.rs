@@ -656,3 +656,49 @@ fn detach_removes_namespace_and_veth_and_succeeds_twice() {
         .expect("detach again");
     assert_eq!(WorkloadNames::for_key(&net.workload_key("1")), a.names);
 }
+
+#[test]
+fn a_vm_tap_is_a_persistent_port_of_the_bridge_and_goes_with_detach() {
+    let Some((net, s)) = Net::local("tap", "10.20.17.0/24") else {
+        return;
+    };
+    let vm = net.workload_key("vm");
+    let a = net
+        .networks
+        .attach_tap(&net.key, &s, &vm, "10.20.17.9".parse().expect("ip"))
+        .unwrap_or_else(|e| panic!("attach_tap: {}", chain(&e)));
+    let ns = &net.names.netns;
+    assert_eq!(a.tap, WorkloadNames::for_key(&vm).tap);
+    assert_eq!(a.address.to_string(), "10.20.17.9/24");
+    assert_eq!(a.gateway.to_string(), "10.20.17.1");
+    assert!(a.netns_path.ends_with(ns));
+    let link = ip(Some(ns), &["-d", "link", "show", "dev", &a.tap]);
+    assert!(
+        link.contains(&format!("master {}", net.names.bridge)),
+        "{link}"
+    );
+    assert!(
+        link.contains("tun type tap") && link.contains("persist"),
+        "{link}"
+    );
+    assert!(link.contains(",UP"), "the tap is set up: {link}");
+    let index = link_index(ns, &a.tap);
+
+    // A repeat (a later cellosd) finds the same device.
+    let again = net
+        .networks
+        .attach_tap(&net.key, &s, &vm, "10.20.17.9".parse().expect("ip"))
+        .expect("again");
+    assert_eq!(again, a);
+    assert_eq!(link_index(ns, &a.tap), index);
+    // Nothing of it is in the host namespace.
+    let host = ip(None, &["-o", "link", "show"]);
+    assert!(!host.contains(&a.tap), "{host}");
+
+    net.networks.detach_tap(&net.key, &vm).expect("detach");
+    let links = ip(Some(ns), &["-o", "link", "show"]);
+    assert!(!links.contains(&a.tap), "{links}");
+    net.networks
+        .detach_tap(&net.key, &vm)
+        .expect("a second detach succeeds");
+}

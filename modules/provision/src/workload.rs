@@ -105,6 +105,7 @@ pub struct Provisioners {
     pub shard: Arc<dyn Provisioner>,
     pub network: Arc<dyn Provisioner>,
     pub container: Arc<dyn Provisioner>,
+    pub vm: Arc<dyn Provisioner>,
 }
 
 impl Provisioners {
@@ -114,6 +115,7 @@ impl Provisioners {
             WorkloadSpec::Shard { .. } => self.shard.clone(),
             WorkloadSpec::Network(_) => self.network.clone(),
             WorkloadSpec::Container(_) => self.container.clone(),
+            WorkloadSpec::Vm(_) => self.vm.clone(),
         }
     }
 
@@ -191,6 +193,6 @@ pub fn rank(spec: &WorkloadSpec) -> u8 {
         WorkloadSpec::Volume { .. } => 0,
         WorkloadSpec::Network(_) => 1,
         WorkloadSpec::Shard { .. } => 2,
-        WorkloadSpec::Container(_) => 3,
+        WorkloadSpec::Container(_) | WorkloadSpec::Vm(_) => 3,
     }
 }

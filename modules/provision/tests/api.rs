@@ -192,7 +192,8 @@ async fn status_deployments_and_metrics() {
         volume: live.clone(),
         shard: live.clone(),
         network: live.clone(),
-        container: live,
+        container: live.clone(),
+        vm: live,
     });
     let (st, body) = signed("/v1/deployments", &k, node_pub, now()).await;
     assert_eq!(st, 200, "{body}");

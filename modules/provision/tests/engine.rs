@@ -79,7 +79,7 @@ impl Provisioner for FakeVolumes {
         }
         let size = match spec {
             WorkloadSpec::Volume { size } | WorkloadSpec::Shard { size, .. } => *size,
-            WorkloadSpec::Network(_) | WorkloadSpec::Container(_) => Size(0),
+            WorkloadSpec::Network(_) | WorkloadSpec::Container(_) | WorkloadSpec::Vm(_) => Size(0),
         };
         let p = self.dir.join(id.node_name());
         std::fs::create_dir_all(&p).map_err(|e| WorkloadError(e.to_string()))?;
@@ -227,6 +227,7 @@ impl World {
                 shard: std::sync::Arc::new(self.volumes.clone()),
                 network: std::sync::Arc::new(self.volumes.clone()),
                 container: std::sync::Arc::new(self.volumes.clone()),
+                vm: std::sync::Arc::new(self.volumes.clone()),
             },
             self.node,
             self.node_key.clone(),

@@ -1,6 +1,7 @@
 //! A minimal QMP client: connect, negotiate capabilities, run one command.
 //! One connection per command keeps no state between calls; QEMU's QMP
-//! server accepts a new client as soon as the previous one is gone.
+//! server accepts a new client as soon as the previous one is gone. The node's VMs
+//! and the test harness's QEMU (`cellos-qemu`) both speak through it.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -9,20 +10,23 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::error::{Error, Result};
+#[derive(Debug, thiserror::Error)]
+#[error("QMP on {}: {reason}", socket.display())]
+pub struct QmpError {
+    pub socket: std::path::PathBuf,
+    pub reason: String,
+}
+
+type Result<T> = std::result::Result<T, QmpError>;
 
 /// Runs `command` (e.g. `system_powerdown`) and returns its `return` value.
-pub(crate) fn execute(socket: &Path, command: &str) -> Result<Value> {
+pub fn execute(socket: &Path, command: &str) -> Result<Value> {
     execute_with(socket, command, None)
 }
 
 /// Runs `command` with `arguments` (a JSON object) and returns its `return` value.
-pub(crate) fn execute_with(
-    socket: &Path,
-    command: &str,
-    arguments: Option<Value>,
-) -> Result<Value> {
-    let fail = |reason: String| Error::Qmp {
+pub fn execute_with(socket: &Path, command: &str, arguments: Option<Value>) -> Result<Value> {
+    let fail = |reason: String| QmpError {
         socket: socket.to_path_buf(),
         reason,
     };
