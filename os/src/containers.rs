@@ -497,26 +497,29 @@ fn oom_kills(name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Appends a line of the node's own to a container's log.
-fn append(log: &Path, line: &str) {
+/// Appends a line of the node's own to a workload's log (a container's output, a
+/// VM's console).
+pub fn append(log: &Path, line: &str) {
     use std::io::Write as _;
     if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(log) {
         let _ = f.write_all(line.as_bytes());
     }
 }
 
-/// What a node without an SSD pool answers: it has nowhere to keep images.
-pub struct NoContainers;
+/// What a node without an SSD pool answers for a workload that needs one (a
+/// container's images and roots, a VM's disks): `.0` names what it would keep there.
+pub struct NoPool(pub &'static str);
 
-impl Provisioner for NoContainers {
+impl Provisioner for NoPool {
     fn ensure(
         &self,
         _: &WorkloadId,
         _: &WorkloadSpec,
     ) -> Result<BTreeMap<String, String>, WorkloadError> {
-        Err(WorkloadError(
-            "this node has no SSD pool to keep container images and roots on".into(),
-        ))
+        Err(WorkloadError(format!(
+            "this node has no SSD pool to keep {} on",
+            self.0
+        )))
     }
 
     fn remove(&self, _: &WorkloadId, _: &WorkloadSpec) -> Result<(), WorkloadError> {

@@ -32,7 +32,7 @@ use cellos_vm::machine::mac_for;
 use cellos_vm::process::{self, Stopped};
 use cellos_vm::{Accel, Boot, Machine};
 
-use crate::containers::NetworkBook;
+use crate::containers::{append, NetworkBook};
 
 /// Where Debian's QEMU is, on the node as on a Debian host.
 const QEMU: &str = "/usr/bin/qemu-system-x86_64";
@@ -459,33 +459,6 @@ impl Provisioner for VmProvisioner {
             cellos_provision::logfile::read(&self.console(&id.node_name()), from, max, LOG_KEEP)
                 .map_err(err),
         )
-    }
-}
-
-/// Appends a line of the node's own to a VM's console log.
-fn append(log: &Path, line: &str) {
-    use std::io::Write as _;
-    if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(log) {
-        let _ = f.write_all(line.as_bytes());
-    }
-}
-
-/// What a node without an SSD pool answers: it has nowhere to keep disks.
-pub struct NoVms;
-
-impl Provisioner for NoVms {
-    fn ensure(
-        &self,
-        _: &WorkloadId,
-        _: &WorkloadSpec,
-    ) -> Result<BTreeMap<String, String>, WorkloadError> {
-        Err(WorkloadError(
-            "this node has no SSD pool to keep VM disks on".into(),
-        ))
-    }
-
-    fn remove(&self, _: &WorkloadId, _: &WorkloadSpec) -> Result<(), WorkloadError> {
-        Ok(())
     }
 }
 

@@ -457,7 +457,7 @@ pub async fn run<V: Volumes + 'static>(w: Wiring<V>) -> Result<std::convert::Inf
             p.watch().context("starting the container watcher")?;
             p
         }
-        None => Arc::new(crate::containers::NoContainers),
+        None => Arc::new(crate::containers::NoPool("container images and roots")),
     };
     let vm: Arc<dyn Provisioner> = match w.vms {
         Some(dirs) => {
@@ -472,7 +472,7 @@ pub async fn run<V: Volumes + 'static>(w: Wiring<V>) -> Result<std::convert::Inf
             p.watch().context("starting the VM watcher")?;
             p
         }
-        None => Arc::new(crate::vms::NoVms),
+        None => Arc::new(crate::containers::NoPool("VM disks")),
     };
     let provisioners = Provisioners {
         volume: Arc::new(VolumeProvisioner { volumes: w.volumes }),
