@@ -215,21 +215,7 @@ impl<S: Sys> Networks<S> {
         workload_key: &str,
         ip: Ipv4Addr,
     ) -> Result<Attachment, NetworkError> {
-        spec.check().map_err(|reason| NetworkError::BadSpec {
-            key: network_key.to_string(),
-            reason,
-        })?;
-        let address = workload_address(spec, ip).map_err(|reason| NetworkError::BadAttachment {
-            workload: workload_key.to_string(),
-            reason,
-        })?;
-        let network = Names::for_key(network_key);
-        if !self.sys.netns_exists(&network.netns) {
-            return Err(NetworkError::NoNetwork {
-                network: network_key.to_string(),
-                workload: workload_key.to_string(),
-            });
-        }
+        let (network, address) = self.placement(network_key, spec, workload_key, ip)?;
         let names = WorkloadNames::for_key(workload_key);
         if !self.sys.netns_exists(&names.netns) {
             self.sys
@@ -275,17 +261,17 @@ impl<S: Sys> Networks<S> {
             .map_err(workload_step(workload_key, "delete the namespace"))
     }
 
-    /// Puts VM `workload_key` on network `network_key` at `ip`: a persistent tap
-    /// device, a port of the network's bridge inside the network's namespace. The
-    /// VM's QEMU opens it by name from inside that namespace, so nothing of the
-    /// VM's is in the host namespace either. Converges like [`Networks::attach`].
-    pub fn attach_tap(
+    /// What attaching workload `workload_key` to network `network_key` at `ip`
+    /// needs checked first: a sound spec, a host address of the subnet, and the
+    /// network made on this node. Returns the network's names and the address with
+    /// the subnet's prefix.
+    fn placement(
         &self,
         network_key: &str,
         spec: &NetworkSpec,
         workload_key: &str,
         ip: Ipv4Addr,
-    ) -> Result<TapAttachment, NetworkError> {
+    ) -> Result<(Names, Ipv4Net), NetworkError> {
         spec.check().map_err(|reason| NetworkError::BadSpec {
             key: network_key.to_string(),
             reason,
@@ -301,6 +287,21 @@ impl<S: Sys> Networks<S> {
                 workload: workload_key.to_string(),
             });
         }
+        Ok((network, address))
+    }
+
+    /// Puts VM `workload_key` on network `network_key` at `ip`: a persistent tap
+    /// device, a port of the network's bridge inside the network's namespace. The
+    /// VM's QEMU opens it by name from inside that namespace, so nothing of the
+    /// VM's is in the host namespace either. Converges like [`Networks::attach`].
+    pub fn attach_tap(
+        &self,
+        network_key: &str,
+        spec: &NetworkSpec,
+        workload_key: &str,
+        ip: Ipv4Addr,
+    ) -> Result<TapAttachment, NetworkError> {
+        let (network, address) = self.placement(network_key, spec, workload_key, ip)?;
         let names = WorkloadNames::for_key(workload_key);
         self.sys
             .ensure_tap(&network.netns, &network.bridge, &names.tap)

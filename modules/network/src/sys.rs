@@ -620,21 +620,7 @@ impl Sys for Linux {
                 )
             })?;
         }
-        self.in_netns(ns, || {
-            netlink(&format!("put {port} on {bridge} in {ns}"), |h| async move {
-                let bridge = existing(&h, bridge).await?;
-                let index = existing(&h, port).await?;
-                h.link()
-                    .set(
-                        LinkUnspec::new_with_index(index)
-                            .controller(bridge)
-                            .up()
-                            .build(),
-                    )
-                    .execute()
-                    .await
-            })
-        })?;
+        self.in_netns(ns, || join_bridge(ns, bridge, port))?;
         match self.veth_ends(ns, port, workload_ns, dev)? {
             (Some(outer), Some(inner)) if outer.pairs_with(inner) => Ok(inner.index),
             _ => Err(SysError::Netlink {
@@ -647,20 +633,7 @@ impl Sys for Linux {
     fn ensure_tap(&self, ns: &str, bridge: &str, tap: &str) -> Result<u32, SysError> {
         self.in_netns(ns, || {
             make_tap(tap)?;
-            netlink(&format!("put {tap} on {bridge} in {ns}"), |h| async move {
-                let bridge = existing(&h, bridge).await?;
-                let index = existing(&h, tap).await?;
-                h.link()
-                    .set(
-                        LinkUnspec::new_with_index(index)
-                            .controller(bridge)
-                            .up()
-                            .build(),
-                    )
-                    .execute()
-                    .await?;
-                Ok(index)
-            })
+            join_bridge(ns, bridge, tap)
         })
     }
 
@@ -686,6 +659,25 @@ impl Sys for Linux {
             })
         })
     }
+}
+
+/// In the current namespace (`ns`, for messages): link `port` a port of `bridge`, and
+/// up. Returns its index.
+fn join_bridge(ns: &str, bridge: &str, port: &str) -> Result<u32, SysError> {
+    netlink(&format!("put {port} on {bridge} in {ns}"), |h| async move {
+        let bridge = existing(&h, bridge).await?;
+        let index = existing(&h, port).await?;
+        h.link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .controller(bridge)
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await?;
+        Ok(index)
+    })
 }
 
 /// Creates the persistent tap device `name` in the current namespace, or finds it:
