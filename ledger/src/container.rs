@@ -77,7 +77,7 @@ pub struct ContainerSpec {
     pub read_only: bool,
 }
 
-fn printable(s: &str) -> bool {
+pub(crate) fn printable(s: &str) -> bool {
     !s.chars().any(|c| c.is_control())
 }
 
@@ -85,6 +85,28 @@ fn env_name(k: &str) -> bool {
     let mut c = k.chars();
     matches!(c.next(), Some(f) if f.is_ascii_alphabetic() || f == '_')
         && c.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// A workload's vCPUs in `1..=max_cpu` and memory in `min..=max` bytes (containers
+/// and VMs); the error names the field.
+pub(crate) fn check_cpu_memory(
+    cpu: u32,
+    max_cpu: u32,
+    memory: Size,
+    min: u64,
+    max: u64,
+) -> Result<(), String> {
+    if cpu == 0 || cpu > max_cpu {
+        return Err(format!("cpu {cpu} is outside 1..{max_cpu}"));
+    }
+    if memory.0 < min || memory.0 > max {
+        return Err(format!(
+            "memory {memory} is outside {}..{}",
+            Size(min),
+            Size(max)
+        ));
+    }
+    Ok(())
 }
 
 /// An absolute, normalised path that is not `/`: no `.`/`..` components, no empty
@@ -139,17 +161,7 @@ impl ContainerSpec {
                 "env {k:?}: names are letters, digits and '_' (not starting with a digit), values have no NUL"
             ));
         }
-        if self.cpu == 0 || self.cpu > MAX_CPU {
-            return Err(format!("cpu {} is outside 1..{MAX_CPU}", self.cpu));
-        }
-        if self.memory.0 < MIN_MEMORY || self.memory.0 > MAX_MEMORY {
-            return Err(format!(
-                "memory {} is outside {}..{}",
-                self.memory,
-                Size(MIN_MEMORY),
-                Size(MAX_MEMORY)
-            ));
-        }
+        check_cpu_memory(self.cpu, MAX_CPU, self.memory, MIN_MEMORY, MAX_MEMORY)?;
         if self.mounts.len() > MAX_MOUNTS {
             return Err(format!(
                 "{} mounts; at most {MAX_MOUNTS} are allowed",

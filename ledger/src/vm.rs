@@ -15,6 +15,7 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::container::{check_cpu_memory, printable};
 use crate::deployment::Size;
 
 /// At most this many vCPUs per VM.
@@ -97,10 +98,6 @@ pub struct VmSpec {
     pub ssh_keys: Vec<String>,
 }
 
-fn printable(s: &str) -> bool {
-    !s.chars().any(|c| c.is_control())
-}
-
 fn check_source(what: &str, url: &str, sha256: &str) -> Result<(), String> {
     let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
     if !scheme_ok || url.len() > 1024 || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -157,17 +154,7 @@ impl VmSpec {
                 "cmdline must be at most {MAX_CMDLINE} printable characters"
             ));
         }
-        if self.cpu == 0 || self.cpu > MAX_CPU {
-            return Err(format!("cpu {} is outside 1..{MAX_CPU}", self.cpu));
-        }
-        if self.memory.0 < MIN_MEMORY || self.memory.0 > MAX_MEMORY {
-            return Err(format!(
-                "memory {} is outside {}..{}",
-                self.memory,
-                Size(MIN_MEMORY),
-                Size(MAX_MEMORY)
-            ));
-        }
+        check_cpu_memory(self.cpu, MAX_CPU, self.memory, MIN_MEMORY, MAX_MEMORY)?;
         if self.disks.len() > MAX_DISKS {
             return Err(format!(
                 "{} disks; at most {MAX_DISKS} are allowed",
